@@ -1,0 +1,50 @@
+import uuid
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+
+from teams.scoping import TenantOwnedModel
+
+
+class ActivityLog(TenantOwnedModel):
+    """An append-only domain event: who did what to which object, and why.
+
+    Rows are written only by `audit.services.record_activity`, called from the service
+    that made the change, inside its transaction, so an event exists iff the change does.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("teams.Tenant", on_delete=models.CASCADE, related_name="activity")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    action = models.CharField(max_length=64)
+    actor = models.ForeignKey(
+        "teams.Membership",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The agent who acted, when a person did.",
+    )
+    actor_label = models.CharField(
+        max_length=200, help_text='Who acted, in words: an email, "api_key:wk_…" or "system".'
+    )
+    target_type = models.ForeignKey(
+        ContentType, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=255, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        ordering = ["-created_at"]
+        verbose_name = "activity log entry"
+        verbose_name_plural = "activity log"
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="activity_tenant_recent"),
+            models.Index(fields=["tenant", "action", "-created_at"], name="activity_tenant_action"),
+            models.Index(fields=["target_type", "target_id"], name="activity_target"),
+        ]
+
+    def __str__(self):
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action}"

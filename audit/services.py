@@ -1,0 +1,39 @@
+from dataclasses import dataclass
+
+from django.contrib.contenttypes.models import ContentType
+
+from audit.models import ActivityLog
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who performs a change: an agent, an API key, or the system itself."""
+
+    label: str
+    membership: object | None = None
+
+    @classmethod
+    def system(cls) -> "Actor":
+        return cls(label="system")
+
+    @classmethod
+    def for_membership(cls, membership) -> "Actor":
+        return cls(label=membership.user.email, membership=membership)
+
+    @classmethod
+    def for_api_key(cls, api_key) -> "Actor":
+        return cls(label=f"api_key:{api_key.prefix}")
+
+
+def record_activity(*, tenant, action: str, actor: Actor, target=None, data: dict | None = None):
+    """Append one ActivityLog row. Call inside the transaction that made the change."""
+    return ActivityLog.objects.create(
+        tenant=tenant,
+        action=action,
+        actor=actor.membership,
+        actor_label=actor.label,
+        target_type=ContentType.objects.get_for_model(target) if target is not None else None,
+        target_id=str(target.pk) if target is not None else "",
+        target_label=str(target)[:255] if target is not None else "",
+        data=data or {},
+    )

@@ -1,0 +1,103 @@
+"""One JSON error shape for the whole API.
+
+    {"error": {"code": "validation_error", "message": "...", "fields": {"contactId": ["..."]}}}
+
+`code` is machine-readable and stable; `message` is for humans; `fields` appears on
+validation errors and names every offending field.
+"""
+
+import logging
+
+from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(exceptions.APIException):
+    """A domain error with a stable code, raised by views and mapped to JSON here."""
+
+    def __init__(self, *, code: str, message: str, status_code: int, fields: dict | None = None):
+        super().__init__(detail=message, code=code)
+        self.status_code = status_code
+        self.code = code
+        self.fields = fields
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body is too large."
+    default_code = "payload_too_large"
+
+
+def error_body(code: str, message: str, fields: dict | None = None) -> dict:
+    body = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    return {"error": body}
+
+
+def _flatten_messages(detail) -> list[str]:
+    if isinstance(detail, dict):
+        return [m for value in detail.values() for m in _flatten_messages(value)]
+    if isinstance(detail, list):
+        return [m for value in detail for m in _flatten_messages(value)]
+    return [str(detail)]
+
+
+def _validation_fields(detail) -> dict:
+    if isinstance(detail, dict):
+        return {
+            field: (
+                _validation_fields(value)
+                if isinstance(value, dict)
+                else [str(m) for m in _flatten_messages(value)]
+            )
+            for field, value in detail.items()
+        }
+    return {"non_field_errors": [str(m) for m in _flatten_messages(detail)]}
+
+
+def _summary(fields: dict, prefix: str = "") -> list[str]:
+    parts = []
+    for field, value in fields.items():
+        name = f"{prefix}{field}"
+        if isinstance(value, dict):
+            parts.extend(_summary(value, prefix=f"{name}."))
+        else:
+            parts.append(f"{name}: {' '.join(value)}")
+    return parts
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, ApiError):
+        return Response(error_body(exc.code, str(exc.detail), exc.fields), status=exc.status_code)
+    if isinstance(exc, exceptions.ValidationError):
+        fields = _validation_fields(exc.detail)
+        message = "Invalid input. " + "; ".join(_summary(fields))
+        return Response(error_body("validation_error", message, fields), status=400)
+    if isinstance(exc, Http404):
+        return Response(error_body("not_found", "Not found."), status=404)
+    if isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = exception_handler(exc, context)
+    if response is not None:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else response.data
+        codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+        code = codes if isinstance(codes, str) else "error"
+        response.data = error_body(code, " ".join(_flatten_messages(detail)))
+        return response
+
+    if isinstance(exc, DatabaseError):
+        # The service's transaction has already rolled back: nothing is half-written.
+        logger.exception("Database error while handling %s", context["request"].path)
+        return Response(
+            error_body("database_error", "The change could not be saved; nothing was changed."),
+            status=500,
+        )
+    return None

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class InboxConfig(AppConfig):
+    name = "inbox"
+    verbose_name = "Inbox and handover"
+    default_auto_field = "django.db.models.BigAutoField"

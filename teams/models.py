@@ -1,0 +1,405 @@
+import uuid
+import zoneinfo
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from teams.scoping import TenantOwnedModel
+
+WATERFALL_TIERS = ("team", "member", "admin", "super_admin")
+DEFAULT_WATERFALL = list(WATERFALL_TIERS)
+
+
+def validate_timezone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not a known IANA time zone (e.g. Europe/Berlin).")
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def _create_user(self, email, password, **extra):
+        if not email:
+            raise ValueError("Users need an email address.")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email, password=None, **extra):
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra)
+
+    def create_superuser(self, email, password=None, **extra):
+        extra.update(is_staff=True, is_superuser=True)
+        return self._create_user(email, password, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A person who logs in with an email address. Their work in a tenant is a Membership."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    email = models.EmailField(unique=True)
+    full_name = models.CharField(max_length=150, blank=True)
+    is_staff = models.BooleanField(
+        default=False, help_text="Can log in to the admin site (tenant admins and staff)."
+    )
+    is_active = models.BooleanField(default=True)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(Lower("email"), name="user_email_ci_unique"),
+        ]
+
+    def __str__(self):
+        return self.email
+
+    def clean(self):
+        super().clean()
+        self.email = self.__class__.objects.normalize_email(self.email).lower()
+
+    def get_full_name(self):
+        return self.full_name or self.email
+
+    def get_short_name(self):
+        return self.full_name.split(" ")[0] if self.full_name else self.email
+
+
+class Tenant(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80, unique=True)
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    claim_window_minutes = models.PositiveSmallIntegerField(
+        default=5, help_text="Minutes an assigned agent has to claim a new lead."
+    )
+    contact_window_minutes = models.PositiveSmallIntegerField(
+        default=5, help_text="Minutes a claiming agent has to contact the lead."
+    )
+    auto_reassign_on_breach = models.BooleanField(
+        default=False,
+        help_text="When a lead breaches its claim or contact window, route it to another agent.",
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(claim_window_minutes__gte=1), name="tenant_claim_window_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(contact_window_minutes__gte=1), name="tenant_contact_window_positive"
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class Role(models.TextChoices):
+    MEMBER = "member", "Member"
+    ADMIN = "admin", "Admin"
+    SUPER_ADMIN = "super_admin", "Super admin"
+
+
+ADMIN_ROLES = (Role.ADMIN, Role.SUPER_ADMIN)
+
+
+class Membership(TenantOwnedModel):
+    """A user's membership in a tenant: this is the agent. Its id is the "agent id"."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
+    is_active = models.BooleanField(default=True)
+    is_available = models.BooleanField(
+        default=True, help_text="Agents who are away are skipped by automatic assignment."
+    )
+    capacity = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most open conversations or leads at once; empty means no limit.",
+    )
+    current_lead_count = models.PositiveIntegerField(default=0, editable=False)
+    last_assigned_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        ordering = ["tenant", "user__email"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user"], name="membership_one_per_user"),
+            models.CheckConstraint(condition=Q(role__in=Role.values), name="membership_role_valid"),
+            models.CheckConstraint(
+                condition=Q(current_lead_count__gte=0), name="membership_lead_count_nonneg"
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "role", "is_active"])]
+
+    def __str__(self):
+        return f"{self.user.get_full_name()} ({self.get_role_display()}, {self.tenant})"
+
+    @property
+    def display_name(self) -> str:
+        return self.user.get_full_name()
+
+    @property
+    def is_tenant_admin(self) -> bool:
+        return self.role in ADMIN_ROLES
+
+
+class Team(TenantOwnedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="teams")
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    is_default = models.BooleanField(
+        default=False,
+        help_text="Handover falls back to this team's members when no tenant role has agents.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        ordering = ["tenant", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="team_name_unique_per_tenant"),
+            models.UniqueConstraint(
+                fields=["tenant"], condition=Q(is_default=True), name="team_one_default_per_tenant"
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class TeamRole(TenantOwnedModel):
+    """A label for a person's part in a team (e.g. "Senior agent", "Trainee")."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="team_roles")
+    name = models.CharField(max_length=80)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        ordering = ["tenant", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="team_role_unique_per_tenant"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class TeamMember(TenantOwnedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="team_members")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="members")
+    membership = models.ForeignKey(
+        Membership, on_delete=models.CASCADE, related_name="team_memberships"
+    )
+    role = models.ForeignKey(
+        TeamRole, on_delete=models.SET_NULL, null=True, blank=True, related_name="team_members"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        ordering = ["team", "created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "membership"], name="team_member_once"),
+        ]
+
+    def __str__(self):
+        return f"{self.membership.display_name} in {self.team}"
+
+    def clean(self):
+        super().clean()
+        for related in (self.team, self.membership, self.role):
+            if related is not None and related.tenant_id != self.tenant_id:
+                raise ValidationError("Team, agent and role must belong to the same tenant.")
+
+
+class TeamSchedule(TenantOwnedModel):
+    """Opening hours of a team. When enabled and closed, nobody in the team is assigned."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="team_schedules")
+    team = models.OneToOneField(Team, on_delete=models.CASCADE, related_name="schedule")
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    is_enabled = models.BooleanField(default=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+
+    def __str__(self):
+        return f"Schedule of {self.team}"
+
+
+class Weekday(models.IntegerChoices):
+    MONDAY = 0
+    TUESDAY = 1
+    WEDNESDAY = 2
+    THURSDAY = 3
+    FRIDAY = 4
+    SATURDAY = 5
+    SUNDAY = 6
+
+
+class TeamOpeningHours(TenantOwnedModel):
+    """One opening interval on one weekday, in the schedule's time zone.
+
+    `closes_at` 00:00 means "until midnight"; a shift across midnight is two rows.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    schedule = models.ForeignKey(TeamSchedule, on_delete=models.CASCADE, related_name="hours")
+    weekday = models.PositiveSmallIntegerField(choices=Weekday.choices)
+    opens_at = models.TimeField()
+    closes_at = models.TimeField(help_text="00:00 means midnight at the end of the day.")
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        ordering = ["schedule", "weekday", "opens_at"]
+        verbose_name_plural = "team opening hours"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(weekday__gte=0, weekday__lte=6), name="opening_hours_weekday_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(closes_at__gt=models.F("opens_at")) | Q(closes_at="00:00"),
+                name="opening_hours_close_after_open",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.get_weekday_display()} {self.opens_at:%H:%M}-{self.closes_at:%H:%M}"
+
+
+class TeamHoliday(TenantOwnedModel):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    schedule = models.ForeignKey(TeamSchedule, on_delete=models.CASCADE, related_name="holidays")
+    date = models.DateField()
+    name = models.CharField(max_length=120, blank=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        ordering = ["schedule", "date"]
+        constraints = [
+            models.UniqueConstraint(fields=["schedule", "date"], name="team_holiday_once"),
+        ]
+
+    def __str__(self):
+        return f"{self.date} {self.name}".strip()
+
+
+class Strategy(models.TextChoices):
+    ROUND_ROBIN = "round_robin", "Round robin"
+    LEAST_BUSY = "least_busy", "Least busy"
+    MANUAL = "manual", "Manual (never auto-assign)"
+
+
+def default_assignment_settings() -> dict:
+    return {"waterfall": list(DEFAULT_WATERFALL)}
+
+
+class AssignmentConfig(TenantOwnedModel):
+    """Routing rules of a team, or of the whole tenant when `team` is empty."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="assignment_configs")
+    team = models.ForeignKey(
+        Team, on_delete=models.CASCADE, null=True, blank=True, related_name="assignment_configs"
+    )
+    is_enabled = models.BooleanField(default=True)
+    strategy = models.CharField(
+        max_length=20, choices=Strategy.choices, default=Strategy.ROUND_ROBIN
+    )
+    settings = models.JSONField(
+        default=default_assignment_settings,
+        blank=True,
+        help_text='e.g. {"waterfall": ["team", "member", "admin", "super_admin"]}',
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=Q(team__isnull=True),
+                name="assignment_config_one_per_tenant",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "team"],
+                condition=Q(team__isnull=False),
+                name="assignment_config_one_per_team",
+            ),
+            models.CheckConstraint(
+                condition=Q(strategy__in=Strategy.values), name="assignment_config_strategy_valid"
+            ),
+        ]
+
+    def __str__(self):
+        scope = self.team.name if self.team_id else "tenant default"
+        return f"{self.get_strategy_display()} ({scope})"
+
+    @property
+    def waterfall(self) -> list[str]:
+        return list((self.settings or {}).get("waterfall") or DEFAULT_WATERFALL)
+
+    def clean(self):
+        super().clean()
+        if self.team_id and self.team.tenant_id != self.tenant_id:
+            raise ValidationError({"team": "The team belongs to another tenant."})
+        waterfall = (self.settings or {}).get("waterfall", DEFAULT_WATERFALL)
+        if not isinstance(waterfall, list) or any(t not in WATERFALL_TIERS for t in waterfall):
+            raise ValidationError(
+                {"settings": f"waterfall must be a list drawn from {', '.join(WATERFALL_TIERS)}."}
+            )
+        if len(set(waterfall)) != len(waterfall):
+            raise ValidationError({"settings": "waterfall lists a tier twice."})
+
+
+class ApiKey(TenantOwnedModel):
+    """A tenant's key for the external API. Only a SHA-256 of the key is stored."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=120)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        ordering = ["tenant", "-created_at"]
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+        indexes = [models.Index(fields=["tenant", "is_active"])]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"

@@ -1,0 +1,122 @@
+"""The one settings module switches shape on DATABASE_URL and REDIS_URL alone.
+
+Each case loads the settings in a fresh interpreter with a controlled environment and
+prints what the product would run with. Nothing connects to anything, so these run
+anywhere.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+
+# Variables that would change what is being checked here.
+_CONFIG_VARS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_TASK_ALWAYS_EAGER",
+    "DB_CONN_MAX_AGE",
+    "DJANGO_SETTINGS_MODULE",
+)
+
+_DUMP_SETTINGS = """
+import json
+import environ
+# Only the variables this test passes may configure the product, not a developer's .env.
+environ.Env.read_env = classmethod(lambda *args, **kwargs: None)
+import django
+django.setup()
+from django.conf import settings
+from config.celery import app
+db = settings.DATABASES["default"]
+print(json.dumps({
+    "engine": db["ENGINE"],
+    "name": str(db["NAME"]),
+    "host": db.get("HOST", ""),
+    "port": db.get("PORT", ""),
+    "user": db.get("USER", ""),
+    "options": db.get("OPTIONS", {}),
+    "conn_max_age": db.get("CONN_MAX_AGE", 0),
+    "database_is_postgres": settings.DATABASE_IS_POSTGRES,
+    "broker_url": settings.CELERY_BROKER_URL,
+    "always_eager": settings.CELERY_TASK_ALWAYS_EAGER,
+    "celery_broker_url": app.conf.broker_url,
+    "celery_always_eager": app.conf.task_always_eager,
+    "cache_backend": settings.CACHES["default"]["BACKEND"],
+    "cache_location": settings.CACHES["default"].get("LOCATION", ""),
+}))
+"""
+
+POSTGRES_URL = "postgres://u@h:5432/db"
+REDIS_URL = "redis://h:6379/0"
+
+
+def _load_settings(**env_vars) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in _CONFIG_VARS}
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    env.update(env_vars)
+    result = subprocess.run(
+        [sys.executable, "-c", _DUMP_SETTINGS],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_without_urls_the_product_runs_embedded():
+    loaded = _load_settings()
+
+    assert loaded["engine"] == "django.db.backends.sqlite3"
+    assert loaded["name"] == str(settings.BASE_DIR / "db.sqlite3")
+    assert loaded["database_is_postgres"] is False
+    assert loaded["options"]["timeout"] == 20
+    assert loaded["always_eager"] is True
+    assert loaded["broker_url"] == "memory://"
+    assert loaded["celery_broker_url"] == "memory://"
+    assert loaded["celery_always_eager"] is True
+    assert loaded["cache_backend"] == "django.core.cache.backends.locmem.LocMemCache"
+
+
+def test_with_both_urls_the_product_runs_on_postgres_and_redis():
+    loaded = _load_settings(DATABASE_URL=POSTGRES_URL, REDIS_URL=REDIS_URL)
+
+    assert loaded["engine"] == "django.db.backends.postgresql"
+    assert (loaded["name"], loaded["host"], loaded["port"], loaded["user"]) == (
+        "db",
+        "h",
+        5432,
+        "u",
+    )
+    assert loaded["database_is_postgres"] is True
+    assert loaded["conn_max_age"] == 60
+    assert loaded["options"]["connect_timeout"] == 5
+    assert loaded["broker_url"] == REDIS_URL
+    assert loaded["celery_broker_url"] == REDIS_URL
+    assert loaded["always_eager"] is False
+    assert loaded["celery_always_eager"] is False
+    assert loaded["cache_backend"] == "django.core.cache.backends.redis.RedisCache"
+    assert loaded["cache_location"] == REDIS_URL
+
+
+@pytest.mark.parametrize(
+    ("env_vars", "engine", "broker_url", "always_eager"),
+    [
+        ({"DATABASE_URL": POSTGRES_URL}, "django.db.backends.postgresql", "memory://", True),
+        ({"REDIS_URL": REDIS_URL}, "django.db.backends.sqlite3", REDIS_URL, False),
+    ],
+    ids=["postgres-only", "redis-only"],
+)
+def test_each_url_switches_only_its_own_part(env_vars, engine, broker_url, always_eager):
+    loaded = _load_settings(**env_vars)
+
+    assert loaded["engine"] == engine
+    assert loaded["broker_url"] == broker_url
+    assert loaded["always_eager"] is always_eager

@@ -50,13 +50,18 @@ class TenantApiKeyAuthentication(BaseAuthentication):
             raise _unauthorized("api_key_malformed", "The API key is not in the wk_… format.")
         prefix, _secret = parts
         # The one deliberate cross-tenant lookup: the key is what tells us the tenant.
-        api_key = ApiKey.all_tenants.select_related("tenant").filter(prefix=prefix).first()
+        try:
+            api_key = ApiKey.all_tenants.select_related("tenant").get(prefix=prefix)
+        except ApiKey.DoesNotExist:
+            api_key = None
         if api_key is None or not hmac.compare_digest(
             api_key.secret_hash, hash_api_key(plaintext.strip())
         ):
             raise _unauthorized("api_key_invalid", "The API key is not valid.")
-        if not api_key.is_active or not api_key.tenant.is_active:
+        if not api_key.is_active:
             raise _unauthorized("api_key_inactive", "The API key has been revoked.")
+        if not api_key.tenant.is_active:
+            raise _unauthorized("tenant_inactive", "The tenant of this API key is deactivated.")
         touch_api_key(
             api_key=api_key, resolution_seconds=settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
         )

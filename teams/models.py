@@ -363,14 +363,22 @@ class AssignmentConfig(TenantOwnedModel):
 
     @property
     def waterfall(self) -> list[str]:
-        return list((self.settings or {}).get("waterfall") or DEFAULT_WATERFALL)
+        settings = self.settings if isinstance(self.settings, dict) else {}
+        waterfall = settings.get("waterfall")
+        return list(waterfall) if isinstance(waterfall, list) and waterfall else DEFAULT_WATERFALL
 
     def clean(self):
         super().clean()
         if self.team_id and self.team.tenant_id != self.tenant_id:
             raise ValidationError({"team": "The team belongs to another tenant."})
-        waterfall = (self.settings or {}).get("waterfall", DEFAULT_WATERFALL)
-        if not isinstance(waterfall, list) or any(t not in WATERFALL_TIERS for t in waterfall):
+        if not isinstance(self.settings, dict):
+            raise ValidationError(
+                {"settings": 'Settings must be an object, e.g. {"waterfall": [...]}.'}
+            )
+        waterfall = self.settings.get("waterfall", DEFAULT_WATERFALL)
+        if not isinstance(waterfall, list) or not waterfall:
+            raise ValidationError({"settings": "waterfall must be a list with at least one tier."})
+        if any(t not in WATERFALL_TIERS for t in waterfall):
             raise ValidationError(
                 {"settings": f"waterfall must be a list drawn from {', '.join(WATERFALL_TIERS)}."}
             )

@@ -84,7 +84,7 @@ def revoke_api_key(*, api_key: ApiKey, actor: Actor) -> ApiKey:
 def touch_api_key(*, api_key: ApiKey, resolution_seconds: int) -> None:
     """Record use, writing at most once per `resolution_seconds` per key."""
     now = timezone.now()
-    if api_key.last_used_at and (now - api_key.last_used_at).total_seconds() < resolution_seconds:
+    if api_key.last_used_at and (now - api_key.last_used_at).total_seconds() <= resolution_seconds:
         return
     # The filter makes concurrent requests racing past the check above write once.
     cutoff = now - timedelta(seconds=resolution_seconds)

@@ -22,6 +22,10 @@ def _error_code(response) -> str:
     return response.json()["error"]["code"]
 
 
+def _updates(captured) -> list[str]:
+    return [q["sql"] for q in captured if q["sql"].lstrip().upper().startswith("UPDATE")]
+
+
 # --- Where the key is read from ---------------------------------------------------------
 
 
@@ -153,7 +157,7 @@ def test_key_of_an_inactive_tenant_is_refused(tenant_client, tenant):
     response = tenant_client.get(WHOAMI)
 
     assert response.status_code == 401
-    assert _error_code(response) == "api_key_inactive"
+    assert _error_code(response) == "tenant_inactive"
 
 
 def test_revoking_one_tenants_key_leaves_the_other_working(api_client, api_key, other_api_key):
@@ -239,13 +243,10 @@ def test_a_request_inside_the_window_skips_the_write(tenant_client, api_key):
     with CaptureQueriesContext(connection) as second:
         assert tenant_client.get(WHOAMI).status_code == 200
 
-    def updates(ctx):
-        return [q["sql"] for q in ctx.captured_queries if q["sql"].lstrip().upper().startswith("UPDATE")]
-
     assert len(second) == len(first) - 1
-    assert len(updates(first)) == 1
-    assert "last_used_at" in updates(first)[0]
-    assert updates(second) == []
+    assert len(_updates(first.captured_queries)) == 1
+    assert "last_used_at" in _updates(first.captured_queries)[0]
+    assert _updates(second.captured_queries) == []
 
 
 def test_authenticated_request_with_fresh_last_used_at_is_one_lookup(

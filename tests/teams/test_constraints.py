@@ -322,3 +322,28 @@ def test_a_team_of_another_tenant_is_rejected(tenant, other_tenant):
         _config(tenant, ["team", "member"], team=foreign_team).clean()
 
     assert excinfo.value.message_dict["team"] == ["The team belongs to another tenant."]
+
+
+def test_scoped_queryset_fills_in_and_insists_on_its_tenant(db):
+    tenant_a, tenant_b = TenantFactory(), TenantFactory()
+
+    team = Team.objects.for_tenant(tenant_a).create(name="Filled in")
+    assert team.tenant_id == tenant_a.id
+
+    with pytest.raises(UnscopedQueryError):
+        Team.objects.for_tenant(tenant_a).create(name="Smuggled", tenant=tenant_b)
+    with pytest.raises(UnscopedQueryError):
+        Team.objects.for_tenant(tenant_a).update(tenant=tenant_b)
+    with pytest.raises(UnscopedQueryError):
+        Team.objects.for_tenant(tenant_a).bulk_create([Team(name="Other", tenant=tenant_b)])
+    assert not Team.all_tenants.filter(tenant=tenant_b).exists()
+
+
+def test_assignment_config_settings_must_be_an_object(db):
+    config = AssignmentConfigFactory.build(tenant=TenantFactory(), settings=["team"])
+    with pytest.raises(ValidationError) as excinfo:
+        config.clean()
+    assert "settings" in excinfo.value.message_dict
+    empty = AssignmentConfigFactory.build(tenant=TenantFactory(), settings={"waterfall": []})
+    with pytest.raises(ValidationError):
+        empty.clean()

@@ -76,6 +76,7 @@ class TenantAdmin(admin.ModelAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
+    ordering = ["tenant__name", "user__email"]
     list_display = [
         "user",
         "tenant",
@@ -111,6 +112,7 @@ class TeamMemberInline(admin.TabularInline):
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
+    ordering = ["tenant__name", "name"]
     list_display = ["name", "tenant", "is_default", "member_count", "strategy", "created_at"]
     list_filter = ["is_default", "tenant"]
     search_fields = ["name", "id", "tenant__name"]
@@ -124,7 +126,7 @@ class TeamAdmin(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .annotate(member_total=Count("members", distinct=True))
-            .prefetch_related("assignment_configs")
+            .select_related("assignment_config")
         )
 
     @admin.display(description="members", ordering="member_total")
@@ -133,7 +135,7 @@ class TeamAdmin(admin.ModelAdmin):
 
     @admin.display(description="strategy")
     def strategy(self, obj):
-        config = next(iter(obj.assignment_configs.all()), None)
+        config = getattr(obj, "assignment_config", None)
         return config.get_strategy_display() if config else "tenant default"
 
     def save_formset(self, request, form, formset, change):
@@ -205,6 +207,7 @@ class AssignmentConfigAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
+    ordering = ["-created_at"]
     list_display = ["name", "prefix_display", "tenant", "is_active", "created_at", "last_used_at"]
     list_filter = ["is_active", "tenant"]
     search_fields = ["name", "prefix", "tenant__name"]

@@ -142,7 +142,6 @@ class Membership(TenantOwnedModel):
 
     class Meta:
         default_manager_name = "all_tenants"
-        ordering = ["tenant", "user__email"]
         constraints = [
             models.UniqueConstraint(fields=["tenant", "user"], name="membership_one_per_user"),
             models.CheckConstraint(condition=Q(role__in=Role.values), name="membership_role_valid"),
@@ -177,7 +176,6 @@ class Team(TenantOwnedModel):
 
     class Meta:
         default_manager_name = "all_tenants"
-        ordering = ["tenant", "name"]
         constraints = [
             models.UniqueConstraint(fields=["tenant", "name"], name="team_name_unique_per_tenant"),
             models.UniqueConstraint(
@@ -222,7 +220,6 @@ class TeamMember(TenantOwnedModel):
 
     class Meta:
         default_manager_name = "all_tenants"
-        ordering = ["team", "created_at"]
         constraints = [
             models.UniqueConstraint(fields=["team", "membership"], name="team_member_once"),
         ]
@@ -325,8 +322,8 @@ class AssignmentConfig(TenantOwnedModel):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="assignment_configs")
-    team = models.ForeignKey(
-        Team, on_delete=models.CASCADE, null=True, blank=True, related_name="assignment_configs"
+    team = models.OneToOneField(
+        Team, on_delete=models.CASCADE, null=True, blank=True, related_name="assignment_config"
     )
     is_enabled = models.BooleanField(default=True)
     strategy = models.CharField(
@@ -346,11 +343,6 @@ class AssignmentConfig(TenantOwnedModel):
                 fields=["tenant"],
                 condition=Q(team__isnull=True),
                 name="assignment_config_one_per_tenant",
-            ),
-            models.UniqueConstraint(
-                fields=["tenant", "team"],
-                condition=Q(team__isnull=False),
-                name="assignment_config_one_per_team",
             ),
             models.CheckConstraint(
                 condition=Q(strategy__in=Strategy.values), name="assignment_config_strategy_valid"
@@ -404,10 +396,31 @@ class ApiKey(TenantOwnedModel):
 
     class Meta:
         default_manager_name = "all_tenants"
-        ordering = ["tenant", "-created_at"]
         verbose_name = "API key"
         verbose_name_plural = "API keys"
         indexes = [models.Index(fields=["tenant", "is_active"])]
 
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
+
+
+class RoundRobinCursor(TenantOwnedModel):
+    """How many picks a round-robin pool has made; the next pick is `position % size`.
+
+    One row per pool (a team, or a waterfall tier of a tenant). The row is bumped with a
+    single UPDATE … RETURNING, whose row lock serialises concurrent picks from one pool,
+    so N agents get exactly 1/N of the work each.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    pool_key = models.CharField(max_length=120)
+    position = models.BigIntegerField(default=0)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "pool_key"], name="round_robin_pool_once"),
+        ]
+
+    def __str__(self):
+        return f"{self.pool_key} @ {self.position}"

@@ -1,0 +1,200 @@
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from teams.routing.reasons import UnassignedReason
+from teams.scoping import TenantOwnedModel
+
+
+class Channel(models.TextChoices):
+    WHATSAPP = "whatsapp", "WhatsApp"
+    WEBCHAT = "webchat", "Web chat"
+    INSTAGRAM = "instagram", "Instagram"
+    MESSENGER = "messenger", "Messenger"
+    TELEGRAM = "telegram", "Telegram"
+    SMS = "sms", "SMS"
+    EMAIL = "email", "Email"
+
+
+class SessionStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    CLOSED = "closed", "Closed"
+
+
+class ConfirmationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+class InboxSession(TenantOwnedModel):
+    """A contact's conversation on one channel, handed over to a human agent."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("teams.Tenant", on_delete=models.CASCADE, related_name="sessions")
+    contact_id = models.CharField(max_length=128)
+    contact_name = models.CharField(max_length=200, blank=True)
+    channel = models.CharField(max_length=20, choices=Channel.choices, default=Channel.WHATSAPP)
+    context = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=10, choices=SessionStatus.choices, default=SessionStatus.OPEN
+    )
+    team = models.ForeignKey(
+        "teams.Team", on_delete=models.SET_NULL, null=True, blank=True, related_name="sessions"
+    )
+    assigned_agent = models.ForeignKey(
+        "teams.Membership",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="sessions",
+    )
+    assigned_at = models.DateTimeField(null=True, blank=True)
+    strategy = models.CharField(max_length=20, blank=True)
+    unassigned_reason = models.CharField(
+        max_length=32, choices=UnassignedReason.choices, blank=True
+    )
+    last_assignment_attempt = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The latest routing attempt: strategy, tiers tried and agents each gave.",
+    )
+    confirmation_status = models.CharField(
+        max_length=10, choices=ConfirmationStatus.choices, default=ConfirmationStatus.SKIPPED
+    )
+    confirmation_text = models.TextField(blank=True)
+    confirmation_attempts = models.PositiveSmallIntegerField(default=0)
+    confirmation_last_error = models.TextField(blank=True)
+    confirmation_queued_at = models.DateTimeField(null=True, blank=True)
+    confirmation_started_at = models.DateTimeField(null=True, blank=True)
+    confirmation_finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "contact_id", "channel"],
+                condition=Q(status="open"),
+                name="session_one_open_per_contact",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=SessionStatus.values), name="session_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(assigned_agent__isnull=True) | Q(unassigned_reason=""),
+                name="session_assigned_has_no_reason",
+            ),
+        ]
+        indexes = [
+            # Open sessions per agent: the inbox's measure of how busy an agent is.
+            models.Index(
+                fields=["assigned_agent"],
+                condition=Q(status="open"),
+                name="session_open_by_agent",
+            ),
+            # The retry sweep: open unassigned sessions, oldest first.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(status="open", assigned_agent__isnull=True),
+                name="session_open_unassigned",
+            ),
+            # The re-enqueue sweep: confirmations still waiting.
+            models.Index(
+                fields=["confirmation_queued_at"],
+                condition=Q(confirmation_status="pending"),
+                name="session_confirmation_pending",
+            ),
+            models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent"),
+        ]
+
+    def __str__(self):
+        return f"{self.contact_name or self.contact_id} ({self.get_channel_display()})"
+
+    @property
+    def is_assigned(self) -> bool:
+        return self.assigned_agent_id is not None
+
+
+class HandoverRequest(TenantOwnedModel):
+    """An `Idempotency-Key` seen on a handover: replays the first answer for 24 hours."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("teams.Tenant", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    session = models.ForeignKey(
+        InboxSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "key"], name="handover_request_key_once"),
+        ]
+
+    def __str__(self):
+        return self.key
+
+
+class CrmIntegration(TenantOwnedModel):
+    """The tenant's CRM, through which WhatsApp confirmation messages are sent.
+
+    The CRM API key is stored encrypted (see `inbox.crypto`); `config` holds the
+    WhatsApp `phoneNumberId`.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(
+        "teams.Tenant", on_delete=models.CASCADE, related_name="crm_integrations"
+    )
+    name = models.CharField(max_length=120)
+    is_active = models.BooleanField(default=False)
+    api_url = models.URLField(blank=True, help_text="Base URL, e.g. https://crm.example.com")
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    config = models.JSONField(
+        default=dict, blank=True, help_text='e.g. {"phoneNumberId": "1234567890"}'
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        verbose_name = "CRM integration"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"], condition=Q(is_active=True), name="crm_one_active_per_tenant"
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_encrypted)
+
+    @property
+    def phone_number_id(self) -> str:
+        value = (self.config or {}).get("phoneNumberId") if isinstance(self.config, dict) else None
+        return str(value) if value else ""
+
+    def missing_parts(self) -> list[str]:
+        """What the integration lacks before it can send a message (seed check #4)."""
+        missing = []
+        if not self.is_active:
+            missing.append("isActive")
+        if not self.api_url:
+            missing.append("apiUrl")
+        if not self.api_key_encrypted:
+            missing.append("apiKey")
+        if not self.phone_number_id:
+            missing.append("config.phoneNumberId")
+        return missing

@@ -1,0 +1,208 @@
+"""The assignment engine: who may take work now, and who is next.
+
+Shared by handover (inbox) and lead intake (leads). It knows teams, roles, schedules
+and configs; the caller says how busy each agent is, through `load`, so neither caller
+depends on the other.
+
+    decision = route(tenant=tenant, team=team, load=open_sessions_per_agent)
+
+Runs inside the caller's transaction: picking advances the round-robin cursor and
+stamps the agent's `last_assigned_at`, so both roll back with the caller's change.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from django.utils import timezone
+
+from teams.models import (
+    DEFAULT_WATERFALL,
+    AssignmentConfig,
+    Membership,
+    Role,
+    Strategy,
+    Team,
+    TeamSchedule,
+    Tenant,
+)
+from teams.routing.reasons import UnassignedReason
+from teams.routing.schedules import schedule_is_open
+from teams.routing.strategies import PickContext, get_strategy
+
+LoadFunction = Callable[[Sequence[Membership]], Mapping]
+ROLE_TIERS = {"member": Role.MEMBER, "admin": Role.ADMIN, "super_admin": Role.SUPER_ADMIN}
+DEFAULT_TEAM_TIER = "default_team"
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    strategy: str
+    is_enabled: bool
+    waterfall: list[str]
+    source: str  # "team", "tenant" or "default"
+
+
+@dataclass
+class RoutingDecision:
+    agent: Membership | None
+    strategy: str
+    team: Team | None
+    tier: str | None = None
+    reason: str | None = None
+    config_source: str = "default"
+    tiers: list[dict] = field(default_factory=list)
+    available_agents: int = 0
+
+    @property
+    def assigned(self) -> bool:
+        return self.agent is not None
+
+    def as_record(self) -> dict:
+        """What is stored about this attempt, for people asking "why (not) them?"."""
+        return {
+            "at": timezone.now().isoformat(),
+            "outcome": "assigned" if self.agent else "unassigned",
+            "strategy": self.strategy,
+            "config": self.config_source,
+            "teamId": str(self.team.pk) if self.team else None,
+            "tier": self.tier,
+            "tiers": self.tiers,
+            "availableAgents": self.available_agents,
+            "agentId": str(self.agent.pk) if self.agent else None,
+            "reason": self.reason,
+        }
+
+
+def resolve_config(*, tenant: Tenant, team: Team | None) -> ResolvedConfig:
+    """The team's own config; else the tenant's; else round robin with the default
+    waterfall."""
+    config = getattr(team, "assignment_config", None) if team is not None else None
+    source = "team"
+    if config is None:
+        config = AssignmentConfig.objects.for_tenant(tenant).filter(team__isnull=True).first()
+        source = "tenant"
+    if config is None:
+        return ResolvedConfig(Strategy.ROUND_ROBIN, True, list(DEFAULT_WATERFALL), "default")
+    return ResolvedConfig(config.strategy, config.is_enabled, config.waterfall, source)
+
+
+def _active_agents(tenant: Tenant):
+    return (
+        Membership.objects.for_tenant(tenant)
+        .filter(is_active=True, user__is_active=True)
+        .select_related("user")
+    )
+
+
+def _team_schedule(team: Team) -> TeamSchedule | None:
+    return getattr(team, "schedule", None)
+
+
+def _candidates(
+    *, tenant: Tenant, team: Team | None, waterfall: list[str]
+) -> tuple[list[Membership], str | None, Team | None, list[dict]]:
+    """Agents who may take the work, the tier they came from, and every tier tried."""
+    if team is not None:
+        agents = list(_active_agents(tenant).filter(team_memberships__team=team))
+        return agents, "team", team, [{"tier": "team", "agents": len(agents)}]
+
+    tiers: list[dict] = []
+    role_tiers = [tier for tier in waterfall if tier in ROLE_TIERS]
+    by_role: dict[str, list[Membership]] = {tier: [] for tier in role_tiers}
+    if role_tiers:
+        roles = [ROLE_TIERS[tier] for tier in role_tiers]
+        for agent in _active_agents(tenant).filter(role__in=roles):
+            by_role[agent.role].append(agent)
+    for tier in waterfall:
+        if tier == "team":
+            tiers.append({"tier": "team", "agents": 0, "skipped": "no teamId"})
+            continue
+        agents = by_role.get(tier, [])
+        tiers.append({"tier": tier, "agents": len(agents)})
+        if agents:
+            return agents, tier, None, tiers
+
+    default_team = Team.objects.for_tenant(tenant).filter(is_default=True).first()
+    if default_team is None:
+        tiers.append({"tier": DEFAULT_TEAM_TIER, "agents": 0, "skipped": "no default team"})
+        return [], None, None, tiers
+    agents = list(_active_agents(tenant).filter(team_memberships__team=default_team))
+    tiers.append({"tier": DEFAULT_TEAM_TIER, "agents": len(agents), "teamId": str(default_team.pk)})
+    return agents, (DEFAULT_TEAM_TIER if agents else None), default_team, tiers
+
+
+def _pool_key(*, team: Team | None, tier: str | None) -> str:
+    return f"team:{team.pk}" if team is not None else f"tier:{tier}"
+
+
+def route(
+    *,
+    tenant: Tenant,
+    team: Team | None,
+    load: LoadFunction,
+    exclude_agent_ids: Sequence = (),
+    dry_run: bool = False,
+) -> RoutingDecision:
+    """Pick an agent for one piece of work by the team's or tenant's rules.
+
+    `load(agents)` returns each agent's open items (missing means 0). `dry_run` tells
+    who would be picked without advancing a cursor or stamping the agent.
+    """
+    now = timezone.now()
+    config = resolve_config(tenant=tenant, team=team)
+    decision = RoutingDecision(
+        agent=None, strategy=config.strategy, team=team, config_source=config.source
+    )
+    if not config.is_enabled:
+        decision.reason = UnassignedReason.ASSIGNMENT_DISABLED
+        return decision
+    if config.strategy == Strategy.MANUAL:
+        decision.reason = UnassignedReason.MANUAL_STRATEGY
+        return decision
+
+    schedule = _team_schedule(team) if team is not None else None
+    if schedule is not None and not schedule_is_open(schedule, now):
+        decision.reason = UnassignedReason.TEAM_CLOSED
+        decision.tiers = [{"tier": "team", "agents": 0, "skipped": "team closed"}]
+        return decision
+
+    candidates, tier, pool_team, decision.tiers = _candidates(
+        tenant=tenant, team=team, waterfall=config.waterfall
+    )
+    decision.tier, decision.team = tier, pool_team
+    excluded = {str(agent_id) for agent_id in exclude_agent_ids}
+    candidates = [a for a in candidates if str(a.pk) not in excluded]
+    if not candidates:
+        decision.reason = UnassignedReason.NO_AGENTS
+        return decision
+
+    available = [agent for agent in candidates if agent.is_available]
+    needs_load = config.strategy == Strategy.LEAST_BUSY or any(
+        agent.capacity is not None for agent in available
+    )
+    current_load = load(available) if (needs_load and available) else {}
+    eligible = [
+        agent
+        for agent in available
+        if agent.capacity is None or current_load.get(agent.pk, 0) < agent.capacity
+    ]
+    decision.available_agents = len(eligible)
+    if not eligible:
+        decision.reason = UnassignedReason.ALL_AT_CAPACITY
+        return decision
+
+    context = PickContext(
+        tenant=tenant,
+        pool_key=_pool_key(team=pool_team, tier=tier),
+        load=current_load,
+        dry_run=dry_run,
+    )
+    agent = get_strategy(config.strategy).pick(eligible, context)
+    if agent is None:
+        decision.reason = UnassignedReason.NO_AGENTS
+        return decision
+    decision.agent = agent
+    if not dry_run:
+        Membership.objects.for_tenant(tenant).filter(pk=agent.pk).update(last_assigned_at=now)
+        agent.last_assigned_at = now
+    return decision

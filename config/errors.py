@@ -8,30 +8,29 @@ validation errors and names every offending field.
 
 import logging
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import DatabaseError
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
 
 
-class ApiError(exceptions.APIException):
-    """A domain error with a stable code, raised by views and mapped to JSON here."""
+class DomainError(Exception):
+    """A refusal with a stable code, raised by services and mapped to JSON here.
 
-    def __init__(self, *, code: str, message: str, status_code: int, fields: dict | None = None):
-        super().__init__(detail=message, code=code)
-        self.status_code = status_code
+    Services raise it without knowing about HTTP beyond the status they suggest.
+    """
+
+    def __init__(self, *, code: str, message: str, status: int = 400, field: str | None = None):
+        super().__init__(message)
         self.code = code
-        self.fields = fields
-
-
-class PayloadTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "Request body is too large."
-    default_code = "payload_too_large"
+        self.message = message
+        self.status = status
+        self.fields = {field: [message]} if field else None
 
 
 def error_body(code: str, message: str, fields: dict | None = None) -> dict:
@@ -74,12 +73,18 @@ def _summary(fields: dict, prefix: str = "") -> list[str]:
 
 
 def api_exception_handler(exc, context):
-    if isinstance(exc, ApiError):
-        return Response(error_body(exc.code, str(exc.detail), exc.fields), status=exc.status_code)
+    if isinstance(exc, DomainError):
+        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
     if isinstance(exc, exceptions.ValidationError):
         fields = _validation_fields(exc.detail)
         message = "Invalid input. " + "; ".join(_summary(fields))
         return Response(error_body("validation_error", message, fields), status=400)
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            error_body("payload_too_large", f"Request body is larger than {limit} bytes."),
+            status=413,
+        )
     if isinstance(exc, Http404):
         return Response(error_body("not_found", "Not found."), status=404)
     if isinstance(exc, PermissionDenied):

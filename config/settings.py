@@ -134,7 +134,33 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Confirmations that could not be enqueued (broker down) or whose task was lost.
+    "inbox-requeue-pending-confirmations": {
+        "task": "inbox.tasks.requeue_pending_confirmations",
+        "schedule": 60.0,
+    },
+}
+
+# --- CRM integration (WhatsApp confirmation messages) ---------------------------------
+# Fernet keys that encrypt the CRM API keys stored in the database (comma-separated).
+# The first key encrypts; every key decrypts. To rotate: put a new key first, run
+# `manage.py rotate_crm_keys`, then remove the old key. Generate one with
+#   python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
+# Unset, a development key is derived from SECRET_KEY (see inbox/crypto.py): production
+# must set this, or changing SECRET_KEY makes every stored CRM API key unreadable.
+CRM_ENCRYPTION_KEYS = env.list("CRM_ENCRYPTION_KEYS", default=[])
+# Timeout of one request to the CRM's WhatsApp endpoint.
+CRM_HTTP_TIMEOUT_SECONDS = env.float("CRM_HTTP_TIMEOUT_SECONDS", default=10.0)
+# Retries after the first attempt, for timeouts, connection errors, 429 and 5xx.
+CRM_MAX_RETRIES = env.int("CRM_MAX_RETRIES", default=5)
+# Retry n waits CRM_RETRY_BACKOFF_SECONDS * 2**n seconds (at most 300) plus jitter.
+CRM_RETRY_BACKOFF_SECONDS = env.float("CRM_RETRY_BACKOFF_SECONDS", default=5.0)
+# An attempt that started less than this long ago and has not finished blocks another
+# (a duplicate enqueue). Keep it well above CRM_HTTP_TIMEOUT_SECONDS.
+CRM_ATTEMPT_LEASE_SECONDS = env.int("CRM_ATTEMPT_LEASE_SECONDS", default=60)
+# A confirmation still pending this long after it was queued is enqueued again.
+CRM_REQUEUE_AFTER_SECONDS = env.int("CRM_REQUEUE_AFTER_SECONDS", default=120)
 
 # --- Internationalisation -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -174,7 +200,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["config.parsers.SizeLimitedJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,

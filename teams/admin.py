@@ -17,7 +17,7 @@ from teams.models import (
     Tenant,
     User,
 )
-from teams.services import create_api_key, revoke_api_key
+from teams.services import announce_agent_available, create_api_key, revoke_api_key
 
 
 def admin_actor(request) -> Actor:
@@ -92,6 +92,12 @@ class MembershipAdmin(admin.ModelAdmin):
     list_select_related = ["user", "tenant"]
     autocomplete_fields = ["user", "tenant"]
     readonly_fields = ["id", "current_lead_count", "last_assigned_at", "created_at"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        turned_on = {"is_available", "is_active"} & set(form.changed_data)
+        if turned_on and obj.is_available and obj.is_active:
+            announce_agent_available(membership=obj)
 
 
 class TeamMemberInline(admin.TabularInline):

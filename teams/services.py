@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from audit.services import Actor, record_activity
 from teams.models import ApiKey, Membership, Role, Team, TeamMember, Tenant, User
+from teams.signals import agent_became_available
 
 API_KEY_SCHEME = "wk_"
 API_KEY_PREFIX_BODY_LENGTH = 8
@@ -124,3 +125,37 @@ def add_team_member(*, team: Team, membership: Membership, actor: Actor, role=No
         data={"agent_id": str(membership.pk), "email": membership.user.email},
     )
     return member
+
+
+def announce_agent_available(*, membership: Membership) -> None:
+    """After commit, tell the apps holding unassigned work that this agent can take it."""
+    transaction.on_commit(
+        lambda: agent_became_available.send(
+            sender=Membership, tenant_id=membership.tenant_id, agent_id=membership.pk
+        )
+    )
+
+
+@transaction.atomic
+def set_agent_availability(
+    *, membership: Membership, is_available: bool, actor: Actor
+) -> Membership:
+    membership = (
+        Membership.objects.for_tenant(membership.tenant_id)
+        .select_for_update()
+        .select_related("tenant", "user")
+        .get(pk=membership.pk)
+    )
+    if membership.is_available == is_available:
+        return membership
+    membership.is_available = is_available
+    membership.save(update_fields=["is_available"])
+    record_activity(
+        tenant=membership.tenant,
+        action="membership.available" if is_available else "membership.away",
+        actor=actor,
+        target=membership,
+    )
+    if is_available and membership.is_active:
+        announce_agent_available(membership=membership)
+    return membership

@@ -98,37 +98,47 @@ def _team_schedule(team: Team) -> TeamSchedule | None:
     return getattr(team, "schedule", None)
 
 
-def _candidates(
-    *, tenant: Tenant, team: Team | None, waterfall: list[str]
-) -> tuple[list[Membership], str | None, Team | None, list[dict]]:
-    """Agents who may take the work, the tier they came from, and every tier tried."""
-    if team is not None:
-        agents = list(_active_agents(tenant).filter(team_memberships__team=team))
-        return agents, "team", team, [{"tier": "team", "agents": len(agents)}]
+def _pools(*, tenant: Tenant, team: Team | None, waterfall: list[str], tiers: list[dict]):
+    """Candidate pools in the order they are tried: (tier, team of the pool, agents).
 
-    tiers: list[dict] = []
+    With a team: only its members (no fallback, as the seed says). Without: each role
+    tier of the waterfall, then the default team's members. Queries run lazily, so a
+    pool that is never reached costs nothing.
+    """
+    if team is not None:
+        yield "team", team, list(_active_agents(tenant).filter(team_memberships__team=team))
+        return
+
     role_tiers = [tier for tier in waterfall if tier in ROLE_TIERS]
-    by_role: dict[str, list[Membership]] = {tier: [] for tier in role_tiers}
+    by_role: dict[str, list[Membership]] = {ROLE_TIERS[tier]: [] for tier in role_tiers}
     if role_tiers:
-        roles = [ROLE_TIERS[tier] for tier in role_tiers]
-        for agent in _active_agents(tenant).filter(role__in=roles):
+        for agent in _active_agents(tenant).filter(role__in=list(by_role)):
             by_role[agent.role].append(agent)
     for tier in waterfall:
         if tier == "team":
             tiers.append({"tier": "team", "agents": 0, "skipped": "no teamId"})
-            continue
-        agents = by_role.get(tier, [])
-        tiers.append({"tier": tier, "agents": len(agents)})
-        if agents:
-            return agents, tier, None, tiers
+        elif tier in ROLE_TIERS:
+            yield tier, None, by_role[ROLE_TIERS[tier]]
 
     default_team = Team.objects.for_tenant(tenant).filter(is_default=True).first()
     if default_team is None:
         tiers.append({"tier": DEFAULT_TEAM_TIER, "agents": 0, "skipped": "no default team"})
-        return [], None, None, tiers
+        return
     agents = list(_active_agents(tenant).filter(team_memberships__team=default_team))
-    tiers.append({"tier": DEFAULT_TEAM_TIER, "agents": len(agents), "teamId": str(default_team.pk)})
-    return agents, (DEFAULT_TEAM_TIER if agents else None), default_team, tiers
+    yield DEFAULT_TEAM_TIER, default_team, agents
+
+
+def _eligible(agents, *, strategy: str, load: LoadFunction):
+    """Agents who can take work now (available, below capacity), and their load."""
+    available = [agent for agent in agents if agent.is_available]
+    needs_load = strategy == Strategy.LEAST_BUSY or any(a.capacity is not None for a in available)
+    current_load = load(available) if (needs_load and available) else {}
+    eligible = [
+        agent
+        for agent in available
+        if agent.capacity is None or current_load.get(agent.pk, 0) < agent.capacity
+    ]
+    return eligible, current_load
 
 
 def _pool_key(*, team: Team | None, tier: str | None) -> str:
@@ -166,43 +176,40 @@ def route(
         decision.tiers = [{"tier": "team", "agents": 0, "skipped": "team closed"}]
         return decision
 
-    candidates, tier, pool_team, decision.tiers = _candidates(
-        tenant=tenant, team=team, waterfall=config.waterfall
-    )
-    decision.tier, decision.team = tier, pool_team
     excluded = {str(agent_id) for agent_id in exclude_agent_ids}
-    candidates = [a for a in candidates if str(a.pk) not in excluded]
-    if not candidates:
-        decision.reason = UnassignedReason.NO_AGENTS
+    found_anyone = False
+    for tier, pool_team, agents in _pools(
+        tenant=tenant, team=team, waterfall=config.waterfall, tiers=decision.tiers
+    ):
+        agents = [agent for agent in agents if str(agent.pk) not in excluded]
+        entry = {"tier": tier, "agents": len(agents)}
+        if pool_team is not None and pool_team is not team:
+            entry["teamId"] = str(pool_team.pk)
+        decision.tiers.append(entry)
+        if not agents:
+            continue
+        found_anyone = True
+        eligible, current_load = _eligible(agents, strategy=config.strategy, load=load)
+        entry["eligible"] = len(eligible)
+        if not eligible:
+            continue
+        context = PickContext(
+            tenant=tenant,
+            pool_key=_pool_key(team=pool_team, tier=tier),
+            load=current_load,
+            dry_run=dry_run,
+        )
+        agent = get_strategy(config.strategy).pick(eligible, context)
+        if agent is None:
+            continue
+        decision.agent, decision.tier, decision.team = agent, tier, pool_team
+        decision.available_agents = len(eligible)
+        if not dry_run:
+            Membership.objects.for_tenant(tenant).filter(pk=agent.pk).update(last_assigned_at=now)
+            agent.last_assigned_at = now
         return decision
 
-    available = [agent for agent in candidates if agent.is_available]
-    needs_load = config.strategy == Strategy.LEAST_BUSY or any(
-        agent.capacity is not None for agent in available
+    decision.reason = (
+        UnassignedReason.ALL_AT_CAPACITY if found_anyone else UnassignedReason.NO_AGENTS
     )
-    current_load = load(available) if (needs_load and available) else {}
-    eligible = [
-        agent
-        for agent in available
-        if agent.capacity is None or current_load.get(agent.pk, 0) < agent.capacity
-    ]
-    decision.available_agents = len(eligible)
-    if not eligible:
-        decision.reason = UnassignedReason.ALL_AT_CAPACITY
-        return decision
-
-    context = PickContext(
-        tenant=tenant,
-        pool_key=_pool_key(team=pool_team, tier=tier),
-        load=current_load,
-        dry_run=dry_run,
-    )
-    agent = get_strategy(config.strategy).pick(eligible, context)
-    if agent is None:
-        decision.reason = UnassignedReason.NO_AGENTS
-        return decision
-    decision.agent = agent
-    if not dry_run:
-        Membership.objects.for_tenant(tenant).filter(pk=agent.pk).update(last_assigned_at=now)
-        agent.last_assigned_at = now
     return decision

@@ -1,0 +1,207 @@
+"""Handover API (the seed's camelCase contract) and the handover diagnostics report."""
+
+import json
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from audit.services import Actor
+from config.api import TenantApiView
+from config.errors import DomainError
+from inbox.diagnostics import diagnose_handover
+from inbox.models import Channel
+from inbox.services import handover
+from teams.selectors import team_for_tenant
+
+MAX_CONTEXT_BYTES = 16 * 1024
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+class StrictCharField(serializers.CharField):
+    """A string field that refuses numbers, booleans and objects instead of coercing them."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class ContextField(serializers.JSONField):
+    default_error_messages = {
+        "not_an_object": "Must be a JSON object.",
+        "too_large": f"Must be at most {MAX_CONTEXT_BYTES // 1024} KB when encoded as JSON.",
+    }
+
+    def to_internal_value(self, data):
+        data = super().to_internal_value(data)
+        if not isinstance(data, dict):
+            self.fail("not_an_object")
+        if len(json.dumps(data, separators=(",", ":")).encode()) > MAX_CONTEXT_BYTES:
+            self.fail("too_large")
+        return data
+
+
+class HandoverInput(serializers.Serializer):
+    contactId = StrictCharField(max_length=128, help_text="The contact's id on the channel.")
+    name = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    channel = serializers.ChoiceField(choices=Channel.choices, default=Channel.WHATSAPP)
+    context = ContextField(required=False, default=None, allow_null=True)
+    teamId = serializers.UUIDField(required=False, allow_null=True, default=None)
+    sendHandoverMessage = serializers.BooleanField(required=False, default=True)
+    handoverMessage = StrictCharField(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class AssignedAgentOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    email = serializers.EmailField()
+
+
+class HandoverOutput(serializers.Serializer):
+    sessionId = serializers.UUIDField()
+    sessionCreated = serializers.BooleanField()
+    status = serializers.ChoiceField(choices=["assigned", "unassigned"])
+    assignedAgent = AssignedAgentOutput(allow_null=True)
+    teamId = serializers.UUIDField(allow_null=True)
+    strategy = serializers.CharField(allow_null=True)
+    unassignedReason = serializers.CharField(allow_null=True)
+    confirmationMessage = serializers.ChoiceField(choices=["queued", "skipped"])
+
+
+HANDOVER_EXAMPLES = [
+    OpenApiExample(
+        "WhatsApp handover",
+        request_only=True,
+        value={
+            "contactId": "+4915112345678",
+            "name": "Jane Doe",
+            "channel": "whatsapp",
+            "context": {"lastMessage": "I want to talk to a human"},
+        },
+    ),
+    OpenApiExample(
+        "Route to a team, custom message",
+        request_only=True,
+        value={
+            "contactId": "web-visitor-42",
+            "channel": "webchat",
+            "teamId": "0b6f2a52-9f0e-4c1e-9d8f-2f3f6a1f8c11",
+            "handoverMessage": "One moment, a sales expert is joining.",
+        },
+    ),
+    OpenApiExample(
+        "Assigned",
+        response_only=True,
+        status_codes=["201"],
+        value={
+            "sessionId": "7d0b8c9e-1c7a-4f57-9a43-5b3c2d1e0f99",
+            "sessionCreated": True,
+            "status": "assigned",
+            "assignedAgent": {
+                "id": "3a930ce2-3566-47c9-9f5d-582b1919625f",
+                "name": "Alice Member",
+                "email": "alice@demo.test",
+            },
+            "teamId": None,
+            "strategy": "round_robin",
+            "unassignedReason": None,
+            "confirmationMessage": "queued",
+        },
+    ),
+    OpenApiExample(
+        "Left unassigned",
+        response_only=True,
+        status_codes=["200"],
+        value={
+            "sessionId": "7d0b8c9e-1c7a-4f57-9a43-5b3c2d1e0f99",
+            "sessionCreated": False,
+            "status": "unassigned",
+            "assignedAgent": None,
+            "teamId": None,
+            "strategy": "manual",
+            "unassignedReason": "manual_strategy",
+            "confirmationMessage": "skipped",
+        },
+    ),
+]
+
+
+class HandoverApi(TenantApiView):
+    """Hand a contact's conversation over to a human agent."""
+
+    @extend_schema(
+        summary="Hand a conversation over to a human agent",
+        description=(
+            "Gets or creates the contact's open inbox session, assigns an agent by the "
+            "team's or tenant's routing rules, and queues the confirmation message. "
+            "201 when a session was created, 200 when the open one was reused. Send the "
+            "same `Idempotency-Key` to safely retry: the first answer is replayed for 24 h."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False
+            ),
+            OpenApiParameter("apiKey", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False),
+        ],
+        request=HandoverInput,
+        responses={201: HandoverOutput, 200: HandoverOutput},
+        examples=HANDOVER_EXAMPLES,
+    )
+    def post(self, request):
+        payload = HandoverInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        idempotency_key = request.headers.get("Idempotency-Key", "").strip() or None
+        if idempotency_key and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise serializers.ValidationError(
+                {"Idempotency-Key": [f"At most {MAX_IDEMPOTENCY_KEY_LENGTH} characters."]}
+            )
+        outcome = handover(
+            tenant=self.tenant,
+            actor=Actor.for_api_key(request.auth),
+            contact_id=data["contactId"],
+            channel=data["channel"],
+            name=data["name"],
+            context=data["context"],
+            team_id=data["teamId"],
+            send_message=data["sendHandoverMessage"],
+            message_text=data["handoverMessage"],
+            idempotency_key=idempotency_key,
+            payload_for_idempotency=request.data,
+        )
+        response = Response(outcome.body, status=outcome.status_code)
+        if outcome.replayed:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+
+class HandoverDiagnosticsApi(TenantApiView):
+    """The seed's troubleshooting checklist, run for the key's tenant."""
+
+    @extend_schema(
+        summary="Why would a handover stay unassigned?",
+        parameters=[OpenApiParameter("teamId", OpenApiTypes.UUID, OpenApiParameter.QUERY)],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request):
+        team = None
+        team_id = request.query_params.get("teamId")
+        if team_id:
+            team_field = serializers.UUIDField()
+            try:
+                team_uuid = team_field.to_internal_value(team_id)
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"teamId": exc.detail}) from exc
+            team = team_for_tenant(tenant=self.tenant, team_id=team_uuid)
+            if team is None:
+                raise DomainError(
+                    code="team_not_found",
+                    message=f"Team {team_uuid} does not exist in this tenant.",
+                    status=404,
+                    field="teamId",
+                )
+        return Response(diagnose_handover(tenant=self.tenant, team=team).as_dict())

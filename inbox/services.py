@@ -1,0 +1,457 @@
+"""Writes for the inbox: handover, (re)assignment of sessions, closing them.
+
+Handover flow (seed 000): the API key gave us the tenant → get or create the contact's
+open session → run assignment if the session has no agent → queue the confirmation
+message after commit. A failed message never undoes an assignment.
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+from django.db import connection, transaction
+from django.db.models.constants import OnConflict
+from django.db.models.sql import InsertQuery
+from django.utils import timezone
+
+from audit.services import Actor, build_activity, record_activities
+from config.errors import DomainError
+from inbox.confirmations import enqueue_confirmation
+from inbox.models import (
+    ConfirmationStatus,
+    HandoverRequest,
+    InboxSession,
+    SessionStatus,
+)
+from inbox.selectors import open_sessions_per_agent
+from teams.models import Membership, Strategy, Team, Tenant
+from teams.routing import RoutingDecision, UnassignedReason, route
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HANDOVER_MESSAGE = "Connecting you to an agent..."
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+UNASSIGNED_WARNING = (
+    "Handover session {session_id} left unassigned. Strategy={strategy}, "
+    "availableAgents={available} (tenantId={tenant_id}, teamId={team_id}). "
+    'Check: strategy is "manual", team has no members, or tenant has no '
+    "member/admin/super_admin roles."
+)
+
+
+@dataclass(frozen=True)
+class HandoverOutcome:
+    status_code: int  # 201 new session, 200 open session reused
+    body: dict
+    replayed: bool = False
+
+
+def request_fingerprint(payload) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _claim_idempotency_key(*, tenant: Tenant, key: str, fingerprint: str):
+    """Own `key` for this request, or return the first request's outcome to replay.
+
+    The INSERT … ON CONFLICT DO NOTHING waits for a concurrent request holding the same
+    key to commit (or roll back), so duplicates in flight execute once.
+    """
+    requests = HandoverRequest.objects.for_tenant(tenant)
+    requests.filter(key=key, created_at__lt=timezone.now() - IDEMPOTENCY_WINDOW).delete()
+    mine = HandoverRequest(tenant=tenant, key=key, request_hash=fingerprint)
+    requests.bulk_create([mine], ignore_conflicts=True)
+    record = requests.get(key=key)
+    if record.pk == mine.pk:
+        return record
+    if record.request_hash != fingerprint:
+        raise DomainError(
+            code="idempotency_key_reused",
+            message="This Idempotency-Key was used with a different request body.",
+            status=422,
+            field="Idempotency-Key",
+        )
+    return HandoverOutcome(record.response_status, record.response_body, replayed=True)
+
+
+def _team_of_tenant(*, tenant: Tenant, team_id) -> Team:
+    team = (
+        Team.objects.for_tenant(tenant)
+        .select_related("assignment_config", "schedule")
+        .filter(pk=team_id)
+        .first()
+    )
+    if team is None:
+        raise DomainError(
+            code="team_not_found",
+            message=f"Team {team_id} does not exist in this tenant.",
+            status=404,
+            field="teamId",
+        )
+    return team
+
+
+def _lock_open_session(*, tenant: Tenant, contact_id: str, channel: str) -> InboxSession:
+    return (
+        InboxSession.objects.for_tenant(tenant)
+        .select_for_update(of=("self",))
+        .select_related("assigned_agent__user", "team")
+        .get(contact_id=contact_id, channel=channel, status=SessionStatus.OPEN)
+    )
+
+
+def _insert_unless_conflicting(obj) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING pk: whether the row went in.
+
+    Django's bulk_create(ignore_conflicts=True) cannot say whether the row was inserted,
+    which would cost a second query on every new session. A concurrent insert of the same
+    open session makes this wait for that transaction, then insert nothing.
+    """
+    model = type(obj)
+    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
+    query.insert_values(model._meta.local_concrete_fields, [obj])
+    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
+    pk_column = connection.ops.quote_name(model._meta.pk.column)
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} RETURNING {pk_column}", params)
+        return cursor.fetchone() is not None
+
+
+def _get_or_create_open_session(
+    *, tenant: Tenant, contact_id: str, channel: str, name: str, context: dict, team: Team | None
+) -> tuple[InboxSession, bool]:
+    """At most one open session per (tenant, contact, channel): the partial unique index
+    decides the race, and the loser waits for the winner and reuses its session."""
+    candidate = InboxSession(
+        tenant=tenant,
+        contact_id=contact_id,
+        channel=channel,
+        contact_name=name,
+        context=context,
+        team=team,
+    )
+    if _insert_unless_conflicting(candidate):
+        candidate._state.adding = False
+        return candidate, True
+    session = _lock_open_session(tenant=tenant, contact_id=contact_id, channel=channel)
+    session.tenant = tenant
+    return session, False
+
+
+def _apply_decision(session: InboxSession, decision: RoutingDecision, now) -> list[str]:
+    session.strategy = decision.strategy
+    session.last_assignment_attempt = decision.as_record()
+    session.team = decision.team or session.team
+    if decision.agent is not None:
+        session.assigned_agent = decision.agent
+        session.assigned_at = now
+        session.unassigned_reason = ""
+    else:
+        session.unassigned_reason = decision.reason or UnassignedReason.NO_AGENTS
+    return [
+        "strategy",
+        "last_assignment_attempt",
+        "team",
+        "assigned_agent",
+        "assigned_at",
+        "unassigned_reason",
+    ]
+
+
+def _assignment_activity(session: InboxSession, decision: RoutingDecision, actor: Actor):
+    if decision.agent is not None:
+        return build_activity(
+            tenant=session.tenant,
+            action="session.assigned",
+            actor=actor,
+            target=session,
+            data={
+                "agent_id": str(decision.agent.pk),
+                "agent_email": decision.agent.user.email,
+                "strategy": decision.strategy,
+                "tier": decision.tier,
+                "team_id": str(decision.team.pk) if decision.team else None,
+            },
+        )
+    return build_activity(
+        tenant=session.tenant,
+        action="session.unassigned",
+        actor=actor,
+        target=session,
+        data={
+            "reason": session.unassigned_reason,
+            "strategy": decision.strategy,
+            "tiers": decision.tiers,
+            "available_agents": decision.available_agents,
+        },
+    )
+
+
+def _warn_unassigned(session: InboxSession, decision: RoutingDecision, requested_team) -> None:
+    logger.warning(
+        UNASSIGNED_WARNING.format(
+            session_id=session.pk,
+            strategy=decision.strategy,
+            available=decision.available_agents,
+            tenant_id=session.tenant_id,
+            team_id=requested_team.pk if requested_team else "none",
+        )
+    )
+
+
+def handover_body(session: InboxSession, *, created: bool, confirmation: str) -> dict:
+    agent = session.assigned_agent
+    return {
+        "sessionId": str(session.pk),
+        "sessionCreated": created,
+        "status": "assigned" if agent else "unassigned",
+        "assignedAgent": (
+            {"id": str(agent.pk), "name": agent.display_name, "email": agent.user.email}
+            if agent
+            else None
+        ),
+        "teamId": str(session.team_id) if session.team_id else None,
+        "strategy": session.strategy or None,
+        "unassignedReason": session.unassigned_reason or None,
+        "confirmationMessage": confirmation,
+    }
+
+
+@transaction.atomic
+def handover(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    contact_id: str,
+    channel: str,
+    name: str = "",
+    context: dict | None = None,
+    team_id=None,
+    send_message: bool = True,
+    message_text: str = "",
+    idempotency_key: str | None = None,
+    payload_for_idempotency=None,
+) -> HandoverOutcome:
+    """Hand a contact's conversation over to a human agent (seed 000, steps 2-4)."""
+    idempotency_record = None
+    if idempotency_key:
+        claim = _claim_idempotency_key(
+            tenant=tenant,
+            key=idempotency_key,
+            fingerprint=request_fingerprint(payload_for_idempotency),
+        )
+        if isinstance(claim, HandoverOutcome):
+            return claim
+        idempotency_record = claim
+
+    team = _team_of_tenant(tenant=tenant, team_id=team_id) if team_id else None
+    session, created = _get_or_create_open_session(
+        tenant=tenant,
+        contact_id=contact_id,
+        channel=channel,
+        name=name,
+        context=context or {},
+        team=team,
+    )
+    now = timezone.now()
+    changed: list[str] = []
+    activities = []
+    if created:
+        activities.append(
+            build_activity(
+                tenant=tenant,
+                action="session.created",
+                actor=actor,
+                target=session,
+                data={"contact_id": contact_id, "channel": channel},
+            )
+        )
+    else:
+        if name and name != session.contact_name:
+            session.contact_name = name
+            changed.append("contact_name")
+        if context is not None and context != session.context:
+            session.context = context
+            changed.append("context")
+
+    if session.assigned_agent_id is None:
+        if team is not None and session.team_id != team.pk:
+            session.team = team
+        routing_team = team or session.team
+        decision = route(tenant=tenant, team=routing_team, load=open_sessions_per_agent(tenant))
+        changed += _apply_decision(session, decision, now)
+        activities.append(_assignment_activity(session, decision, actor))
+        if decision.agent is None:
+            _warn_unassigned(session, decision, routing_team)
+
+    confirmation = "skipped"
+    if send_message:
+        confirmation = "queued"
+        already_waiting = session.confirmation_status == ConfirmationStatus.PENDING and not created
+        if not already_waiting:
+            session.confirmation_status = ConfirmationStatus.PENDING
+            session.confirmation_text = message_text or DEFAULT_HANDOVER_MESSAGE
+            session.confirmation_attempts = 0
+            session.confirmation_last_error = ""
+            session.confirmation_queued_at = now
+            session.confirmation_started_at = None
+            session.confirmation_finished_at = None
+            changed += [
+                "confirmation_status",
+                "confirmation_text",
+                "confirmation_attempts",
+                "confirmation_last_error",
+                "confirmation_queued_at",
+                "confirmation_started_at",
+                "confirmation_finished_at",
+            ]
+            transaction.on_commit(partial(enqueue_confirmation, session.pk))
+
+    if changed:
+        session.updated_at = now
+        session.save(update_fields=sorted({*changed, "updated_at"}))
+    record_activities(activities)
+
+    outcome = HandoverOutcome(
+        status_code=201 if created else 200,
+        body=handover_body(session, created=created, confirmation=confirmation),
+    )
+    if idempotency_record is not None:
+        idempotency_record.session = session
+        idempotency_record.response_status = outcome.status_code
+        idempotency_record.response_body = outcome.body
+        idempotency_record.save(update_fields=["session", "response_status", "response_body"])
+    return outcome
+
+
+@transaction.atomic
+def run_session_assignment(
+    *, tenant: Tenant, session_id, actor: Actor, trigger: str, skip_locked: bool = False
+) -> InboxSession | None:
+    """Route an open, unassigned session again (periodic retry, agent back, admin).
+
+    Returns the session, or None when it is gone, closed, already assigned, or (with
+    `skip_locked`) being handled by someone else right now.
+    """
+    sessions = InboxSession.objects.for_tenant(tenant).select_for_update(
+        skip_locked=skip_locked, of=("self",)
+    )
+    session = (
+        sessions.select_related("team__assignment_config", "team__schedule")
+        .filter(pk=session_id, status=SessionStatus.OPEN, assigned_agent__isnull=True)
+        .first()
+    )
+    if session is None:
+        return None
+    decision = route(tenant=tenant, team=session.team, load=open_sessions_per_agent(tenant))
+    previous_reason = session.unassigned_reason
+    fields = _apply_decision(session, decision, timezone.now())
+    session.save(update_fields=[*fields, "updated_at"])
+    if decision.agent is not None or session.unassigned_reason != previous_reason:
+        activity = _assignment_activity(session, decision, actor)
+        activity.data["trigger"] = trigger
+        record_activities([activity])
+    return session
+
+
+@transaction.atomic
+def assign_session_to(
+    *, tenant: Tenant, session_id, agent: Membership, actor: Actor
+) -> InboxSession:
+    """A person assigns (or moves) an open session to a chosen agent."""
+    if agent.tenant_id != tenant.pk or not agent.is_active:
+        raise DomainError(
+            code="agent_not_found", message="Agent not found.", status=404, field="agent"
+        )
+    session = (
+        InboxSession.objects.for_tenant(tenant)
+        .select_for_update()
+        .filter(pk=session_id, status=SessionStatus.OPEN)
+        .first()
+    )
+    if session is None:
+        raise DomainError(code="session_not_found", message="Open session not found.", status=404)
+    previous = session.assigned_agent_id
+    now = timezone.now()
+    session.assigned_agent = agent
+    session.assigned_at = now
+    session.unassigned_reason = ""
+    session.strategy = Strategy.MANUAL
+    session.save(
+        update_fields=[
+            "assigned_agent",
+            "assigned_at",
+            "unassigned_reason",
+            "strategy",
+            "updated_at",
+        ]
+    )
+    Membership.objects.for_tenant(tenant).filter(pk=agent.pk).update(last_assigned_at=now)
+    record_activities(
+        [
+            build_activity(
+                tenant=tenant,
+                action="session.assigned",
+                actor=actor,
+                target=session,
+                data={
+                    "agent_id": str(agent.pk),
+                    "agent_email": agent.user.email,
+                    "strategy": "manual",
+                    "previous_agent_id": str(previous) if previous else None,
+                },
+            )
+        ]
+    )
+    return session
+
+
+@transaction.atomic
+def close_session(*, tenant: Tenant, session_id, actor: Actor) -> InboxSession:
+    session = (
+        InboxSession.objects.for_tenant(tenant).select_for_update().filter(pk=session_id).first()
+    )
+    if session is None:
+        raise DomainError(code="session_not_found", message="Session not found.", status=404)
+    if session.status == SessionStatus.OPEN:
+        session.status = SessionStatus.CLOSED
+        session.closed_at = timezone.now()
+        session.save(update_fields=["status", "closed_at", "updated_at"])
+        record_activities(
+            [build_activity(tenant=tenant, action="session.closed", actor=actor, target=session)]
+        )
+    return session
+
+
+def retry_unassigned_sessions(*, tenant_id=None, limit: int = 100) -> dict:
+    """Route open unassigned sessions again, oldest first, skipping `manual` ones.
+
+    A system job across tenants (or one tenant, when an agent of it became available).
+    Each session is its own transaction; sessions locked by another worker are skipped.
+    """
+    pending = InboxSession.all_tenants.filter(
+        status=SessionStatus.OPEN, assigned_agent__isnull=True
+    ).exclude(unassigned_reason=UnassignedReason.MANUAL_STRATEGY)
+    if tenant_id is not None:
+        pending = pending.filter(tenant_id=tenant_id)
+    rows = list(pending.order_by("created_at").values_list("pk", "tenant_id")[:limit])
+    tenants = Tenant.objects.in_bulk({tenant for _, tenant in rows})
+    summary = {"checked": 0, "assigned": 0, "skipped_manual": 0}
+    for session_id, session_tenant_id in rows:
+        tenant = tenants[session_tenant_id]
+        summary["checked"] += 1
+        session = run_session_assignment(
+            tenant=tenant,
+            session_id=session_id,
+            actor=Actor.system(),
+            trigger="retry",
+            skip_locked=True,
+        )
+        if session is not None and session.assigned_agent_id:
+            summary["assigned"] += 1
+        elif session is not None and session.unassigned_reason == UnassignedReason.MANUAL_STRATEGY:
+            summary["skipped_manual"] += 1
+    return summary

@@ -1,0 +1,46 @@
+"""Celery tasks of the inbox app: thin wrappers that take ids and call services."""
+
+from celery import shared_task
+from django.conf import settings
+
+from inbox.confirmations import (
+    deliver_confirmation,
+    mark_confirmation_failed,
+    requeue_stale_confirmations,
+    retry_countdown_seconds,
+)
+from inbox.whatsapp import TransientSendError
+
+# ---------------------------------------------------------------------------------------
+# Handover confirmation message (WhatsApp via the tenant's CRM); see inbox/confirmations.py
+# ---------------------------------------------------------------------------------------
+
+
+@shared_task(bind=True, max_retries=settings.CRM_MAX_RETRIES)
+def send_handover_confirmation(self, session_id):
+    """One attempt per run; transient failures retry with backoff, then give up."""
+    try:
+        return deliver_confirmation(session_id=session_id, attempt_number=self.request.retries + 1)
+    except TransientSendError as exc:
+        # Read at run time, so a changed setting applies without re-importing the task.
+        max_retries = settings.CRM_MAX_RETRIES
+        if self.request.retries >= max_retries:
+            mark_confirmation_failed(
+                session_id=session_id,
+                error=f"{exc} Gave up after {self.request.retries + 1} attempts.",
+            )
+            return "failed"
+        raise self.retry(
+            exc=exc,
+            countdown=retry_countdown_seconds(self.request.retries),
+            max_retries=max_retries,
+        ) from None
+
+
+@shared_task
+def requeue_pending_confirmations():
+    """Celery beat, every minute: enqueue again the confirmations left pending."""
+    return requeue_stale_confirmations(older_than_seconds=settings.CRM_REQUEUE_AFTER_SECONDS)
+
+
+# --- end of handover confirmation tasks ------------------------------------------------

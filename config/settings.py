@@ -134,10 +134,20 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }
+# Embedded mode has no worker: run each task in a background thread so that a slow CRM
+# or mail server never holds up an HTTP response.
+EMBEDDED_TASKS_IN_BACKGROUND = env.bool("EMBEDDED_TASKS_IN_BACKGROUND", default=not REDIS_URL)
+# Periodic jobs. Celery beat runs them in production; in embedded mode `bin/run` starts
+# `manage.py run_periodic_jobs`, which runs the same schedule in-process.
 CELERY_BEAT_SCHEDULE: dict = {
     # Confirmations that could not be enqueued (broker down) or whose task was lost.
     "inbox-requeue-pending-confirmations": {
         "task": "inbox.tasks.requeue_pending_confirmations",
+        "schedule": 60.0,
+    },
+    # Open sessions nobody could take: try again, oldest first.
+    "inbox-retry-unassigned-sessions": {
+        "task": "inbox.tasks.retry_unassigned_sessions",
         "schedule": 60.0,
     },
 }

@@ -28,6 +28,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from audit.services import Actor, record_activity
+from config.tasks import enqueue
 from inbox.crypto import SecretDecryptionError, decrypt_secret
 from inbox.models import ConfirmationStatus, CrmIntegration, InboxSession
 from inbox.whatsapp import PermanentSendError, TransientSendError, redact, send_whatsapp_text
@@ -71,17 +72,14 @@ def enqueue_confirmation(session_id) -> bool:
     """
     from inbox.tasks import send_handover_confirmation  # inbox.tasks imports this module
 
-    try:
-        send_handover_confirmation.apply_async(args=[str(session_id)])
-    except Exception as exc:  # kombu/redis raise transport-specific errors
+    queued = enqueue(send_handover_confirmation, str(session_id))
+    if not queued:
         logger.warning(
-            "Handover confirmation for session %s could not be enqueued (%s); it stays "
-            "pending and the periodic re-enqueue will retry it.",
+            "Handover confirmation for session %s stays pending; the periodic re-enqueue "
+            "will retry it.",
             session_id,
-            type(exc).__name__,
         )
-        return False
-    return True
+    return queued
 
 
 def deliver_confirmation(*, session_id, attempt_number: int) -> str:

@@ -83,26 +83,38 @@ def _check_api_keys(tenant: Tenant) -> Check:
     )
 
 
-def _check_tenant_agents(tenant: Tenant) -> tuple[Check, int]:
+def _check_tenant_agents(tenant: Tenant, *, waterfall: list[str]) -> tuple[Check, int]:
+    """Agents a handover without teamId can find: active people in the waterfall's roles."""
     counts = {role: 0 for role in Role.values}
     for role in _agents(tenant).values_list("role", flat=True):
         counts[role] += 1
-    total = sum(counts.values())
+    routed_roles = [role for role in Role.values if role in waterfall]
+    usable = sum(counts[role] for role in routed_roles)
     detail = (
         f"Active agents by role: member={counts['member']}, admin={counts['admin']}, "
         f"super_admin={counts['super_admin']}."
     )
-    if total:
-        return Check("tenant_agents", OK, detail, data=counts), total
+    left_out = [role for role in Role.values if role not in waterfall and counts[role]]
+    if left_out:
+        detail += (
+            f" The waterfall ({' -> '.join(waterfall)}) leaves out {', '.join(left_out)}, "
+            "so those agents are not used."
+        )
+    data = {**counts, "routed": usable}
+    if usable:
+        return Check("tenant_agents", OK, detail, data=data), usable
+    fix = OPTION_A
+    if left_out:
+        fix += " Or add their role to the waterfall of the assignment config."
     return (
         Check(
             "tenant_agents",
             PROBLEM,
             detail + " A handover without teamId finds 0 agents from tenant roles.",
-            OPTION_A,
-            data=counts,
+            fix,
+            data=data,
         ),
-        total,
+        usable,
     )
 
 
@@ -266,7 +278,8 @@ def diagnose_handover(
     *, tenant: Tenant, team: Team | None = None, session: InboxSession | None = None
 ) -> Report:
     checks = [_check_api_keys(tenant)]
-    tenant_agents_check, tenant_agents = _check_tenant_agents(tenant)
+    waterfall = resolve_config(tenant=tenant, team=team).waterfall
+    tenant_agents_check, tenant_agents = _check_tenant_agents(tenant, waterfall=waterfall)
     checks.append(tenant_agents_check)
     checks.append(_check_default_team(tenant, tenant_agents=tenant_agents))
     if team is not None:

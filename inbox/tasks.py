@@ -9,6 +9,7 @@ from inbox.confirmations import (
     requeue_stale_confirmations,
     retry_countdown_seconds,
 )
+from inbox.services import retry_unassigned_sessions as retry_unassigned_sessions_service
 from inbox.whatsapp import TransientSendError
 
 # ---------------------------------------------------------------------------------------
@@ -44,3 +45,14 @@ def requeue_pending_confirmations():
 
 
 # --- end of handover confirmation tasks ------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------
+# Routing sessions nobody could take
+# ---------------------------------------------------------------------------------------
+
+
+@shared_task
+def retry_unassigned_sessions(tenant_id=None):
+    """Celery beat, every minute (all tenants), and when an agent of a tenant is back."""
+    return retry_unassigned_sessions_service(tenant_id=tenant_id)

@@ -62,8 +62,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
+def _fast_password_hashing_and_foreground_tasks(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Eager tasks run in the test's own thread, so their effects can be asserted.
+    settings.EMBEDDED_TASKS_IN_BACKGROUND = False
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
+from inbox.models import CrmIntegration, InboxSession
 from teams.models import ApiKey, Membership, Role, Team, TeamMember, Tenant, User
 
 
@@ -24,7 +25,10 @@ def test_seed_demo_twice_gives_one_tenant_and_working_credentials(client, api_cl
     assert Tenant.objects.filter(slug="demo-other").count() == 1
     assert first["tenant"]["id"] == second["tenant"]["id"]
     assert {a["id"] for a in first["agents"]} == {a["id"] for a in second["agents"]}
-    assert Team.all_tenants.filter(tenant_id=first["tenant"]["id"]).count() == 3
+    assert Team.all_tenants.filter(tenant_id=first["tenant"]["id"]).count() == len(second["teams"])
+    assert InboxSession.all_tenants.filter(tenant_id=first["tenant"]["id"]).count() == len(
+        second["sessions"]
+    )
     assert User.objects.filter(email="alice@demo.test").count() == 1
 
     # The latest key works; the previous run's key was revoked, so one demo key is live.
@@ -43,7 +47,7 @@ def test_seed_demo_twice_gives_one_tenant_and_working_credentials(client, api_cl
 def test_seed_demo_json_has_the_documented_shape():
     data = seed_demo_json()
 
-    assert set(data) == {"tenant", "api_key", "admin", "agents", "teams", "leads", "other_tenant"}
+    assert {"tenant", "api_key", "admin", "agents", "teams", "leads", "other_tenant"} <= set(data)
     assert set(data["tenant"]) == {"id", "name"}
     assert set(data["admin"]) == {"username", "password", "agent_id"}
     assert {a["role"] for a in data["agents"]} == set(Role.values)
@@ -90,3 +94,17 @@ def test_seed_demo_human_output_prints_login_and_key():
     assert "let-me-in-please" in text
     assert "wk_" in text
     assert User.objects.get(email="admin@demo.test").check_password("let-me-in-please")
+
+
+@pytest.mark.django_db
+def test_seed_demo_has_sessions_in_several_states_and_a_crm_integration():
+    data = seed_demo_json()
+
+    states = {(s["status"], s["assigned_agent_id"] is not None) for s in data["sessions"]}
+    assert ("open", True) in states
+    assert ("open", False) in states
+    assert ("closed", True) in states
+    assert "manual_strategy" in {s["unassigned_reason"] for s in data["sessions"]}
+    integration = CrmIntegration.all_tenants.get(tenant_id=data["tenant"]["id"])
+    assert integration.has_api_key
+    assert not integration.is_active, "inactive unless a real CRM is configured"

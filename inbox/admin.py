@@ -1,0 +1,198 @@
+from django import forms
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from audit.services import Actor
+from config.errors import DomainError
+from inbox.integrations import set_crm_api_key
+from inbox.models import CrmIntegration, HandoverRequest, InboxSession
+from inbox.services import close_session, run_session_assignment
+
+
+def admin_actor(request) -> Actor:
+    return Actor(label=f"admin:{request.user.email}")
+
+
+@admin.register(InboxSession)
+class InboxSessionAdmin(admin.ModelAdmin):
+    list_display = [
+        "contact_display",
+        "channel",
+        "tenant",
+        "status",
+        "assigned_agent",
+        "unassigned_reason",
+        "confirmation_status",
+        "created_at",
+    ]
+    list_filter = [
+        "status",
+        ("assigned_agent", admin.EmptyFieldListFilter),
+        "unassigned_reason",
+        "confirmation_status",
+        "channel",
+        "tenant",
+    ]
+    search_fields = ["contact_id", "contact_name", "id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant", "assigned_agent__user", "team"]
+    ordering = ["-created_at"]
+    actions = ["run_assignment_again", "close_selected"]
+    readonly_fields = [
+        "id",
+        "tenant",
+        "contact_id",
+        "contact_name",
+        "channel",
+        "context",
+        "status",
+        "team",
+        "assigned_agent",
+        "assigned_at",
+        "strategy",
+        "unassigned_reason",
+        "last_assignment_attempt",
+        "confirmation_status",
+        "confirmation_text",
+        "confirmation_attempts",
+        "confirmation_last_error",
+        "confirmation_queued_at",
+        "confirmation_started_at",
+        "confirmation_finished_at",
+        "created_at",
+        "updated_at",
+        "closed_at",
+    ]
+    fieldsets = [
+        (None, {"fields": ["id", "tenant", "contact_id", "contact_name", "channel", "context"]}),
+        (
+            "Assignment",
+            {
+                "fields": [
+                    "status",
+                    "team",
+                    "assigned_agent",
+                    "assigned_at",
+                    "strategy",
+                    "unassigned_reason",
+                    "last_assignment_attempt",
+                ]
+            },
+        ),
+        (
+            "Confirmation message",
+            {
+                "fields": [
+                    "confirmation_status",
+                    "confirmation_text",
+                    "confirmation_attempts",
+                    "confirmation_last_error",
+                    "confirmation_queued_at",
+                    "confirmation_started_at",
+                    "confirmation_finished_at",
+                ]
+            },
+        ),
+        ("Times", {"fields": ["created_at", "updated_at", "closed_at"]}),
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="contact", ordering="contact_id")
+    def contact_display(self, obj):
+        if obj.contact_name:
+            return format_html("{} <small>{}</small>", obj.contact_name, obj.contact_id)
+        return obj.contact_id
+
+    @admin.action(description="Run assignment again")
+    def run_assignment_again(self, request, queryset):
+        assigned = unassigned = skipped = 0
+        for session in queryset.select_related("tenant"):
+            result = run_session_assignment(
+                tenant=session.tenant,
+                session_id=session.pk,
+                actor=admin_actor(request),
+                trigger="admin",
+            )
+            if result is None:
+                skipped += 1
+            elif result.assigned_agent_id:
+                assigned += 1
+            else:
+                unassigned += 1
+        self.message_user(
+            request,
+            f"Assigned {assigned}; still unassigned {unassigned}; skipped {skipped} "
+            "(closed or already assigned).",
+            messages.SUCCESS if assigned else messages.WARNING,
+        )
+
+    @admin.action(description="Close selected sessions")
+    def close_selected(self, request, queryset):
+        closed = 0
+        for session in queryset.select_related("tenant"):
+            try:
+                close_session(
+                    tenant=session.tenant, session_id=session.pk, actor=admin_actor(request)
+                )
+                closed += 1
+            except DomainError as exc:
+                self.message_user(request, f"{session}: {exc.message}", messages.ERROR)
+        self.message_user(request, f"Closed {closed} session(s).", messages.SUCCESS)
+
+
+class CrmIntegrationForm(forms.ModelForm):
+    api_key = forms.CharField(
+        label="CRM API key",
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Stored encrypted and never shown again. Leave empty to keep the current key.",
+    )
+
+    class Meta:
+        model = CrmIntegration
+        fields = ["tenant", "name", "is_active", "api_url", "config"]
+
+
+@admin.register(CrmIntegration)
+class CrmIntegrationAdmin(admin.ModelAdmin):
+    form = CrmIntegrationForm
+    list_display = ["name", "tenant", "is_active", "api_url", "has_key", "phone_number", "missing"]
+    list_filter = ["is_active", "tenant"]
+    search_fields = ["name", "api_url", "tenant__name"]
+    list_select_related = ["tenant"]
+    autocomplete_fields = ["tenant"]
+    readonly_fields = ["created_at", "updated_at"]
+
+    @admin.display(boolean=True, description="API key set")
+    def has_key(self, obj):
+        return obj.has_api_key
+
+    @admin.display(description="phoneNumberId")
+    def phone_number(self, obj):
+        return obj.phone_number_id
+
+    @admin.display(description="missing for sending")
+    def missing(self, obj):
+        return ", ".join(obj.missing_parts()) or "-"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if form.cleaned_data.get("api_key"):
+            set_crm_api_key(integration=obj, plaintext=form.cleaned_data["api_key"])
+
+
+@admin.register(HandoverRequest)
+class HandoverRequestAdmin(admin.ModelAdmin):
+    list_display = ["key", "tenant", "response_status", "session", "created_at"]
+    list_filter = ["tenant", "response_status"]
+    search_fields = ["key"]
+    readonly_fields = [f.name for f in HandoverRequest._meta.fields]
+    list_select_related = ["tenant", "session"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

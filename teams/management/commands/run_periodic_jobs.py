@@ -1,0 +1,55 @@
+import logging
+import signal
+import time
+from datetime import timedelta
+from importlib import import_module
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections
+
+logger = logging.getLogger(__name__)
+
+
+def _seconds(schedule) -> float:
+    if isinstance(schedule, timedelta):
+        return schedule.total_seconds()
+    return float(schedule)
+
+
+def _task(dotted: str):
+    module, name = dotted.rsplit(".", 1)
+    return getattr(import_module(module), name)
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the periodic jobs of CELERY_BEAT_SCHEDULE in this process. For embedded mode "
+        "(no Redis, no Celery beat): `bin/run` starts it next to the web server."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--once", action="store_true", help="Run every job once, then exit.")
+
+    def handle(self, *args, once: bool, **options):
+        jobs = {
+            name: (_task(entry["task"]), _seconds(entry["schedule"]), entry.get("kwargs", {}))
+            for name, entry in settings.CELERY_BEAT_SCHEDULE.items()
+        }
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+        next_run = dict.fromkeys(jobs, 0.0)
+        while not stop:
+            for name, (task, every, kwargs) in jobs.items():
+                if time.monotonic() < next_run[name]:
+                    continue
+                close_old_connections()
+                try:
+                    result = task.apply(kwargs=kwargs).get(propagate=True)
+                    self.stdout.write(f"{name}: {result}")
+                except Exception:
+                    logger.exception("Periodic job %s failed", name)
+                next_run[name] = time.monotonic() + every
+            if once:
+                return
+            time.sleep(1)

@@ -1,0 +1,14 @@
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+
+class TenantApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "teams.authentication.TenantApiKeyAuthentication"
+    name = "TenantApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": "Tenant API key (wk_…). The `apiKey` query parameter works too.",
+        }

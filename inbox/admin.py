@@ -143,6 +143,12 @@ class InboxSessionAdmin(admin.ModelAdmin):
 
 
 class CrmIntegrationForm(forms.ModelForm):
+    api_url = forms.URLField(
+        label="API URL",
+        required=False,
+        assume_scheme="https",
+        help_text="Base URL of the CRM, e.g. https://crm.example.com",
+    )
     api_key = forms.CharField(
         label="CRM API key",
         required=False,

@@ -145,6 +145,9 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "inbox.tasks.requeue_pending_confirmations",
         "schedule": 60.0,
     },
+    # Stage 1 and 2 SLA sweeps: missed claim and contact deadlines.
+    "leads-check-sla": {"task": "leads.tasks.check_sla", "schedule": 30.0},
+    "leads-retry-unassigned": {"task": "leads.tasks.retry_unassigned_leads", "schedule": 60.0},
     # Open sessions nobody could take: try again, oldest first.
     "inbox-retry-unassigned-sessions": {
         "task": "inbox.tasks.retry_unassigned_sessions",

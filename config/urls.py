@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.health import healthz
+from leads import views as leads_views
 
 admin.site.site_header = "Handover administration"
 admin.site.site_title = "Handover admin"
@@ -16,4 +17,10 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("teams.urls")),
     path("api/v1/", include("inbox.urls")),
+    path("api/v1/", include("leads.urls")),
+    path("", leads_views.my_leads, name="home"),
+    path("leads/", leads_views.my_leads, name="my-leads"),
+    path("leads/<uuid:lead_id>/", leads_views.lead_page, name="lead-page"),
+    path("leads/<uuid:lead_id>/claim/", leads_views.claim, name="lead-claim"),
+    path("leads/<uuid:lead_id>/contacted/", leads_views.contacted, name="lead-contacted"),
 ]

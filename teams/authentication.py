@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 
 from teams.models import ApiKey, Tenant
 from teams.services import hash_api_key, split_api_key, touch_api_key
@@ -69,3 +69,10 @@ class TenantApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'ApiKey realm="api", header="X-API-Key"'
+
+
+class SessionAuthentication401(SessionAuthentication):
+    """Django login (with CSRF), answering 401 rather than 403 when nobody is logged in."""
+
+    def authenticate_header(self, request):
+        return 'Session realm="handover"'

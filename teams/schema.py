@@ -1,3 +1,4 @@
+from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
@@ -12,3 +13,7 @@ class TenantApiKeyScheme(OpenApiAuthenticationExtension):
             "name": "X-API-Key",
             "description": "Tenant API key (wk_…). The `apiKey` query parameter works too.",
         }
+
+
+class SessionLoginScheme(SessionScheme):
+    target_class = "teams.authentication.SessionAuthentication401"

@@ -1,0 +1,272 @@
+"""Leads API. Snake_case, as the seed's reassign-lead contract."""
+
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import exceptions, serializers
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from audit.services import Actor
+from config.api import TenantApiView
+from config.errors import DomainError
+from leads.formatting import lead_url
+from leads.models import LeadStatus, ReassignmentReason
+from leads.selectors import active_admin, lead_for_tenant, leads_for_tenant, membership_for_lead
+from leads.services import claim_lead, create_lead, mark_lead_contacted, reassign_lead
+from teams.authentication import (
+    ApiKeyClient,
+    SessionAuthentication401,
+    TenantApiKeyAuthentication,
+)
+
+
+class AgentOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField(source="display_name")
+    email = serializers.EmailField(source="user.email")
+
+
+class LeadOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    phone = serializers.CharField()
+    email = serializers.CharField()
+    source = serializers.CharField()
+    status = serializers.CharField()
+    team_id = serializers.UUIDField(allow_null=True)
+    assigned_agent = AgentOutput(allow_null=True)
+    assigned_at = serializers.DateTimeField(allow_null=True)
+    unassigned_reason = serializers.CharField()
+    previous_agent_id = serializers.UUIDField(allow_null=True)
+    reassignment_count = serializers.IntegerField()
+    reassignment_reason = serializers.CharField()
+    reassigned_at = serializers.DateTimeField(allow_null=True)
+    claim_deadline = serializers.DateTimeField(allow_null=True)
+    claimed_at = serializers.DateTimeField(allow_null=True)
+    claim_sla_breached_at = serializers.DateTimeField(allow_null=True)
+    contact_deadline = serializers.DateTimeField(allow_null=True)
+    contacted_at = serializers.DateTimeField(allow_null=True)
+    contact_sla_breached_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    url = serializers.SerializerMethodField()
+
+    def get_url(self, lead) -> str:
+        return lead_url(lead)
+
+
+class ReassignmentOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    lead_id = serializers.UUIDField()
+    from_agent_id = serializers.UUIDField(allow_null=True)
+    to_agent_id = serializers.UUIDField()
+    reassigned_by_id = serializers.UUIDField(allow_null=True)
+    reason = serializers.CharField()
+    stage = serializers.CharField()
+    notes = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class LeadDetailOutput(LeadOutput):
+    reassignments = ReassignmentOutput(many=True)
+
+
+class LeadInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    phone = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
+    email = serializers.EmailField(required=False, allow_blank=True, default="")
+    source = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    assigned_agent_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+    team_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+
+    def validate(self, attrs):
+        if not attrs["phone"] and not attrs["email"]:
+            raise serializers.ValidationError({"phone": ["Give a phone number or an email."]})
+        return attrs
+
+
+class LeadFilters(serializers.Serializer):
+    status = serializers.ChoiceField(choices=LeadStatus.choices, required=False)
+    assigned_agent_id = serializers.UUIDField(required=False)
+    breached = serializers.ChoiceField(choices=["claim", "contact", "any"], required=False)
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+    search = serializers.CharField(required=False, max_length=100)
+
+
+class LeadsApi(TenantApiView):
+    @extend_schema(
+        summary="List leads",
+        parameters=[LeadFilters, OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        responses=LeadOutput(many=True),
+    )
+    def get(self, request):
+        filters = LeadFilters(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = LimitOffsetPagination()
+        paginator.default_limit = 50
+        paginator.max_limit = 500
+        page = paginator.paginate_queryset(
+            leads_for_tenant(tenant=self.tenant, filters=filters.validated_data), request, view=self
+        )
+        return paginator.get_paginated_response(LeadOutput(page, many=True).data)
+
+    @extend_schema(
+        summary="Create a lead",
+        description="Assigned to `assigned_agent_id`, or routed by the team's or tenant's "
+        "rules. The claim window starts once the lead has an agent.",
+        request=LeadInput,
+        responses={201: LeadOutput},
+    )
+    def post(self, request):
+        payload = LeadInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        lead = create_lead(
+            tenant=self.tenant, actor=Actor.for_api_key(request.auth), **payload.validated_data
+        )
+        lead = lead_for_tenant(tenant=self.tenant, lead_id=lead.pk)
+        return Response(LeadOutput(lead).data, status=201)
+
+
+class LeadDetailApi(TenantApiView):
+    @extend_schema(summary="A lead with its reassignment history", responses=LeadDetailOutput)
+    def get(self, request, lead_id):
+        lead = lead_for_tenant(tenant=self.tenant, lead_id=lead_id)
+        if lead is None:
+            raise DomainError(code="lead_not_found", message="Lead not found.", status=404)
+        return Response(LeadDetailOutput(lead).data)
+
+
+class AgentLeadActionApi(APIView):
+    """Claim / mark contacted: the logged-in agent acting on a lead assigned to them."""
+
+    authentication_classes = [SessionAuthentication401]
+    permission_classes = [IsAuthenticated]
+    action_service = None
+
+    @extend_schema(request=None, responses=LeadOutput)
+    def post(self, request, lead_id):
+        membership = membership_for_lead(user=request.user, lead_id=lead_id)
+        if membership is None:
+            raise DomainError(code="lead_not_found", message="Lead not found.", status=404)
+        lead = type(self).action_service(
+            tenant=membership.tenant, lead_id=lead_id, agent=membership
+        )
+        lead = lead_for_tenant(tenant=membership.tenant, lead_id=lead.pk)
+        return Response(LeadOutput(lead).data)
+
+
+class ClaimLeadApi(AgentLeadActionApi):
+    action_service = staticmethod(claim_lead)
+
+
+class MarkLeadContactedApi(AgentLeadActionApi):
+    action_service = staticmethod(mark_lead_contacted)
+
+
+class ReassignLeadInput(serializers.Serializer):
+    lead_id = serializers.UUIDField()
+    to_agent_id = serializers.UUIDField()
+    reason = serializers.ChoiceField(choices=ReassignmentReason.choices)
+    notes = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    reassigned_by_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+
+
+class ReassignLeadOutput(serializers.Serializer):
+    success = serializers.BooleanField()
+    lead = LeadOutput()
+    reassignment = ReassignmentOutput()
+
+
+def _not_an_admin() -> DomainError:
+    return DomainError(
+        code="not_an_admin",
+        message="Only an active admin or super admin of the lead's tenant can reassign it.",
+        status=403,
+        field="reassigned_by_id",
+    )
+
+
+class ReassignLeadApi(APIView):
+    """POST /api/v1/reassign-lead (seed 003).
+
+    Either a logged-in admin of the lead's tenant (then `reassigned_by` is that admin),
+    or the tenant's API key with `reassigned_by_id` naming an active admin of it.
+    """
+
+    authentication_classes = [TenantApiKeyAuthentication, SessionAuthentication401]
+    permission_classes = [IsAuthenticated]
+
+    def permission_denied(self, request, message=None, code=None):
+        if request.authenticators and not request.successful_authenticator:
+            raise exceptions.NotAuthenticated(
+                "Log in as an admin, or send the tenant API key in X-API-Key.",
+                code="not_authenticated",
+            )
+        super().permission_denied(request, message=message, code=code)
+
+    @extend_schema(
+        summary="Reassign a lead to another agent",
+        request=ReassignLeadInput,
+        responses={200: ReassignLeadOutput},
+        examples=[
+            OpenApiExample(
+                "Unclaimed lead",
+                request_only=True,
+                value={
+                    "lead_id": "5b0b1b53-6a8e-4c1c-9f7e-0d1f5b2c9e11",
+                    "to_agent_id": "3a930ce2-3566-47c9-9f5d-582b1919625f",
+                    "reason": "unclaimed",
+                    "notes": "Alice is on holiday",
+                    "reassigned_by_id": "fcbfbbfe-04d0-4e1a-852c-f670babafe64",
+                },
+            )
+        ],
+    )
+    def post(self, request):
+        payload = ReassignLeadInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+
+        if isinstance(request.user, ApiKeyClient):
+            tenant = request.user.tenant
+            if data["reassigned_by_id"] is None:
+                raise exceptions.ValidationError(
+                    {"reassigned_by_id": ["Required when calling with an API key."]}
+                )
+            admin = active_admin(tenant=tenant, agent_id=data["reassigned_by_id"])
+            if admin is None:
+                raise _not_an_admin()
+            actor = Actor(
+                label=f"{admin.user.email} via api_key:{request.auth.prefix}", membership=admin
+            )
+        else:
+            admin = membership_for_lead(user=request.user, lead_id=data["lead_id"])
+            if admin is None:
+                raise DomainError(
+                    code="lead_not_found", message="Lead not found.", status=404, field="lead_id"
+                )
+            tenant = admin.tenant
+            if not admin.is_tenant_admin:
+                raise _not_an_admin()
+            if data["reassigned_by_id"] not in (None, admin.pk):
+                raise _not_an_admin()
+            actor = Actor.for_membership(admin)
+
+        result = reassign_lead(
+            tenant=tenant,
+            lead_id=data["lead_id"],
+            to_agent_id=data["to_agent_id"],
+            reason=data["reason"],
+            notes=data["notes"],
+            reassigned_by=admin,
+            actor=actor,
+        )
+        lead = lead_for_tenant(tenant=tenant, lead_id=result.lead.pk)
+        return Response(
+            {
+                "success": True,
+                "lead": LeadOutput(lead).data,
+                "reassignment": ReassignmentOutput(result.reassignment).data,
+            }
+        )

@@ -1,0 +1,687 @@
+"""Writes for leads: intake, claim, contact, reassignment, SLA sweeps, counters.
+
+Lock order, everywhere: the lead first, then agents (memberships) by primary key. That
+order is what keeps concurrent reassignments, claims and sweeps free of deadlocks.
+Agent counters (`current_lead_count`) move only with F() updates in the same
+transaction as the lead change, so they cannot drift.
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from audit.services import Actor, build_activity, record_activities
+from config.errors import DomainError
+from leads.emails import enqueue_notification_emails
+from leads.formatting import format_deadline
+from leads.models import (
+    OPEN_LEAD_STATUSES,
+    STAGE_FOR_REASON,
+    EmailStatus,
+    Lead,
+    LeadReassignment,
+    LeadStatus,
+    Notification,
+    NotificationKind,
+    ReassignmentReason,
+    ReassignmentStage,
+)
+from teams.models import ADMIN_ROLES, Membership, Team, Tenant
+from teams.routing import route
+
+logger = logging.getLogger(__name__)
+
+SWEEP_BATCH_SIZE = 500
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def lead_load(agents) -> dict:
+    """Leads routing measures load by the agents' own counters: no query needed."""
+    return {agent.pk: agent.current_lead_count for agent in agents}
+
+
+def _not_found(what: str, field: str | None = None) -> DomainError:
+    return DomainError(
+        code=f"{what}_not_found", message=f"{what.capitalize()} not found.", status=404, field=field
+    )
+
+
+def _lock_lead(*, tenant: Tenant, lead_id) -> Lead:
+    lead = (
+        Lead.objects.for_tenant(tenant)
+        .select_for_update(of=("self",))
+        .select_related("tenant")
+        .filter(pk=lead_id)
+        .first()
+    )
+    if lead is None:
+        raise _not_found("lead", "lead_id")
+    return lead
+
+
+def _active_agent(*, tenant: Tenant, agent_id, field: str) -> Membership:
+    agent = (
+        Membership.objects.for_tenant(tenant)
+        .select_related("user")
+        .filter(pk=agent_id, is_active=True, user__is_active=True)
+        .first()
+    )
+    if agent is None:
+        raise DomainError(
+            code="agent_not_found",
+            message="Agent not found, inactive, or not in this tenant.",
+            status=404,
+            field=field,
+        )
+    return agent
+
+
+def _bump_counter(*, tenant: Tenant, agent_id, delta: int) -> None:
+    if agent_id is None:
+        return
+    agents = Membership.objects.for_tenant(tenant).filter(pk=agent_id)
+    if delta < 0:
+        # Never below zero, even if a counter had drifted before reconciliation.
+        agents = agents.filter(current_lead_count__gte=-delta)
+    agents.update(current_lead_count=F("current_lead_count") + delta)
+
+
+def _new_agent_notification(*, lead: Lead, agent: Membership, kind: str, reason: str = ""):
+    deadline = lead.open_deadline
+    lines = [f"{lead.name} ({lead.phone or lead.email or 'no contact details'})"]
+    if reason:
+        lines.append(f"Reason: {ReassignmentReason(reason).label}.")
+    if deadline:
+        step = "claim" if lead.status == LeadStatus.NEW else "contact"
+        lines.append(f"Please {step} it by {format_deadline(deadline, lead.tenant)}.")
+    title = (
+        f"Lead reassigned to you: {lead.name}"
+        if kind == NotificationKind.LEAD_REASSIGNED
+        else f"New lead for you: {lead.name}"
+    )
+    return Notification(
+        tenant=lead.tenant,
+        recipient=agent,
+        lead=lead,
+        kind=kind,
+        title=title[:200],
+        body=" ".join(lines),
+        email_status=EmailStatus.PENDING,
+    )
+
+
+def _notify(notifications: list[Notification]) -> None:
+    """Save notices and send their emails after commit."""
+    if not notifications:
+        return
+    Notification.all_tenants.bulk_create(notifications)
+    ids = [str(n.pk) for n in notifications if n.email_status == EmailStatus.PENDING]
+    if ids:
+        transaction.on_commit(lambda: enqueue_notification_emails(ids))
+
+
+# --- intake ----------------------------------------------------------------------------
+
+
+def _start_claim_window(lead: Lead, agent: Membership, now) -> None:
+    lead.assigned_agent = agent
+    lead.assigned_at = now
+    lead.unassigned_reason = ""
+    lead.claim_deadline = now + timedelta(minutes=lead.tenant.claim_window_minutes)
+
+
+@transaction.atomic
+def create_lead(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    name: str,
+    phone: str = "",
+    email: str = "",
+    source: str = "",
+    assigned_agent_id=None,
+    team_id=None,
+) -> Lead:
+    """A new lead, given to the named agent or routed by the tenant's rules; the claim
+    window starts as soon as it has an agent."""
+    team = None
+    if team_id is not None:
+        team = (
+            Team.objects.for_tenant(tenant)
+            .select_related("assignment_config", "schedule")
+            .filter(pk=team_id)
+            .first()
+        )
+        if team is None:
+            raise DomainError(
+                code="team_not_found", message="Team not found.", status=404, field="team_id"
+            )
+    now = timezone.now()
+    lead = Lead(tenant=tenant, name=name, phone=phone, email=email, source=source, team=team)
+    decision = None
+    if assigned_agent_id is not None:
+        agent = _active_agent(tenant=tenant, agent_id=assigned_agent_id, field="assigned_agent_id")
+    else:
+        decision = route(tenant=tenant, team=team, load=lead_load)
+        agent = decision.agent
+    if agent is not None:
+        _start_claim_window(lead, agent, now)
+    else:
+        lead.unassigned_reason = decision.reason
+    lead.save(force_insert=True)
+
+    data = {"source": source, "agent_id": str(agent.pk) if agent else None}
+    if decision is not None:
+        data.update(strategy=decision.strategy, tier=decision.tier, reason=decision.reason)
+    record_activities(
+        [build_activity(tenant=tenant, action="lead.created", actor=actor, target=lead, data=data)]
+    )
+    if agent is not None:
+        _bump_counter(tenant=tenant, agent_id=agent.pk, delta=+1)
+        _notify(
+            [_new_agent_notification(lead=lead, agent=agent, kind=NotificationKind.LEAD_ASSIGNED)]
+        )
+    return lead
+
+
+@transaction.atomic
+def route_unassigned_lead(*, tenant: Tenant, lead_id, actor: Actor) -> Lead | None:
+    """Try again to give a lead nobody could take (periodic retry, agent back)."""
+    lead = (
+        Lead.objects.for_tenant(tenant)
+        .select_for_update(skip_locked=True, of=("self",))
+        .select_related("tenant", "team__assignment_config", "team__schedule")
+        .filter(pk=lead_id, status=LeadStatus.NEW, assigned_agent__isnull=True)
+        .first()
+    )
+    if lead is None:
+        return None
+    decision = route(tenant=tenant, team=lead.team, load=lead_load)
+    if decision.agent is None:
+        if lead.unassigned_reason != decision.reason:
+            lead.unassigned_reason = decision.reason
+            lead.save(update_fields=["unassigned_reason", "updated_at"])
+        return lead
+    now = timezone.now()
+    _start_claim_window(lead, decision.agent, now)
+    lead.save(
+        update_fields=[
+            "assigned_agent",
+            "assigned_at",
+            "unassigned_reason",
+            "claim_deadline",
+            "updated_at",
+        ]
+    )
+    _bump_counter(tenant=tenant, agent_id=decision.agent.pk, delta=+1)
+    record_activities(
+        [
+            build_activity(
+                tenant=tenant,
+                action="lead.assigned",
+                actor=actor,
+                target=lead,
+                data={"agent_id": str(decision.agent.pk), "strategy": decision.strategy},
+            )
+        ]
+    )
+    _notify(
+        [
+            _new_agent_notification(
+                lead=lead, agent=decision.agent, kind=NotificationKind.LEAD_ASSIGNED
+            )
+        ]
+    )
+    return lead
+
+
+def retry_unassigned_leads(*, tenant_id=None, limit: int = 100) -> dict:
+    """System job: route waiting leads again, oldest first, one transaction each."""
+    waiting = Lead.all_tenants.filter(status=LeadStatus.NEW, assigned_agent__isnull=True).exclude(
+        unassigned_reason="manual_strategy"
+    )
+    if tenant_id is not None:
+        waiting = waiting.filter(tenant_id=tenant_id)
+    rows = list(waiting.order_by("created_at").values_list("pk", "tenant_id")[:limit])
+    tenants = Tenant.objects.in_bulk({tenant for _, tenant in rows})
+    assigned = 0
+    for lead_id, tenant_id_ in rows:
+        lead = route_unassigned_lead(
+            tenant=tenants[tenant_id_], lead_id=lead_id, actor=Actor.system()
+        )
+        assigned += bool(lead is not None and lead.assigned_agent_id)
+    return {"checked": len(rows), "assigned": assigned}
+
+
+# --- agent actions ---------------------------------------------------------------------
+
+
+def _own_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
+    lead = _lock_lead(tenant=tenant, lead_id=lead_id)
+    if lead.assigned_agent_id != agent.pk:
+        raise DomainError(
+            code="not_assignee", message="Only the assigned agent can do this.", status=403
+        )
+    return lead
+
+
+@transaction.atomic
+def claim_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
+    lead = _own_lead(tenant=tenant, lead_id=lead_id, agent=agent)
+    if lead.status != LeadStatus.NEW:
+        raise DomainError(
+            code="already_claimed", message=f"The lead is already {lead.status}.", status=409
+        )
+    now = timezone.now()
+    lead.status = LeadStatus.CLAIMED
+    lead.claimed_at = now
+    lead.claim_deadline = None
+    lead.contact_deadline = now + timedelta(minutes=tenant.contact_window_minutes)
+    lead.save(
+        update_fields=["status", "claimed_at", "claim_deadline", "contact_deadline", "updated_at"]
+    )
+    record_activities(
+        [
+            build_activity(
+                tenant=tenant,
+                action="lead.claimed",
+                actor=Actor.for_membership(agent),
+                target=lead,
+                data={"contact_deadline": lead.contact_deadline.isoformat()},
+            )
+        ]
+    )
+    return lead
+
+
+@transaction.atomic
+def mark_lead_contacted(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
+    lead = _own_lead(tenant=tenant, lead_id=lead_id, agent=agent)
+    if lead.status == LeadStatus.NEW:
+        raise DomainError(
+            code="not_claimed", message="Claim the lead before marking it contacted.", status=409
+        )
+    if lead.status != LeadStatus.CLAIMED:
+        raise DomainError(
+            code="already_contacted", message=f"The lead is already {lead.status}.", status=409
+        )
+    lead.status = LeadStatus.CONTACTED
+    lead.contacted_at = timezone.now()
+    lead.contact_deadline = None
+    lead.save(update_fields=["status", "contacted_at", "contact_deadline", "updated_at"])
+    record_activities(
+        [
+            build_activity(
+                tenant=tenant,
+                action="lead.contacted",
+                actor=Actor.for_membership(agent),
+                target=lead,
+            )
+        ]
+    )
+    return lead
+
+
+# --- reassignment (seed 003) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReassignmentResult:
+    lead: Lead
+    reassignment: LeadReassignment
+
+
+def _check_reason_fits_state(lead: Lead, reason: str) -> None:
+    if not lead.is_open:
+        raise DomainError(
+            code="lead_closed", message="A closed lead cannot be reassigned.", status=409
+        )
+    expected = {
+        ReassignmentReason.UNCLAIMED: LeadStatus.NEW,
+        ReassignmentReason.NO_CONTACT: LeadStatus.CLAIMED,
+    }.get(reason)
+    if expected is not None and lead.status != expected:
+        raise DomainError(
+            code="reason_does_not_fit",
+            message=f"Reason {reason!r} is for {expected} leads; this lead is {lead.status}.",
+            status=409,
+            field="reason",
+        )
+
+
+def _reset_timers(lead: Lead, reason: str, now) -> list[str]:
+    contact_window = timedelta(minutes=lead.tenant.contact_window_minutes)
+    if reason == ReassignmentReason.UNCLAIMED:
+        lead.status = LeadStatus.CLAIMED
+        lead.claimed_at = now
+        lead.claim_deadline = None
+        lead.contact_deadline = now + contact_window
+        return ["status", "claimed_at", "claim_deadline", "contact_deadline"]
+    if reason == ReassignmentReason.NO_CONTACT:
+        lead.contact_deadline = now + contact_window
+        lead.contact_sla_breached_at = None
+        return ["contact_deadline", "contact_sla_breached_at"]
+    return []
+
+
+@transaction.atomic
+def reassign_lead(
+    *,
+    tenant: Tenant,
+    lead_id,
+    to_agent_id,
+    reason: str,
+    actor: Actor,
+    reassigned_by: Membership | None,
+    notes: str = "",
+) -> ReassignmentResult:
+    """Move a lead to another agent (seed 003's Implementation Flow, in one transaction).
+
+    `reassigned_by` is the admin who decided, or None when the system did (auto-reassign
+    on breach). The new agent's email is sent after commit.
+    """
+    if reason not in ReassignmentReason.values:
+        raise DomainError(
+            code="invalid_reason", message="Unknown reason.", status=400, field="reason"
+        )
+    to_agent_id = uuid.UUID(str(to_agent_id))
+    lead = _lock_lead(tenant=tenant, lead_id=lead_id)
+    old_agent_id = lead.assigned_agent_id
+    locked = {
+        agent.pk: agent
+        for agent in Membership.objects.for_tenant(tenant)
+        .select_for_update(of=("self",))
+        .select_related("user")
+        .filter(pk__in=[pk for pk in (old_agent_id, to_agent_id) if pk is not None])
+        .order_by("pk")
+    }
+    to_agent = locked.get(to_agent_id)
+    if to_agent is None or not to_agent.is_active or not to_agent.user.is_active:
+        raise DomainError(
+            code="agent_not_found",
+            message="Target agent not found, inactive, or not in this tenant.",
+            status=404,
+            field="to_agent_id",
+        )
+    if to_agent.pk == old_agent_id:
+        raise DomainError(
+            code="already_assigned",
+            message="The lead is already assigned to this agent.",
+            status=409,
+            field="to_agent_id",
+        )
+    _check_reason_fits_state(lead, reason)
+
+    now = timezone.now()
+    timer_fields = _reset_timers(lead, reason, now)
+    lead.previous_agent_id = old_agent_id
+    lead.assigned_agent = to_agent
+    lead.assigned_at = now
+    lead.unassigned_reason = ""
+    lead.reassignment_count = F("reassignment_count") + 1
+    lead.reassignment_reason = reason
+    lead.reassigned_at = now
+    if lead.status == LeadStatus.NEW and lead.claim_deadline is None:
+        # A lead that never had an agent starts its claim window now.
+        lead.claim_deadline = now + timedelta(minutes=tenant.claim_window_minutes)
+        timer_fields.append("claim_deadline")
+    lead.save(
+        update_fields=[
+            *timer_fields,
+            "previous_agent",
+            "assigned_agent",
+            "assigned_at",
+            "unassigned_reason",
+            "reassignment_count",
+            "reassignment_reason",
+            "reassigned_at",
+            "updated_at",
+        ]
+    )
+    lead.reassignment_count = None  # the F() expression is spent; re-read if needed
+
+    reassignment = LeadReassignment.objects.create(
+        tenant=tenant,
+        lead=lead,
+        from_agent_id=old_agent_id,
+        to_agent=to_agent,
+        reassigned_by=reassigned_by,
+        reason=reason,
+        stage=STAGE_FOR_REASON[reason],
+        notes=notes,
+    )
+    _bump_counter(tenant=tenant, agent_id=old_agent_id, delta=-1)
+    _bump_counter(tenant=tenant, agent_id=to_agent.pk, delta=+1)
+    if old_agent_id is not None:
+        Notification.objects.for_tenant(tenant).filter(
+            recipient_id=old_agent_id, lead=lead, is_read=False
+        ).update(is_read=True, read_at=now)
+    record_activities(
+        [
+            build_activity(
+                tenant=tenant,
+                action="lead.reassigned",
+                actor=actor,
+                target=lead,
+                data={
+                    "from_agent_id": str(old_agent_id) if old_agent_id else None,
+                    "to_agent_id": str(to_agent.pk),
+                    "reason": reason,
+                    "stage": reassignment.stage,
+                    "notes": notes,
+                    "reassignment_id": str(reassignment.pk),
+                },
+            )
+        ]
+    )
+    _notify(
+        [
+            _new_agent_notification(
+                lead=lead, agent=to_agent, kind=NotificationKind.LEAD_REASSIGNED, reason=reason
+            )
+        ]
+    )
+    lead.refresh_from_db(fields=["reassignment_count"])
+    return ReassignmentResult(lead=lead, reassignment=reassignment)
+
+
+# --- SLA sweeps ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    status: str
+    deadline: str
+    breached: str
+    kind: str
+    reason: str
+
+
+CLAIM_STAGE = _Stage(
+    ReassignmentStage.CLAIM,
+    LeadStatus.NEW,
+    "claim_deadline",
+    "claim_sla_breached_at",
+    NotificationKind.CLAIM_SLA_BREACHED,
+    ReassignmentReason.UNCLAIMED,
+)
+CONTACT_STAGE = _Stage(
+    ReassignmentStage.CONTACT,
+    LeadStatus.CLAIMED,
+    "contact_deadline",
+    "contact_sla_breached_at",
+    NotificationKind.CONTACT_SLA_BREACHED,
+    ReassignmentReason.NO_CONTACT,
+)
+
+
+def _breach_notice(lead: Lead, admin: Membership, stage: _Stage) -> Notification:
+    deadline = getattr(lead, stage.deadline)
+    agent = lead.assigned_agent
+    who = agent.display_name if agent else "nobody"
+    verb = "claimed" if stage is CLAIM_STAGE else "contacted"
+    return Notification(
+        tenant_id=lead.tenant_id,
+        recipient=admin,
+        lead=lead,
+        kind=stage.kind,
+        title=f"Lead not {verb} in time: {lead.name}"[:200],
+        body=(
+            f"{lead.name} was assigned to {who} and not {verb} by "
+            f"{format_deadline(deadline, lead.tenant)}. Reassign it from the admin."
+        ),
+        dedupe_key=f"{stage.kind}:{lead.pk}:{deadline.isoformat()}",
+        email_status=EmailStatus.PENDING,
+    )
+
+
+@transaction.atomic
+def _record_breach_batch(stage: _Stage, now, batch_size: int) -> int:
+    """Record one batch of missed deadlines of one stage; how many were recorded.
+
+    Set-based: the statement count is the same for 1 or `batch_size` leads. Rows another
+    sweep is handling are skipped (SKIP LOCKED), and the breach column is only set where
+    still empty, so each breach is recorded, and announced, exactly once.
+    """
+    due = Lead.all_tenants.filter(  # a system job across every tenant
+        status=stage.status,
+        **{f"{stage.deadline}__lte": now, f"{stage.breached}__isnull": True},
+    )
+    ids = list(
+        due.order_by(stage.deadline)
+        .select_for_update(skip_locked=True)
+        .values_list("pk", flat=True)[:batch_size]
+    )
+    if not ids:
+        return 0
+    Lead.all_tenants.filter(pk__in=ids, **{f"{stage.breached}__isnull": True}).update(
+        **{stage.breached: now}
+    )
+    leads = list(
+        Lead.all_tenants.filter(pk__in=ids).select_related("tenant", "assigned_agent__user")
+    )
+    admins: dict = {}
+    for admin in Membership.all_tenants.filter(
+        tenant_id__in={lead.tenant_id for lead in leads},
+        role__in=ADMIN_ROLES,
+        is_active=True,
+        user__is_active=True,
+    ).select_related("user"):
+        admins.setdefault(admin.tenant_id, []).append(admin)
+
+    notices = [
+        _breach_notice(lead, admin, stage)
+        for lead in leads
+        for admin in admins.get(lead.tenant_id, [])
+    ]
+    Notification.all_tenants.bulk_create(notices, ignore_conflicts=True)
+    record_activities(
+        [
+            build_activity(
+                tenant=lead.tenant,
+                action=f"lead.{stage.kind}",
+                actor=Actor.system(),
+                target=lead,
+                data={
+                    "deadline": getattr(lead, stage.deadline).isoformat(),
+                    "agent_id": str(lead.assigned_agent_id) if lead.assigned_agent_id else None,
+                    "admins_notified": len(admins.get(lead.tenant_id, [])),
+                },
+            )
+            for lead in leads
+        ]
+    )
+    notice_ids = [str(notice.pk) for notice in notices]
+    if notice_ids:
+        transaction.on_commit(lambda: enqueue_notification_emails(notice_ids))
+
+    for lead in leads:
+        if lead.tenant.auto_reassign_on_breach:
+            _auto_reassign(lead, stage)
+    return len(ids)
+
+
+def _auto_reassign(lead: Lead, stage: _Stage) -> None:
+    """Tenant policy: give a breached lead to someone else, as the system."""
+    decision = route(
+        tenant=lead.tenant,
+        team=lead.team,
+        load=lead_load,
+        exclude_agent_ids=[lead.assigned_agent_id] if lead.assigned_agent_id else [],
+    )
+    if decision.agent is None:
+        logger.info(
+            "Lead %s breached %s; nobody else can take it (%s)",
+            lead.pk,
+            stage.name,
+            decision.reason,
+        )
+        return
+    reassign_lead(
+        tenant=lead.tenant,
+        lead_id=lead.pk,
+        to_agent_id=decision.agent.pk,
+        reason=stage.reason,
+        actor=Actor.system(),
+        reassigned_by=None,
+        notes=f"Automatic: {stage.name} window missed.",
+    )
+
+
+def sweep_sla_breaches(*, now=None, batch_size: int = SWEEP_BATCH_SIZE) -> dict:
+    """Stage 1 (claim window) and stage 2 (contact window): record every missed deadline."""
+    now = now or timezone.now()
+    counts = {}
+    for stage in (CLAIM_STAGE, CONTACT_STAGE):
+        total = 0
+        while True:
+            recorded = _record_breach_batch(stage, now, batch_size)
+            total += recorded
+            if recorded < batch_size:
+                break
+        counts[stage.name] = total
+    return counts
+
+
+# --- counters --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CounterDrift:
+    agent: Membership
+    stored: int
+    actual: int
+
+
+def reconcile_lead_counts(*, fix: bool = False, tenant: Tenant | None = None) -> list[CounterDrift]:
+    """Compare every agent's `current_lead_count` with its open leads; repair if asked."""
+    agents = Membership.all_tenants.select_related("user", "tenant").annotate(
+        actual=Count("leads", filter=Q(leads__status__in=OPEN_LEAD_STATUSES))
+    )
+    if tenant is not None:
+        agents = agents.filter(tenant=tenant)
+    drifts = [
+        CounterDrift(agent=a, stored=a.current_lead_count, actual=a.actual)
+        for a in agents
+        if a.current_lead_count != a.actual
+    ]
+    if fix:
+        with transaction.atomic():
+            for drift in drifts:
+                # Recount under the row lock so a reassignment in between is not lost.
+                agent = Membership.all_tenants.select_for_update().get(pk=drift.agent.pk)
+                actual = (
+                    Lead.objects.for_tenant(agent.tenant_id)
+                    .filter(assigned_agent=agent, status__in=OPEN_LEAD_STATUSES)
+                    .count()
+                )
+                Membership.all_tenants.filter(pk=agent.pk).update(current_lead_count=actual)
+    return drifts

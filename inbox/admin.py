@@ -7,6 +7,7 @@ from config.errors import DomainError
 from inbox.integrations import set_crm_api_key
 from inbox.models import CrmIntegration, HandoverRequest, InboxSession
 from inbox.services import close_session, run_session_assignment
+from teams.admin_scope import TenantScopedAdmin
 
 
 def admin_actor(request) -> Actor:
@@ -14,7 +15,7 @@ def admin_actor(request) -> Actor:
 
 
 @admin.register(InboxSession)
-class InboxSessionAdmin(admin.ModelAdmin):
+class InboxSessionAdmin(TenantScopedAdmin):
     list_display = [
         "contact_display",
         "channel",
@@ -162,7 +163,7 @@ class CrmIntegrationForm(forms.ModelForm):
 
 
 @admin.register(CrmIntegration)
-class CrmIntegrationAdmin(admin.ModelAdmin):
+class CrmIntegrationAdmin(TenantScopedAdmin):
     form = CrmIntegrationForm
     list_display = ["name", "tenant", "is_active", "api_url", "has_key", "phone_number", "missing"]
     list_filter = ["is_active", "tenant"]
@@ -190,7 +191,7 @@ class CrmIntegrationAdmin(admin.ModelAdmin):
 
 
 @admin.register(HandoverRequest)
-class HandoverRequestAdmin(admin.ModelAdmin):
+class HandoverRequestAdmin(TenantScopedAdmin):
     list_display = ["key", "tenant", "response_status", "session", "created_at"]
     list_filter = ["tenant", "response_status"]
     search_fields = ["key"]

@@ -4,6 +4,7 @@ from django.db.models import Count
 from django.utils.html import format_html
 
 from audit.services import Actor
+from teams.admin_scope import TenantScopedAdmin, TenantScopedInline
 from teams.models import (
     ApiKey,
     AssignmentConfig,
@@ -45,7 +46,7 @@ class UserAdmin(DjangoUserAdmin):
     ]
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(TenantScopedInline, admin.TabularInline):
     model = Membership
     fk_name = "tenant"
     extra = 0
@@ -56,7 +57,10 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(TenantScopedAdmin):
+    tenant_path = "pk"
+    tenant_admins_may_add = False
+    tenant_admins_may_delete = False
     list_display = [
         "name",
         "slug",
@@ -75,7 +79,7 @@ class TenantAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(TenantScopedAdmin):
     ordering = ["tenant__name", "user__email"]
     list_display = [
         "user",
@@ -100,7 +104,7 @@ class MembershipAdmin(admin.ModelAdmin):
             announce_agent_available(membership=obj)
 
 
-class TeamMemberInline(admin.TabularInline):
+class TeamMemberInline(TenantScopedInline, admin.TabularInline):
     model = TeamMember
     extra = 0
     fields = ["membership", "role"]
@@ -117,7 +121,7 @@ class TeamMemberInline(admin.TabularInline):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(TenantScopedAdmin):
     ordering = ["tenant__name", "name"]
     list_display = ["name", "tenant", "is_default", "member_count", "strategy", "created_at"]
     list_filter = ["is_default", "tenant"]
@@ -153,7 +157,7 @@ class TeamAdmin(admin.ModelAdmin):
 
 
 @admin.register(TeamRole)
-class TeamRoleAdmin(admin.ModelAdmin):
+class TeamRoleAdmin(TenantScopedAdmin):
     list_display = ["name", "tenant", "description"]
     list_filter = ["tenant"]
     search_fields = ["name", "tenant__name"]
@@ -161,7 +165,7 @@ class TeamRoleAdmin(admin.ModelAdmin):
 
 
 @admin.register(TeamMember)
-class TeamMemberAdmin(admin.ModelAdmin):
+class TeamMemberAdmin(TenantScopedAdmin):
     list_display = ["membership", "team", "role", "tenant", "created_at"]
     list_filter = ["tenant", "team"]
     search_fields = ["membership__user__email", "team__name"]
@@ -169,20 +173,20 @@ class TeamMemberAdmin(admin.ModelAdmin):
     autocomplete_fields = ["tenant", "team", "membership"]
 
 
-class OpeningHoursInline(admin.TabularInline):
+class OpeningHoursInline(TenantScopedInline, admin.TabularInline):
     model = TeamOpeningHours
     extra = 0
     fields = ["weekday", "opens_at", "closes_at"]
 
 
-class HolidayInline(admin.TabularInline):
+class HolidayInline(TenantScopedInline, admin.TabularInline):
     model = TeamHoliday
     extra = 0
     fields = ["date", "name"]
 
 
 @admin.register(TeamSchedule)
-class TeamScheduleAdmin(admin.ModelAdmin):
+class TeamScheduleAdmin(TenantScopedAdmin):
     list_display = ["team", "tenant", "timezone", "is_enabled"]
     list_filter = ["is_enabled", "tenant"]
     search_fields = ["team__name", "tenant__name"]
@@ -199,7 +203,7 @@ class TeamScheduleAdmin(admin.ModelAdmin):
 
 
 @admin.register(AssignmentConfig)
-class AssignmentConfigAdmin(admin.ModelAdmin):
+class AssignmentConfigAdmin(TenantScopedAdmin):
     list_display = ["__str__", "tenant", "team", "strategy", "is_enabled", "waterfall_display"]
     list_filter = ["strategy", "is_enabled", "tenant"]
     search_fields = ["tenant__name", "team__name"]
@@ -212,7 +216,7 @@ class AssignmentConfigAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(TenantScopedAdmin):
     ordering = ["-created_at"]
     list_display = ["name", "prefix_display", "tenant", "is_active", "created_at", "last_used_at"]
     list_filter = ["is_active", "tenant"]

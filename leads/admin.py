@@ -1,0 +1,324 @@
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from audit.services import Actor
+from config.errors import DomainError
+from leads.models import Lead, LeadReassignment, Notification, ReassignmentReason
+from leads.services import reassign_lead
+from teams.admin_scope import TenantScopedAdmin, TenantScopedInline, require_admin_of
+from teams.models import Membership
+
+
+class BreachedFilter(admin.SimpleListFilter):
+    title = "SLA breached"
+    parameter_name = "breached"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("claim", "Claim window"),
+            ("contact", "Contact window"),
+            ("any", "Any"),
+            ("none", "None"),
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "claim":
+            return queryset.filter(claim_sla_breached_at__isnull=False)
+        if value == "contact":
+            return queryset.filter(contact_sla_breached_at__isnull=False)
+        if value == "any":
+            return queryset.exclude(
+                claim_sla_breached_at__isnull=True, contact_sla_breached_at__isnull=True
+            )
+        if value == "none":
+            return queryset.filter(
+                claim_sla_breached_at__isnull=True, contact_sla_breached_at__isnull=True
+            )
+        return queryset
+
+
+class ReassignmentInline(TenantScopedInline, admin.TabularInline):
+    model = LeadReassignment
+    fk_name = "lead"
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "Reassignment history"
+    fields = ["created_at", "from_agent", "to_agent", "reason", "stage", "reassigned_by", "notes"]
+    readonly_fields = fields
+    ordering = ["-created_at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class NotificationInline(TenantScopedInline, admin.TabularInline):
+    model = Notification
+    extra = 0
+    can_delete = False
+    fields = [
+        "created_at",
+        "recipient",
+        "kind",
+        "title",
+        "is_read",
+        "email_status",
+        "email_last_error",
+    ]
+    readonly_fields = fields
+    ordering = ["-created_at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ReassignForm(forms.Form):
+    to_agent = forms.ModelChoiceField(queryset=Membership.all_tenants.none(), label="New agent")
+    reason = forms.ChoiceField(choices=ReassignmentReason.choices)
+    notes = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=2000
+    )
+
+    def __init__(self, *args, tenant, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["to_agent"].queryset = (
+            Membership.objects.for_tenant(tenant)
+            .filter(is_active=True, user__is_active=True)
+            .select_related("user", "tenant")
+            .order_by("user__full_name", "user__email")
+        )
+        self.fields["to_agent"].label_from_instance = lambda m: (
+            f"{m.display_name} <{m.user.email}> · {m.get_role_display()} · "
+            f"{m.current_lead_count} open"
+        )
+
+
+@admin.register(Lead)
+class LeadAdmin(TenantScopedAdmin):
+    change_form_template = "admin/leads/lead/change_form.html"
+    list_display = [
+        "name",
+        "tenant",
+        "assigned_agent",
+        "status",
+        "time_left",
+        "claim_breached_flag",
+        "contact_breached_flag",
+        "reassignment_count",
+        "created_at",
+    ]
+    list_filter = [
+        "status",
+        BreachedFilter,
+        ("assigned_agent", admin.RelatedOnlyFieldListFilter),
+        ("tenant", admin.RelatedOnlyFieldListFilter),
+        ("created_at", admin.DateFieldListFilter),
+        ("reassigned_at", admin.DateFieldListFilter),
+    ]
+    search_fields = ["name", "phone", "email"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant", "assigned_agent__user"]
+    ordering = ["-created_at"]
+    actions = ["reassign_selected"]
+    inlines = [ReassignmentInline, NotificationInline]
+    tenant_admins_may_add = False
+    readonly_fields = [
+        "id",
+        "tenant",
+        "status",
+        "team",
+        "assigned_agent",
+        "assigned_at",
+        "unassigned_reason",
+        "previous_agent",
+        "reassignment_count",
+        "reassignment_reason",
+        "reassigned_at",
+        "claim_deadline",
+        "claimed_at",
+        "claim_sla_breached_at",
+        "contact_deadline",
+        "contacted_at",
+        "contact_sla_breached_at",
+        "created_at",
+        "updated_at",
+    ]
+    fieldsets = [
+        (None, {"fields": ["id", "tenant", "name", "phone", "email", "source", "status", "team"]}),
+        (
+            "Assignment",
+            {
+                "fields": [
+                    "assigned_agent",
+                    "assigned_at",
+                    "unassigned_reason",
+                    "previous_agent",
+                    "reassignment_count",
+                    "reassignment_reason",
+                    "reassigned_at",
+                ]
+            },
+        ),
+        (
+            "SLA timers",
+            {
+                "fields": [
+                    "claim_deadline",
+                    "claimed_at",
+                    "claim_sla_breached_at",
+                    "contact_deadline",
+                    "contacted_at",
+                    "contact_sla_breached_at",
+                ]
+            },
+        ),
+        ("Times", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.display(description="time left")
+    def time_left(self, obj):
+        deadline = obj.open_deadline
+        if deadline is None:
+            return "-"
+        seconds = int((deadline - timezone.now()).total_seconds())
+        if seconds < 0:
+            return format_html('<span style="color:#b42318">{} min late</span>', -seconds // 60)
+        return f"{seconds // 60}:{seconds % 60:02d} left"
+
+    @admin.display(boolean=True, description="claim late")
+    def claim_breached_flag(self, obj):
+        return obj.claim_breached
+
+    @admin.display(boolean=True, description="contact late")
+    def contact_breached_flag(self, obj):
+        return obj.contact_breached
+
+    def get_urls(self):
+        return [
+            path(
+                "<uuid:object_id>/reassign/",
+                self.admin_site.admin_view(self.reassign_view),
+                name="leads_lead_reassign",
+            ),
+            *super().get_urls(),
+        ]
+
+    # --- reassignment: one lead (button) or many (action), same service as the API ----
+
+    def _reassign(self, request, leads, form):
+        """Call the service for each lead and report each outcome."""
+        data = form.cleaned_data
+        done = 0
+        for lead in leads:
+            reassigned_by = (
+                Membership.objects.for_tenant(lead.tenant_id)
+                .filter(user=request.user, is_active=True)
+                .first()
+            )
+            try:
+                reassign_lead(
+                    tenant=lead.tenant,
+                    lead_id=lead.pk,
+                    to_agent_id=data["to_agent"].pk,
+                    reason=data["reason"],
+                    notes=data["notes"],
+                    reassigned_by=reassigned_by,
+                    actor=Actor(label=f"admin:{request.user.email}", membership=reassigned_by),
+                )
+                done += 1
+                self.message_user(
+                    request,
+                    f"{lead.name}: reassigned to {data['to_agent'].display_name}.",
+                    messages.SUCCESS,
+                )
+            except DomainError as exc:
+                self.message_user(
+                    request, f"{lead.name}: not reassigned. {exc.message}", messages.ERROR
+                )
+        return done
+
+    def _render_reassign(self, request, leads, form, *, bulk: bool):
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Reassign leads" if bulk else f"Reassign {leads[0].name}",
+            "opts": self.model._meta,
+            "leads": leads,
+            "form": form,
+            "bulk": bulk,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/leads/lead/reassign.html", context)
+
+    @admin.action(description="Reassign selected leads…")
+    def reassign_selected(self, request, queryset):
+        leads = list(queryset.select_related("tenant", "assigned_agent__user"))
+        tenants = {lead.tenant_id for lead in leads}
+        if len(tenants) > 1:
+            self.message_user(
+                request,
+                "The selected leads belong to several tenants. "
+                "Select leads of one tenant at a time.",
+                messages.ERROR,
+            )
+            return None
+        tenant = leads[0].tenant
+        require_admin_of(request, tenant.pk)
+        if "apply" in request.POST:
+            form = ReassignForm(request.POST, tenant=tenant)
+            if form.is_valid():
+                self._reassign(request, leads, form)
+                return None
+        else:
+            form = ReassignForm(tenant=tenant)
+        return self._render_reassign(request, leads, form, bulk=True)
+
+    def reassign_view(self, request, object_id):
+        lead = get_object_or_404(
+            self.get_queryset(request).select_related("tenant", "assigned_agent__user"),
+            pk=object_id,
+        )
+        if not self.has_change_permission(request, lead):
+            raise admin.sites.PermissionDenied
+        if request.method == "POST":
+            form = ReassignForm(request.POST, tenant=lead.tenant)
+            if form.is_valid():
+                self._reassign(request, [lead], form)
+                return redirect(reverse("admin:leads_lead_change", args=[lead.pk]))
+        else:
+            form = ReassignForm(tenant=lead.tenant)
+        return self._render_reassign(request, [lead], form, bulk=False)
+
+
+@admin.register(Notification)
+class NotificationAdmin(TenantScopedAdmin):
+    list_display = ["title", "recipient", "kind", "is_read", "email_status", "created_at"]
+    list_filter = ["kind", "is_read", "email_status", ("tenant", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["title", "recipient__user__email"]
+    list_select_related = ["recipient__user", "tenant"]
+    ordering = ["-created_at"]
+    readonly_fields = [f.name for f in Notification._meta.fields]
+    tenant_admins_may_add = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

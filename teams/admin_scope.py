@@ -1,0 +1,156 @@
+"""Tenant-scoped Django admin.
+
+Superusers see everything. A staff user who is an active admin or super_admin of some
+tenants sees, and acts on, only those tenants' rows: in every list, change page, action,
+autocomplete and foreign-key choice. Anything else answers as if it did not exist.
+Every ModelAdmin of a tenant-owned model inherits `TenantScopedAdmin`.
+"""
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+
+from teams.models import ADMIN_ROLES, Membership, Tenant, User
+
+_CACHE_ATTR = "_admin_tenant_ids"
+
+
+def admin_tenant_ids(request) -> set | None:
+    """Tenant ids the user administers; None means every tenant (superuser)."""
+    user = request.user
+    if not user.is_active or not user.is_staff:
+        return set()
+    if user.is_superuser:
+        return None
+    if not hasattr(request, _CACHE_ATTR):
+        ids = set(
+            Membership.all_tenants.filter(
+                user=user, role__in=ADMIN_ROLES, is_active=True
+            ).values_list("tenant_id", flat=True)
+        )
+        setattr(request, _CACHE_ATTR, ids)
+    return getattr(request, _CACHE_ATTR)
+
+
+def scope_to_admin_tenants(queryset, request, tenant_path: str = "tenant"):
+    tenant_ids = admin_tenant_ids(request)
+    if tenant_ids is None:
+        return queryset
+    lookup = "pk__in" if tenant_path == "pk" else f"{tenant_path}__in"
+    return queryset.filter(**{lookup: tenant_ids})
+
+
+def require_admin_of(request, tenant_id) -> None:
+    tenant_ids = admin_tenant_ids(request)
+    if tenant_ids is not None and tenant_id not in tenant_ids:
+        raise PermissionDenied
+
+
+class TenantScopedAdmin(admin.ModelAdmin):
+    """Rows, choices and permissions limited to the tenants the user administers."""
+
+    tenant_path = "tenant"  # how this model reaches its tenant ("pk" for Tenant itself)
+    tenant_admins_may_add = True
+    tenant_admins_may_delete = True
+
+    def _is_tenant_admin(self, request) -> bool:
+        tenant_ids = admin_tenant_ids(request)
+        return tenant_ids is None or bool(tenant_ids)
+
+    def get_queryset(self, request):
+        return scope_to_admin_tenants(super().get_queryset(request), request, self.tenant_path)
+
+    # Tenant admins have no Django model permissions; their tenant role is the permission.
+    def has_module_permission(self, request):
+        return self._is_tenant_admin(request)
+
+    def has_view_permission(self, request, obj=None):
+        return self._is_tenant_admin(request) and self._may_touch(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return self._is_tenant_admin(request) and self._may_touch(request, obj)
+
+    def has_add_permission(self, request):
+        if request.user.is_superuser:
+            return True
+        return self.tenant_admins_may_add and self._is_tenant_admin(request)
+
+    def has_delete_permission(self, request, obj=None):
+        if request.user.is_superuser:
+            return True
+        return (
+            self.tenant_admins_may_delete
+            and self._is_tenant_admin(request)
+            and self._may_touch(request, obj)
+        )
+
+    def _may_touch(self, request, obj) -> bool:
+        if obj is None:
+            return True
+        tenant_ids = admin_tenant_ids(request)
+        if tenant_ids is None:
+            return True
+        tenant_id = obj.pk if self.tenant_path == "pk" else obj.tenant_id
+        return tenant_id in tenant_ids
+
+    def get_autocomplete_fields(self, request):
+        # Users and tenants are superuser-administered: tenant admins get plain, scoped
+        # selects instead of autocompletes that would need those admins.
+        fields = super().get_autocomplete_fields(request)
+        if request.user.is_superuser:
+            return fields
+        return [f for f in fields if f not in ("user", "tenant")]
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if field is not None:
+            field.queryset = _scoped_choices(field.queryset, request)
+        return field
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if field is not None:
+            field.queryset = _scoped_choices(field.queryset, request)
+        return field
+
+    def get_inline_instances(self, request, obj=None):
+        return [
+            inline
+            for inline in super().get_inline_instances(request, obj)
+            if obj is None or self._may_touch(request, obj)
+        ]
+
+
+def _scoped_choices(queryset, request):
+    model = queryset.model
+    if model is Tenant:
+        return scope_to_admin_tenants(queryset, request, "pk")
+    if model is User:
+        tenant_ids = admin_tenant_ids(request)
+        if tenant_ids is None:
+            return queryset
+        return queryset.filter(memberships__tenant_id__in=tenant_ids).distinct()
+    if any(f.name == "tenant" for f in model._meta.concrete_fields):
+        return scope_to_admin_tenants(queryset, request, "tenant")
+    return queryset
+
+
+class TenantScopedInline:
+    """Mixin for inlines: their FK choices are scoped like the parent's."""
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if field is not None:
+            field.queryset = _scoped_choices(field.queryset, request)
+        return field
+
+    def has_view_permission(self, request, obj=None):
+        return admin_tenant_ids(request) is None or bool(admin_tenant_ids(request))
+
+    def has_change_permission(self, request, obj=None):
+        return self.has_view_permission(request, obj)
+
+    def has_add_permission(self, request, obj=None):
+        return self.has_view_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_view_permission(request, obj)

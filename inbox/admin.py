@@ -1,13 +1,19 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils.html import format_html
 
 from audit.services import Actor
 from config.errors import DomainError
+from inbox.diagnostics import diagnose_handover
 from inbox.integrations import set_crm_api_key
 from inbox.models import CrmIntegration, HandoverRequest, InboxSession
-from inbox.services import close_session, run_session_assignment
-from teams.admin_scope import TenantScopedAdmin
+from inbox.services import assign_session_to, close_session, run_session_assignment
+from teams.admin_scope import TenantScopedAdmin, require_admin_of
+from teams.models import Membership
 
 
 def admin_actor(request) -> Actor:
@@ -38,7 +44,9 @@ class InboxSessionAdmin(TenantScopedAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["tenant", "assigned_agent__user", "team"]
     ordering = ["-created_at"]
-    actions = ["run_assignment_again", "close_selected"]
+    actions = ["run_assignment_again", "assign_to", "close_selected"]
+    change_form_template = "admin/inbox/inboxsession/change_form.html"
+    tenant_admins_may_delete = False
     readonly_fields = [
         "id",
         "tenant",
@@ -129,6 +137,73 @@ class InboxSessionAdmin(TenantScopedAdmin):
             messages.SUCCESS if assigned else messages.WARNING,
         )
 
+    def get_urls(self):
+        return [
+            path(
+                "<uuid:object_id>/why-unassigned/",
+                self.admin_site.admin_view(self.why_unassigned_view),
+                name="inbox_inboxsession_why_unassigned",
+            ),
+            *super().get_urls(),
+        ]
+
+    def why_unassigned_view(self, request, object_id):
+        session = get_object_or_404(
+            self.get_queryset(request).select_related("tenant", "team", "assigned_agent__user"),
+            pk=object_id,
+        )
+        report = diagnose_handover(tenant=session.tenant, team=session.team, session=session)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Why is {session} unassigned?",
+            "opts": self.model._meta,
+            "session": session,
+            "report": report,
+        }
+        return TemplateResponse(request, "admin/inbox/inboxsession/why_unassigned.html", context)
+
+    @admin.action(description="Assign to…")
+    def assign_to(self, request, queryset):
+        sessions = list(queryset.select_related("tenant", "assigned_agent__user"))
+        if not sessions:
+            self.message_user(request, "No sessions selected.", messages.WARNING)
+            return None
+        if len({s.tenant_id for s in sessions}) > 1:
+            self.message_user(
+                request,
+                "The selected sessions belong to several tenants. Select one tenant's at a time.",
+                messages.ERROR,
+            )
+            return None
+        tenant = sessions[0].tenant
+        require_admin_of(request, tenant.pk)
+        form = AssignForm(request.POST if "apply" in request.POST else None, tenant=tenant)
+        if "apply" in request.POST and form.is_valid():
+            agent = form.cleaned_data["agent"]
+            for session in sessions:
+                try:
+                    assign_session_to(
+                        tenant=tenant,
+                        session_id=session.pk,
+                        agent=agent,
+                        actor=admin_actor(request),
+                    )
+                    self.message_user(
+                        request, f"{session}: assigned to {agent.display_name}.", messages.SUCCESS
+                    )
+                except DomainError as exc:
+                    self.message_user(request, f"{session}: {exc.message}", messages.ERROR)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Assign sessions",
+            "opts": self.model._meta,
+            "sessions": sessions,
+            "form": form,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/inbox/inboxsession/assign.html", context)
+
     @admin.action(description="Close selected sessions")
     def close_selected(self, request, queryset):
         closed = 0
@@ -141,6 +216,23 @@ class InboxSessionAdmin(TenantScopedAdmin):
             except DomainError as exc:
                 self.message_user(request, f"{session}: {exc.message}", messages.ERROR)
         self.message_user(request, f"Closed {closed} session(s).", messages.SUCCESS)
+
+
+class AssignForm(forms.Form):
+    agent = forms.ModelChoiceField(queryset=Membership.all_tenants.none())
+
+    def __init__(self, *args, tenant, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].queryset = (
+            Membership.objects.for_tenant(tenant)
+            .filter(is_active=True, user__is_active=True)
+            .select_related("user")
+            .order_by("user__full_name", "user__email")
+        )
+        self.fields["agent"].label_from_instance = lambda m: (
+            f"{m.display_name} <{m.user.email}> · {m.get_role_display()}"
+            f"{'' if m.is_available else ' · away'}"
+        )
 
 
 class CrmIntegrationForm(forms.ModelForm):

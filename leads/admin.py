@@ -270,6 +270,9 @@ class LeadAdmin(TenantScopedAdmin):
     @admin.action(description="Reassign selected leads…")
     def reassign_selected(self, request, queryset):
         leads = list(queryset.select_related("tenant", "assigned_agent__user"))
+        if not leads:
+            self.message_user(request, "No leads selected.", messages.WARNING)
+            return None
         tenants = {lead.tenant_id for lead in leads}
         if len(tenants) > 1:
             self.message_user(

@@ -38,10 +38,10 @@ def world(tenant, other_tenant, owner, outsider):
     lead_a = lead_for(tenant, agent_a, "Alpha Lead")
     lead_b = lead_for(other_tenant, agent_b, "Bravo Lead")
     session_a = handover(
-        tenant=tenant, actor=SYSTEM, contact_id="a1", channel="whatsapp", send_message=False
+        tenant=tenant, actor=SYSTEM, contact_id="contact-alpha", channel="whatsapp", send_message=False
     )
     session_b = handover(
-        tenant=other_tenant, actor=SYSTEM, contact_id="b1", channel="whatsapp", send_message=False
+        tenant=other_tenant, actor=SYSTEM, contact_id="contact-bravo", channel="whatsapp", send_message=False
     )
     return {
         "agent_a": agent_a,
@@ -65,7 +65,7 @@ def test_tenant_admin_lists_only_their_tenants_rows(owner, world):
 
     assert leads.status_code == sessions.status_code == audit.status_code == 200
     assert "Alpha Lead" in leads.text and "Bravo Lead" not in leads.text
-    assert "a1" in sessions.text and "b1" not in sessions.text
+    assert "contact-alpha" in sessions.text and "contact-bravo" not in sessions.text
     assert "Bravo Lead" not in audit.text
     assert world["lead_b"].tenant.name not in leads.text
 

@@ -38,10 +38,18 @@ def world(tenant, other_tenant, owner, outsider):
     lead_a = lead_for(tenant, agent_a, "Alpha Lead")
     lead_b = lead_for(other_tenant, agent_b, "Bravo Lead")
     session_a = handover(
-        tenant=tenant, actor=SYSTEM, contact_id="contact-alpha", channel="whatsapp", send_message=False
+        tenant=tenant,
+        actor=SYSTEM,
+        contact_id="contact-alpha",
+        channel="whatsapp",
+        send_message=False,
     )
     session_b = handover(
-        tenant=other_tenant, actor=SYSTEM, contact_id="contact-bravo", channel="whatsapp", send_message=False
+        tenant=other_tenant,
+        actor=SYSTEM,
+        contact_id="contact-bravo",
+        channel="whatsapp",
+        send_message=False,
     )
     return {
         "agent_a": agent_a,

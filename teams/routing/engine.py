@@ -128,11 +128,26 @@ def _pools(*, tenant: Tenant, team: Team | None, waterfall: list[str], tiers: li
     yield DEFAULT_TEAM_TIER, default_team, agents
 
 
-def _eligible(agents, *, strategy: str, load: LoadFunction):
-    """Agents who can take work now (available, below capacity), and their load."""
+def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, dry_run: bool):
+    """Agents who can take work now (available, below capacity), and their load.
+
+    When load decides (a capacity is set, or least busy), the pool's agents are locked
+    in primary-key order and re-read first, so concurrent assignments queue up and each
+    counts the work the previous one gave out: capacity holds under concurrency.
+    """
     available = [agent for agent in agents if agent.is_available]
     needs_load = strategy == Strategy.LEAST_BUSY or any(a.capacity is not None for a in available)
-    current_load = load(available) if (needs_load and available) else {}
+    if not (needs_load and available):
+        return available, {}
+    if not dry_run:
+        available = list(
+            Membership.objects.for_tenant(tenant)
+            .select_for_update(of=("self",))
+            .select_related("user")
+            .filter(pk__in=[agent.pk for agent in available], is_available=True, is_active=True)
+            .order_by("pk")
+        )
+    current_load = load(available)
     eligible = [
         agent
         for agent in available
@@ -189,7 +204,9 @@ def route(
         if not agents:
             continue
         found_anyone = True
-        eligible, current_load = _eligible(agents, strategy=config.strategy, load=load)
+        eligible, current_load = _eligible(
+            tenant, agents, strategy=config.strategy, load=load, dry_run=dry_run
+        )
         entry["eligible"] = len(eligible)
         if not eligible:
             continue

@@ -127,3 +127,41 @@ def test_handover_without_team_also_fits_the_budget(
         response = tenant_client.post(URL, {"contactId": "measured"}, format="json")
 
     assert response.json()["status"] == "assigned"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_capacity_holds_when_handovers_arrive_at_once(tenant, api_key):
+    team = TeamFactory(tenant=tenant)
+    agent = TeamMemberFactory(team=team, membership__capacity=1).membership
+    bodies = [
+        {"contactId": f"rush-{n}", "teamId": str(team.id), "sendHandoverMessage": False}
+        for n in range(8)
+    ]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda body: _post_in_thread(api_key[1], body), bodies))
+
+    statuses = Counter(body["status"] for _, body in results)
+    assert statuses == {"assigned": 1, "unassigned": 7}
+    reasons = {body["unassignedReason"] for _, body in results if body["status"] == "unassigned"}
+    assert reasons == {"all_at_capacity"}
+    assert InboxSession.objects.for_tenant(tenant).filter(assigned_agent=agent).count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_least_busy_stays_even_under_concurrency(tenant, api_key):
+    team = TeamFactory(tenant=tenant)
+    AssignmentConfigFactory(tenant=tenant, team=team, strategy=Strategy.LEAST_BUSY)
+    agents = [TeamMemberFactory(team=team).membership for _ in range(4)]
+    bodies = [
+        {"contactId": f"even-{n}", "teamId": str(team.id), "sendHandoverMessage": False}
+        for n in range(40)
+    ]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda body: _post_in_thread(api_key[1], body), bodies))
+
+    per_agent = Counter(body["assignedAgent"]["id"] for _, body in results)
+    assert per_agent == {str(agent.id): 10 for agent in agents}

@@ -6,7 +6,7 @@ from importlib import import_module
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class Command(BaseCommand):
             for name, (task, every, kwargs) in jobs.items():
                 if time.monotonic() < next_run[name]:
                     continue
-                close_old_connections()
+                if not connection.in_atomic_block:
+                    close_old_connections()
                 try:
                     result = task.apply(kwargs=kwargs).get(propagate=True)
                     self.stdout.write(f"{name}: {result}")

@@ -148,6 +148,11 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Stage 1 and 2 SLA sweeps: missed claim and contact deadlines.
     "leads-check-sla": {"task": "leads.tasks.check_sla", "schedule": 30.0},
     "leads-retry-unassigned": {"task": "leads.tasks.retry_unassigned_leads", "schedule": 60.0},
+    # Lead notification emails that could not be enqueued (broker down) or whose task was lost.
+    "leads-requeue-pending-emails": {
+        "task": "leads.tasks.requeue_pending_notification_emails",
+        "schedule": 60.0,
+    },
     # Open sessions nobody could take: try again, oldest first.
     "inbox-retry-unassigned-sessions": {
         "task": "inbox.tasks.retry_unassigned_sessions",
@@ -207,6 +212,18 @@ EMAIL_BACKEND = env(
 )
 ANYMAIL = {"RESEND_API_KEY": RESEND_API_KEY}
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Handover <noreply@localhost>")
+# Lead notification emails (leads/emails.py). Retries after the first attempt, for
+# connection errors, timeouts, 429 and 5xx; anything else fails at once.
+EMAIL_MAX_RETRIES = env.int("EMAIL_MAX_RETRIES", default=5)
+# Retry n waits EMAIL_RETRY_BACKOFF_SECONDS * 2**n seconds (at most 300) plus jitter.
+EMAIL_RETRY_BACKOFF_SECONDS = env.float("EMAIL_RETRY_BACKOFF_SECONDS", default=5.0)
+# An email still pending (never attempted) this long after it was created is enqueued again.
+EMAIL_REQUEUE_AFTER_SECONDS = env.int("EMAIL_REQUEUE_AFTER_SECONDS", default=120)
+# While one attempt sends an email, a duplicate task for it waits (a lease in the cache).
+# Keep it above the send timeout (Anymail: 30 s; SMTP: EMAIL_TIMEOUT).
+EMAIL_ATTEMPT_LEASE_SECONDS = env.int("EMAIL_ATTEMPT_LEASE_SECONDS", default=60)
+# SMTP backends only: without it a hung mail server holds the worker forever.
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 
 # --- API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -225,15 +225,15 @@ class ReassignLeadApi(APIView):
     )
     def post(self, request):
         payload = ReassignLeadInput(data=request.data)
+        if isinstance(request.user, ApiKeyClient):
+            # With a key, the API must be told which admin decided; a session says itself.
+            reassigned_by = payload.fields["reassigned_by_id"]
+            reassigned_by.required, reassigned_by.allow_null = True, False
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
 
         if isinstance(request.user, ApiKeyClient):
             tenant = request.user.tenant
-            if data["reassigned_by_id"] is None:
-                raise exceptions.ValidationError(
-                    {"reassigned_by_id": ["Required when calling with an API key."]}
-                )
             admin = active_admin(tenant=tenant, agent_id=data["reassigned_by_id"])
             if admin is None:
                 raise _not_an_admin()
@@ -262,11 +262,10 @@ class ReassignLeadApi(APIView):
             reassigned_by=admin,
             actor=actor,
         )
-        lead = lead_for_tenant(tenant=tenant, lead_id=result.lead.pk)
         return Response(
             {
                 "success": True,
-                "lead": LeadOutput(lead).data,
+                "lead": LeadOutput(result.lead).data,
                 "reassignment": ReassignmentOutput(result.reassignment).data,
             }
         )

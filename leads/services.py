@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -425,7 +425,7 @@ def reassign_lead(
     lead.assigned_agent = to_agent
     lead.assigned_at = now
     lead.unassigned_reason = ""
-    lead.reassignment_count = F("reassignment_count") + 1
+    lead.reassignment_count += 1  # the row is locked, so a plain increment is exact
     lead.reassignment_reason = reason
     lead.reassigned_at = now
     if lead.status == LeadStatus.NEW and lead.claim_deadline is None:
@@ -445,7 +445,6 @@ def reassign_lead(
             "updated_at",
         ]
     )
-    lead.reassignment_count = None  # the F() expression is spent; re-read if needed
 
     reassignment = LeadReassignment.objects.create(
         tenant=tenant,
@@ -488,7 +487,6 @@ def reassign_lead(
             )
         ]
     )
-    lead.refresh_from_db(fields=["reassignment_count"])
     return ReassignmentResult(lead=lead, reassignment=reassignment)
 
 
@@ -528,6 +526,11 @@ def _breach_notice(lead: Lead, admin: Membership, stage: _Stage) -> Notification
     agent = lead.assigned_agent
     who = agent.display_name if agent else "nobody"
     verb = "claimed" if stage is CLAIM_STAGE else "contacted"
+    next_step = (
+        "It goes to another agent automatically if anyone else is available."
+        if lead.tenant.auto_reassign_on_breach
+        else "Reassign it from the admin."
+    )
     return Notification(
         tenant_id=lead.tenant_id,
         recipient=admin,
@@ -536,37 +539,61 @@ def _breach_notice(lead: Lead, admin: Membership, stage: _Stage) -> Notification
         title=f"Lead not {verb} in time: {lead.name}"[:200],
         body=(
             f"{lead.name} was assigned to {who} and not {verb} by "
-            f"{format_deadline(deadline, lead.tenant)}. Reassign it from the admin."
+            f"{format_deadline(deadline, lead.tenant)}. {next_step}"
         ),
         dedupe_key=f"{stage.kind}:{lead.pk}:{deadline.isoformat()}",
         email_status=EmailStatus.PENDING,
     )
 
 
+@dataclass(frozen=True)
+class _Breach:
+    """A breach just recorded, of a lead whose tenant wants it reassigned automatically."""
+
+    lead_id: uuid.UUID
+    tenant: Tenant
+    agent_id: uuid.UUID | None
+    deadline: object  # the missed deadline (datetime)
+
+
+@dataclass(frozen=True)
+class _BatchResult:
+    recorded: int
+    more: bool  # more due leads were waiting beyond this batch
+    to_reassign: list[_Breach]
+
+
 @transaction.atomic
-def _record_breach_batch(stage: _Stage, now, batch_size: int) -> int:
-    """Record one batch of missed deadlines of one stage; how many were recorded.
+def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
+    """Record one batch of missed deadlines of one stage.
 
     Set-based: the statement count is the same for 1 or `batch_size` leads. Rows another
     sweep is handling are skipped (SKIP LOCKED), and the breach column is only set where
-    still empty, so each breach is recorded, and announced, exactly once.
+    still empty, so each breach is recorded, and announced, exactly once. One row beyond
+    the batch is locked too, so the caller knows whether to go on without asking again.
     """
     due = Lead.all_tenants.filter(  # a system job across every tenant
         status=stage.status,
         **{f"{stage.deadline}__lte": now, f"{stage.breached}__isnull": True},
     )
     ids = list(
-        due.order_by(stage.deadline)
+        due.order_by(stage.deadline, "pk")
         .select_for_update(skip_locked=True)
-        .values_list("pk", flat=True)[:batch_size]
+        .values_list("pk", flat=True)[: batch_size + 1]
     )
+    more = len(ids) > batch_size
+    ids = ids[:batch_size]
     if not ids:
-        return 0
+        return _BatchResult(recorded=0, more=False, to_reassign=[])
     Lead.all_tenants.filter(pk__in=ids, **{f"{stage.breached}__isnull": True}).update(
         **{stage.breached: now}
     )
+    # Only the rows this sweep stamped: without row locks (SQLite) a racing sweep could
+    # have selected the same ids, and it must not announce them a second time.
     leads = list(
-        Lead.all_tenants.filter(pk__in=ids).select_related("tenant", "assigned_agent__user")
+        Lead.all_tenants.filter(pk__in=ids, **{stage.breached: now}).select_related(
+            "tenant", "assigned_agent__user"
+        )
     )
     admins: dict = {}
     for admin in Membership.all_tenants.filter(
@@ -603,16 +630,45 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> int:
     if notice_ids:
         transaction.on_commit(lambda: enqueue_notification_emails(notice_ids))
 
-    for lead in leads:
-        if lead.tenant.auto_reassign_on_breach:
-            _auto_reassign(lead, stage)
-    return len(ids)
+    to_reassign = [
+        _Breach(
+            lead_id=lead.pk,
+            tenant=lead.tenant,
+            agent_id=lead.assigned_agent_id,
+            deadline=getattr(lead, stage.deadline),
+        )
+        for lead in leads
+        if lead.tenant.auto_reassign_on_breach
+    ]
+    return _BatchResult(recorded=len(leads), more=more, to_reassign=to_reassign)
 
 
-def _auto_reassign(lead: Lead, stage: _Stage) -> None:
-    """Tenant policy: give a breached lead to someone else, as the system."""
+@transaction.atomic
+def _auto_reassign(breach: _Breach, stage: _Stage) -> bool:
+    """Tenant policy: give a breached lead to someone else, as the system.
+
+    Runs after the batch has committed, one lead per transaction: a batch never holds a
+    tenant's round-robin cursor and agents while it routes hundreds of leads, and each
+    transaction takes its locks in the usual order (the lead, then agents). The lead is
+    locked again and left alone if anyone acted on it in between.
+    """
+    lead = (
+        Lead.objects.for_tenant(breach.tenant)
+        .select_for_update(of=("self",))
+        .select_related("team__assignment_config", "team__schedule")
+        .filter(pk=breach.lead_id)
+        .first()
+    )
+    if (
+        lead is None
+        or lead.status != stage.status
+        or getattr(lead, stage.breached) is None
+        or lead.assigned_agent_id != breach.agent_id
+        or getattr(lead, stage.deadline) != breach.deadline
+    ):
+        return False
     decision = route(
-        tenant=lead.tenant,
+        tenant=breach.tenant,
         team=lead.team,
         load=lead_load,
         exclude_agent_ids=[lead.assigned_agent_id] if lead.assigned_agent_id else [],
@@ -624,9 +680,9 @@ def _auto_reassign(lead: Lead, stage: _Stage) -> None:
             stage.name,
             decision.reason,
         )
-        return
+        return False
     reassign_lead(
-        tenant=lead.tenant,
+        tenant=breach.tenant,
         lead_id=lead.pk,
         to_agent_id=decision.agent.pk,
         reason=stage.reason,
@@ -634,18 +690,29 @@ def _auto_reassign(lead: Lead, stage: _Stage) -> None:
         reassigned_by=None,
         notes=f"Automatic: {stage.name} window missed.",
     )
+    return True
 
 
 def sweep_sla_breaches(*, now=None, batch_size: int = SWEEP_BATCH_SIZE) -> dict:
-    """Stage 1 (claim window) and stage 2 (contact window): record every missed deadline."""
+    """Stage 1 (claim window) and stage 2 (contact window): record every missed deadline.
+
+    Returns how many breaches each stage recorded: `{"claim": n, "contact": m}`.
+    """
     now = now or timezone.now()
     counts = {}
     for stage in (CLAIM_STAGE, CONTACT_STAGE):
         total = 0
         while True:
-            recorded = _record_breach_batch(stage, now, batch_size)
-            total += recorded
-            if recorded < batch_size:
+            batch = _record_breach_batch(stage, now, batch_size)
+            total += batch.recorded
+            for breach in batch.to_reassign:
+                try:
+                    _auto_reassign(breach, stage)
+                except (DomainError, DatabaseError):
+                    # The breach is recorded and the admins told; one lead that cannot be
+                    # moved (its transaction rolled back) must not stop the sweep.
+                    logger.exception("Automatic reassignment of lead %s failed", breach.lead_id)
+            if not batch.more:
                 break
         counts[stage.name] = total
     return counts
@@ -662,9 +729,15 @@ class CounterDrift:
 
 
 def reconcile_lead_counts(*, fix: bool = False, tenant: Tenant | None = None) -> list[CounterDrift]:
-    """Compare every agent's `current_lead_count` with its open leads; repair if asked."""
-    agents = Membership.all_tenants.select_related("user", "tenant").annotate(
-        actual=Count("leads", filter=Q(leads__status__in=OPEN_LEAD_STATUSES))
+    """Compare every agent's `current_lead_count` with its open leads; repair if asked.
+
+    Returns the counters that differ (with `fix`, the ones repaired and the value written),
+    ordered by tenant and email.
+    """
+    agents = (
+        Membership.all_tenants.select_related("user", "tenant")  # every tenant, or the one asked
+        .annotate(actual=Count("leads", filter=Q(leads__status__in=OPEN_LEAD_STATUSES)))
+        .order_by("tenant__slug", "user__email", "pk")
     )
     if tenant is not None:
         agents = agents.filter(tenant=tenant)
@@ -673,15 +746,26 @@ def reconcile_lead_counts(*, fix: bool = False, tenant: Tenant | None = None) ->
         for a in agents
         if a.current_lead_count != a.actual
     ]
-    if fix:
-        with transaction.atomic():
-            for drift in drifts:
-                # Recount under the row lock so a reassignment in between is not lost.
-                agent = Membership.all_tenants.select_for_update().get(pk=drift.agent.pk)
-                actual = (
-                    Lead.objects.for_tenant(agent.tenant_id)
-                    .filter(assigned_agent=agent, status__in=OPEN_LEAD_STATUSES)
-                    .count()
-                )
-                Membership.all_tenants.filter(pk=agent.pk).update(current_lead_count=actual)
-    return drifts
+    if not fix:
+        return drifts
+    repaired = [_repair_lead_count(drift.agent) for drift in drifts]
+    return [drift for drift in repaired if drift is not None]
+
+
+@transaction.atomic
+def _repair_lead_count(agent: Membership) -> CounterDrift | None:
+    """Recount one agent under its row lock, so a reassignment in between is not lost.
+
+    One transaction per agent: no two agents are held at once, so this cannot deadlock
+    with a reassignment that locks its two agents in primary-key order.
+    """
+    locked = Membership.all_tenants.select_for_update().get(pk=agent.pk)
+    actual = (
+        Lead.objects.for_tenant(locked.tenant_id)
+        .filter(assigned_agent=locked, status__in=OPEN_LEAD_STATUSES)
+        .count()
+    )
+    if locked.current_lead_count == actual:
+        return None  # put right in the meantime
+    Membership.all_tenants.filter(pk=locked.pk).update(current_lead_count=actual)
+    return CounterDrift(agent=agent, stored=locked.current_lead_count, actual=actual)

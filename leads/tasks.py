@@ -21,3 +21,75 @@ def retry_unassigned_leads(tenant_id=None):
 # ---------------------------------------------------------------------------------------
 # Notification emails; see leads/emails.py
 # ---------------------------------------------------------------------------------------
+
+import logging  # noqa: E402
+
+from django.conf import settings  # noqa: E402
+
+from config.celery import app as celery_app  # noqa: E402
+from config.tasks import enqueue  # noqa: E402
+from leads.emails import (  # noqa: E402
+    TransientEmailError,
+    deliver_notification_email,
+    mark_notification_email_failed,
+    retry_countdown_seconds,
+)
+from leads.emails import (  # noqa: E402
+    requeue_pending_notification_emails as requeue_pending_notification_emails_service,
+)
+
+email_logger = logging.getLogger("leads.emails")
+
+
+@shared_task
+def send_notification_emails(notification_ids):
+    """Fan out: one `send_notification_email` task per notification, so that each email
+    retries on its own and one failure never holds up the others."""
+    queued = 0
+    for notification_id in notification_ids:
+        if celery_app.conf.task_always_eager:
+            # Embedded mode and tests: this already runs off the request thread; send one
+            # after another here rather than start a thread per email.
+            try:
+                send_notification_email.apply(args=(str(notification_id),))
+            except Exception as exc:  # e.g. Retry surfacing under eager propagation
+                email_logger.warning(
+                    "Email task for notification %s raised %s; it stays pending for the "
+                    "periodic re-enqueue.",
+                    notification_id,
+                    type(exc).__name__,
+                )
+                continue
+            queued += 1
+        elif enqueue(send_notification_email, str(notification_id)):
+            queued += 1
+    return queued
+
+
+@shared_task(bind=True, max_retries=settings.EMAIL_MAX_RETRIES)
+def send_notification_email(self, notification_id):
+    """One attempt per run; transient failures retry with backoff, then give up."""
+    try:
+        return deliver_notification_email(notification_id=notification_id)
+    except TransientEmailError as exc:
+        # Read at run time, so a changed setting applies without re-importing the task.
+        max_retries = settings.EMAIL_MAX_RETRIES
+        if self.request.retries >= max_retries or exc.attempts > max_retries:
+            mark_notification_email_failed(
+                notification_id=notification_id,
+                error=f"{exc} Gave up after {exc.attempts} attempts.",
+            )
+            return "failed"
+        raise self.retry(
+            exc=exc,
+            countdown=retry_countdown_seconds(self.request.retries),
+            max_retries=max_retries,
+        ) from None
+
+
+@shared_task
+def requeue_pending_notification_emails():
+    """Celery beat, every minute: enqueue again the emails left pending."""
+    return requeue_pending_notification_emails_service(
+        older_than_seconds=settings.EMAIL_REQUEUE_AFTER_SECONDS
+    )

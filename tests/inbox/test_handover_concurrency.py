@@ -89,8 +89,8 @@ def broker_enqueue_only():
     celery_app.conf.task_always_eager = previous
 
 
-# Budgets are measured outside a test transaction, so the service's atomic block is a
-# real BEGIN/COMMIT (not logged, as in production) rather than a counted SAVEPOINT.
+# Budgets are measured outside a test transaction, as in production: the service's
+# atomic block is a real BEGIN/COMMIT (both counted) rather than SAVEPOINT/RELEASE.
 @pytest.mark.parametrize("team_size", [1, 200])
 @pytest.mark.django_db(transaction=True)
 def test_one_handover_runs_at_most_10_sql_statements(

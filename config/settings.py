@@ -82,8 +82,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 else:
-    # SQLite: wait for a writer instead of failing at once with "database is locked".
+    # SQLite: writers take the lock at BEGIN and wait for each other, instead of failing
+    # with "database is locked" when background tasks write at the same time.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+    DATABASES["default"]["OPTIONS"].setdefault("transaction_mode", "IMMEDIATE")
 DATABASE_IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -207,7 +209,7 @@ EMAIL_BACKEND = env(
     default=(
         "anymail.backends.resend.EmailBackend"
         if RESEND_API_KEY
-        else "django.core.mail.backends.console.EmailBackend"
+        else "config.email.StderrConsoleBackend"
     ),
 )
 ANYMAIL = {"RESEND_API_KEY": RESEND_API_KEY}

@@ -20,6 +20,16 @@ from config.celery import app as celery_app
 logger = logging.getLogger(__name__)
 
 
+_background: list[threading.Thread] = []
+
+
+def wait_for_background_tasks(timeout: float = 30.0) -> None:
+    """Let embedded-mode task threads finish (for commands that exit right after)."""
+    for thread in list(_background):
+        thread.join(timeout)
+    _background[:] = [t for t in _background if t.is_alive()]
+
+
 def _run_in_thread(task, args, kwargs) -> None:
     def run():
         close_old_connections()
@@ -30,7 +40,10 @@ def _run_in_thread(task, args, kwargs) -> None:
         finally:
             connections.close_all()
 
-    threading.Thread(target=run, name=f"task:{task.name}", daemon=True).start()
+    thread = threading.Thread(target=run, name=f"task:{task.name}", daemon=True)
+    _background[:] = [t for t in _background if t.is_alive()]
+    _background.append(thread)
+    thread.start()
 
 
 def enqueue(task, *args, **kwargs) -> bool:

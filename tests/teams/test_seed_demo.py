@@ -1,10 +1,14 @@
 import json
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from inbox.models import CrmIntegration, InboxSession
+from leads.models import Lead, LeadReassignment, Notification, NotificationKind
+from leads.services import reconcile_lead_counts
 from teams.models import ApiKey, Membership, Role, Team, TeamMember, Tenant, User
 
 
@@ -108,3 +112,135 @@ def test_seed_demo_has_sessions_in_several_states_and_a_crm_integration():
     integration = CrmIntegration.all_tenants.get(tenant_id=data["tenant"]["id"])
     assert integration.has_api_key
     assert not integration.is_active, "inactive unless a real CRM is configured"
+
+
+LEAD_KEYS = {
+    "id",
+    "name",
+    "status",
+    "assigned_agent_id",
+    "claim_breached",
+    "contact_breached",
+    "reassignment_count",
+}
+
+
+def leads_by_state(data: dict) -> dict:
+    """The demo leads keyed by the state each one shows."""
+    by_state = {}
+    for lead in data["leads"]:
+        if lead["reassignment_count"]:
+            state = "reassigned"
+        elif lead["claim_breached"]:
+            state = "claim_breached"
+        elif lead["contact_breached"]:
+            state = "contact_breached"
+        else:
+            state = lead["status"]
+        by_state.setdefault(state, []).append(lead)
+    return by_state
+
+
+@pytest.mark.django_db
+def test_seed_demo_has_leads_in_every_state_and_they_match_the_database():
+    data = seed_demo_json()
+
+    by_state = leads_by_state(data)
+    assert set(by_state) >= {
+        "new",
+        "claimed",
+        "contacted",
+        "claim_breached",
+        "contact_breached",
+        "reassigned",
+    }
+    demo_agents = {a["id"] for a in data["agents"]}
+    for entry in data["leads"]:
+        assert set(entry) == LEAD_KEYS
+        lead = Lead.all_tenants.get(pk=entry["id"])
+        assert str(lead.tenant_id) == data["tenant"]["id"]
+        assert entry["name"] == lead.name
+        assert entry["status"] == lead.status
+        assert entry["assigned_agent_id"] == str(lead.assigned_agent_id)
+        assert entry["assigned_agent_id"] in demo_agents
+        assert entry["claim_breached"] == (lead.claim_sla_breached_at is not None)
+        assert entry["contact_breached"] == (lead.contact_sla_breached_at is not None)
+        assert entry["reassignment_count"] == lead.reassignment_count
+
+    now = timezone.now()
+    [new] = by_state["new"]
+    assert Lead.all_tenants.get(pk=new["id"]).claim_deadline > now, "claim window open"
+    [claimed] = by_state["claimed"]
+    assert Lead.all_tenants.get(pk=claimed["id"]).contact_deadline > now
+    assert by_state["claim_breached"][0]["status"] == "new"
+    assert by_state["contact_breached"][0]["status"] == "claimed"
+
+    # The breaches were recorded by the real sweep: every demo admin was told.
+    admins = {a["id"] for a in data["agents"] if a["role"] in ("admin", "super_admin")}
+    for state, kind in (
+        ("claim_breached", NotificationKind.CLAIM_SLA_BREACHED),
+        ("contact_breached", NotificationKind.CONTACT_SLA_BREACHED),
+    ):
+        lead_id = by_state[state][0]["id"]
+        told = Notification.all_tenants.filter(lead_id=lead_id, kind=kind)
+        assert {str(r) for r in told.values_list("recipient_id", flat=True)} == admins
+        assert told.count() == len(admins)
+
+    # The reassignment was an admin's decision.
+    [reassigned] = by_state["reassigned"]
+    move = LeadReassignment.all_tenants.get(lead_id=reassigned["id"])
+    assert str(move.reassigned_by_id) == data["admin"]["agent_id"]
+    assert move.reason == "manual"
+    assert str(move.to_agent_id) == reassigned["assigned_agent_id"]
+
+
+@pytest.mark.django_db
+def test_seed_demo_twice_does_not_duplicate_leads():
+    first = seed_demo_json()
+    notices = Notification.all_tenants.count()
+    second = seed_demo_json()
+
+    assert [lead["id"] for lead in first["leads"]] == [lead["id"] for lead in second["leads"]]
+    assert Lead.all_tenants.filter(tenant_id=second["tenant"]["id"]).count() == len(second["leads"])
+    assert Lead.all_tenants.filter(tenant_id=second["other_tenant"]["id"]).count() == 1
+    assert first["other_tenant"]["lead_id"] == second["other_tenant"]["lead_id"]
+    assert Notification.all_tenants.count() == notices, "no breach announced twice"
+    assert LeadReassignment.all_tenants.count() == 1
+
+
+@pytest.mark.django_db
+def test_seed_demo_run_again_later_keeps_the_open_windows_open(time_machine):
+    time_machine.move_to(timezone.now(), tick=False)
+    first = leads_by_state(seed_demo_json())
+    time_machine.shift(timedelta(hours=2))
+
+    again = leads_by_state(seed_demo_json())
+
+    for state in ("new", "claimed", "reassigned"):
+        assert [lead["id"] for lead in again[state]] == [lead["id"] for lead in first[state]]
+        assert not again[state][0]["claim_breached"]
+        assert not again[state][0]["contact_breached"]
+    [new] = again["new"]
+    assert Lead.all_tenants.get(pk=new["id"]).claim_deadline > timezone.now()
+
+
+@pytest.mark.django_db
+def test_seed_demo_other_tenant_has_its_own_lead():
+    data = seed_demo_json()
+    other = data["other_tenant"]
+
+    lead = Lead.all_tenants.get(pk=other["lead_id"])
+    assert str(lead.tenant_id) == other["id"]
+    assert str(lead.assigned_agent_id) == other["agent_id"]
+    assert other["lead_id"] not in {lead["id"] for lead in data["leads"]}
+
+
+@pytest.mark.django_db
+def test_seed_demo_lead_counters_reconcile_without_drift():
+    seed_demo_json()
+    seed_demo_json()
+
+    assert reconcile_lead_counts() == []
+    out = StringIO()
+    call_command("reconcile_lead_counts", stdout=out)
+    assert "No drift" in out.getvalue()

@@ -7,6 +7,8 @@ from django.apps import apps
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from config.tasks import wait_for_background_tasks
+
 
 def demo_seeders():
     """Each app may ship a `demo.seed(context)`; they run in INSTALLED_APPS order, so
@@ -38,6 +40,9 @@ class Command(BaseCommand):
         with transaction.atomic():
             for seed in demo_seeders():
                 seed(context)
+        # Emails and messages queued by the demo data run in background threads in
+        # embedded mode; let them finish before the process exits.
+        wait_for_background_tasks()
         output = context["output"]
         if as_json:
             self.stdout.write(json.dumps(output))

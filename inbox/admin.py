@@ -14,6 +14,7 @@ from inbox.models import CrmIntegration, HandoverRequest, InboxSession
 from inbox.services import assign_session_to, close_session, run_session_assignment
 from teams.admin_scope import TenantScopedAdmin, require_admin_of
 from teams.models import Membership
+from teams.selectors import active_agents
 
 
 def admin_actor(request) -> Actor:
@@ -223,11 +224,8 @@ class AssignForm(forms.Form):
 
     def __init__(self, *args, tenant, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["agent"].queryset = (
-            Membership.objects.for_tenant(tenant)
-            .filter(is_active=True, user__is_active=True)
-            .select_related("user")
-            .order_by("user__full_name", "user__email")
+        self.fields["agent"].queryset = active_agents(tenant=tenant).order_by(
+            "user__full_name", "user__email"
         )
         self.fields["agent"].label_from_instance = lambda m: (
             f"{m.display_name} <{m.user.email}> · {m.get_role_display()}"

@@ -18,7 +18,6 @@ Nothing here touches a session's assignment: every write names its fields, all o
 """
 
 import logging
-import random
 from datetime import timedelta
 from enum import StrEnum
 
@@ -28,7 +27,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from audit.services import Actor, record_activity
-from config.tasks import enqueue
+from config.tasks import BACKOFF_JITTER, backoff_seconds, enqueue
 from inbox.crypto import SecretDecryptionError, decrypt_secret
 from inbox.models import ConfirmationStatus, CrmIntegration, InboxSession
 from inbox.whatsapp import PermanentSendError, TransientSendError, redact, send_whatsapp_text
@@ -39,8 +38,6 @@ logger = logging.getLogger("inbox.confirmations")
 FAILURE_LOG_MESSAGE = "Handover confirmation message failed (assignment already done): %s"
 
 # Retry backoff of the task (see `retry_countdown_seconds`).
-RETRY_BACKOFF_CAP_SECONDS = 300
-JITTER_FRACTION = 0.1
 REQUEUE_BATCH_SIZE = 500
 LAST_ERROR_LIMIT = 1000
 
@@ -252,21 +249,17 @@ def retry_countdown_seconds(retries: int) -> float:
     """How long the task waits before retry number `retries` + 1.
 
     Exponential backoff, CRM_RETRY_BACKOFF_SECONDS * 2**retries capped at
-    RETRY_BACKOFF_CAP_SECONDS, plus up to 10% jitter so that the retries of many
+    capped at 5 minutes, plus up to 10% jitter so that the retries of many
     confirmations that failed together (a CRM outage) do not hit the CRM together.
     """
-    wait = min(
-        float(settings.CRM_RETRY_BACKOFF_SECONDS) * 2 ** max(0, retries),
-        RETRY_BACKOFF_CAP_SECONDS,
-    )
-    return wait + random.uniform(0, wait * JITTER_FRACTION)
+    return backoff_seconds(retries, settings.CRM_RETRY_BACKOFF_SECONDS)
 
 
 def longest_retry_wait_seconds() -> float:
     """The longest `retry_countdown_seconds` with the current settings."""
     last_retry = max(0, settings.CRM_MAX_RETRIES - 1)
-    wait = min(float(settings.CRM_RETRY_BACKOFF_SECONDS) * 2**last_retry, RETRY_BACKOFF_CAP_SECONDS)
-    return wait * (1 + JITTER_FRACTION)
+    wait = backoff_seconds(last_retry, settings.CRM_RETRY_BACKOFF_SECONDS, jitter=False)
+    return wait * (1 + BACKOFF_JITTER)
 
 
 def _locked_session(session_id) -> InboxSession | None:

@@ -29,6 +29,7 @@ from inbox.models import (
 from inbox.selectors import open_sessions_per_agent
 from teams.models import Membership, Strategy, Team, Tenant
 from teams.routing import RoutingDecision, UnassignedReason, route
+from teams.selectors import team_for_routing
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,7 @@ def _claim_idempotency_key(*, tenant: Tenant, key: str, fingerprint: str):
 
 
 def _team_of_tenant(*, tenant: Tenant, team_id) -> Team:
-    team = (
-        Team.objects.for_tenant(tenant)
-        .select_related("assignment_config", "schedule")
-        .filter(pk=team_id)
-        .first()
-    )
+    team = team_for_routing(tenant=tenant, team_id=team_id)
     if team is None:
         raise DomainError(
             code="team_not_found",

@@ -3,6 +3,7 @@
 from celery import shared_task
 from django.conf import settings
 
+from config.tasks import retry_or_give_up
 from inbox.confirmations import (
     deliver_confirmation,
     mark_confirmation_failed,
@@ -23,19 +24,15 @@ def send_handover_confirmation(self, session_id):
     try:
         return deliver_confirmation(session_id=session_id, attempt_number=self.request.retries + 1)
     except TransientSendError as exc:
-        # Read at run time, so a changed setting applies without re-importing the task.
-        max_retries = settings.CRM_MAX_RETRIES
-        if self.request.retries >= max_retries:
-            mark_confirmation_failed(
-                session_id=session_id,
-                error=f"{exc} Gave up after {self.request.retries + 1} attempts.",
-            )
-            return "failed"
-        raise self.retry(
-            exc=exc,
+        # Settings are read at run time, so a change applies without re-importing.
+        final_error = f"{exc} Gave up after {self.request.retries + 1} attempts."
+        return retry_or_give_up(
+            self,
+            exc,
+            max_retries=settings.CRM_MAX_RETRIES,
             countdown=retry_countdown_seconds(self.request.retries),
-            max_retries=max_retries,
-        ) from None
+            give_up=lambda: mark_confirmation_failed(session_id=session_id, error=final_error),
+        )
 
 
 @shared_task

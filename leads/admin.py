@@ -13,6 +13,7 @@ from leads.models import Lead, LeadReassignment, Notification, ReassignmentReaso
 from leads.services import reassign_lead
 from teams.admin_scope import TenantScopedAdmin, TenantScopedInline, require_admin_of
 from teams.models import Membership
+from teams.selectors import active_agents
 
 
 class BreachedFilter(admin.SimpleListFilter):
@@ -44,15 +45,9 @@ class BreachedFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ReassignmentInline(TenantScopedInline, admin.TabularInline):
-    model = LeadReassignment
-    fk_name = "lead"
+class ReadOnlyInline(TenantScopedInline, admin.TabularInline):
     extra = 0
     can_delete = False
-    verbose_name_plural = "Reassignment history"
-    fields = ["created_at", "from_agent", "to_agent", "reason", "stage", "reassigned_by", "notes"]
-    readonly_fields = fields
-    ordering = ["-created_at"]
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -64,10 +59,17 @@ class ReassignmentInline(TenantScopedInline, admin.TabularInline):
         return False
 
 
-class NotificationInline(TenantScopedInline, admin.TabularInline):
+class ReassignmentInline(ReadOnlyInline):
+    model = LeadReassignment
+    fk_name = "lead"
+    verbose_name_plural = "Reassignment history"
+    fields = ["created_at", "from_agent", "to_agent", "reason", "stage", "reassigned_by", "notes"]
+    readonly_fields = fields
+    ordering = ["-created_at"]
+
+
+class NotificationInline(ReadOnlyInline):
     model = Notification
-    extra = 0
-    can_delete = False
     fields = [
         "created_at",
         "recipient",
@@ -80,15 +82,6 @@ class NotificationInline(TenantScopedInline, admin.TabularInline):
     readonly_fields = fields
     ordering = ["-created_at"]
 
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 class ReassignForm(forms.Form):
     to_agent = forms.ModelChoiceField(queryset=Membership.all_tenants.none(), label="New agent")
@@ -99,11 +92,8 @@ class ReassignForm(forms.Form):
 
     def __init__(self, *args, tenant, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["to_agent"].queryset = (
-            Membership.objects.for_tenant(tenant)
-            .filter(is_active=True, user__is_active=True)
-            .select_related("user", "tenant")
-            .order_by("user__full_name", "user__email")
+        self.fields["to_agent"].queryset = active_agents(tenant=tenant).order_by(
+            "user__full_name", "user__email"
         )
         self.fields["to_agent"].label_from_instance = lambda m: (
             f"{m.display_name} <{m.user.email}> · {m.get_role_display()} · "

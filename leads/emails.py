@@ -22,7 +22,6 @@ Notification. No log line and no stored error contains the Resend API key.
 """
 
 import logging
-import random
 import re
 import smtplib
 import uuid
@@ -40,7 +39,7 @@ from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from config.tasks import enqueue
+from config.tasks import BACKOFF_JITTER, backoff_seconds, enqueue
 from leads.formatting import format_deadline, lead_url
 from leads.models import (
     EmailStatus,
@@ -57,8 +56,6 @@ logger = logging.getLogger("leads.emails")
 # The line operators search for when an agent or admin says "I never got the email".
 FAILURE_LOG_MESSAGE = "Lead notification email failed (the lead is unchanged): %s"
 
-RETRY_BACKOFF_CAP_SECONDS = 300
-JITTER_FRACTION = 0.1
 REQUEUE_BATCH_SIZE = 500
 LAST_ERROR_LIMIT = 1000
 TEMPLATE_DIR = "leads/email"
@@ -493,26 +490,21 @@ def max_attempts() -> int:
 def retry_countdown_seconds(retries: int) -> float:
     """How long the task waits before retry number `retries` + 1.
 
-    EMAIL_RETRY_BACKOFF_SECONDS * 2**retries, capped at RETRY_BACKOFF_CAP_SECONDS, plus up
+    EMAIL_RETRY_BACKOFF_SECONDS * 2**retries, capped at 5 minutes, plus up
     to 10% jitter so that the emails that failed together (a mail service outage) do not
     all come back together.
     """
-    wait = _backoff(retries)
-    return wait + random.uniform(0, wait * JITTER_FRACTION)
+    return backoff_seconds(retries, settings.EMAIL_RETRY_BACKOFF_SECONDS)
 
 
 def longest_retry_schedule_seconds() -> float:
     """How long a task's whole retry schedule can take (waits plus attempts)."""
     retries = max(0, int(settings.EMAIL_MAX_RETRIES))
-    waits = sum(_backoff(n) for n in range(retries)) * (1 + JITTER_FRACTION)
+    waits = sum(
+        backoff_seconds(n, settings.EMAIL_RETRY_BACKOFF_SECONDS, jitter=False)
+        for n in range(retries)
+    ) * (1 + BACKOFF_JITTER)
     return waits + (retries + 1) * float(settings.EMAIL_ATTEMPT_LEASE_SECONDS)
-
-
-def _backoff(retries: int) -> float:
-    return min(
-        float(settings.EMAIL_RETRY_BACKOFF_SECONDS) * 2 ** max(0, retries),
-        RETRY_BACKOFF_CAP_SECONDS,
-    )
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -31,8 +31,9 @@ from leads.models import (
     ReassignmentReason,
     ReassignmentStage,
 )
-from teams.models import ADMIN_ROLES, Membership, Team, Tenant
+from teams.models import ADMIN_ROLES, Membership, Tenant
 from teams.routing import route
+from teams.selectors import team_for_routing
 
 logger = logging.getLogger(__name__)
 
@@ -153,12 +154,7 @@ def create_lead(
     window starts as soon as it has an agent."""
     team = None
     if team_id is not None:
-        team = (
-            Team.objects.for_tenant(tenant)
-            .select_related("assignment_config", "schedule")
-            .filter(pk=team_id)
-            .first()
-        )
+        team = team_for_routing(tenant=tenant, team_id=team_id)
         if team is None:
             raise DomainError(
                 code="team_not_found", message="Team not found.", status=404, field="team_id"

@@ -1,7 +1,21 @@
 """Celery tasks of the leads app: thin wrappers that take ids and call services."""
 
-from celery import shared_task
+import logging
 
+from celery import shared_task
+from django.conf import settings
+
+from config.celery import app as celery_app
+from config.tasks import enqueue, retry_or_give_up
+from leads.emails import (
+    TransientEmailError,
+    deliver_notification_email,
+    mark_notification_email_failed,
+    retry_countdown_seconds,
+)
+from leads.emails import (
+    requeue_pending_notification_emails as requeue_pending_notification_emails_service,
+)
 from leads.services import retry_unassigned_leads as retry_unassigned_leads_service
 from leads.services import sweep_sla_breaches
 
@@ -21,22 +35,6 @@ def retry_unassigned_leads(tenant_id=None):
 # ---------------------------------------------------------------------------------------
 # Notification emails; see leads/emails.py
 # ---------------------------------------------------------------------------------------
-
-import logging  # noqa: E402
-
-from django.conf import settings  # noqa: E402
-
-from config.celery import app as celery_app  # noqa: E402
-from config.tasks import enqueue  # noqa: E402
-from leads.emails import (  # noqa: E402
-    TransientEmailError,
-    deliver_notification_email,
-    mark_notification_email_failed,
-    retry_countdown_seconds,
-)
-from leads.emails import (  # noqa: E402
-    requeue_pending_notification_emails as requeue_pending_notification_emails_service,
-)
 
 email_logger = logging.getLogger("leads.emails")
 
@@ -72,19 +70,20 @@ def send_notification_email(self, notification_id):
     try:
         return deliver_notification_email(notification_id=notification_id)
     except TransientEmailError as exc:
-        # Read at run time, so a changed setting applies without re-importing the task.
+        # Settings are read at run time, so a change applies without re-importing. A
+        # requeued email keeps its attempts, so those count towards the limit too.
         max_retries = settings.EMAIL_MAX_RETRIES
-        if self.request.retries >= max_retries or exc.attempts > max_retries:
-            mark_notification_email_failed(
-                notification_id=notification_id,
-                error=f"{exc} Gave up after {exc.attempts} attempts.",
-            )
-            return "failed"
-        raise self.retry(
-            exc=exc,
-            countdown=retry_countdown_seconds(self.request.retries),
+        final_error = f"{exc} Gave up after {exc.attempts} attempts."
+        return retry_or_give_up(
+            self,
+            exc,
             max_retries=max_retries,
-        ) from None
+            exhausted=exc.attempts > max_retries,
+            countdown=retry_countdown_seconds(self.request.retries),
+            give_up=lambda: mark_notification_email_failed(
+                notification_id=notification_id, error=final_error
+            ),
+        )
 
 
 @shared_task

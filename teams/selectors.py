@@ -20,3 +20,13 @@ def active_agents(*, tenant: Tenant):
 
 def team_for_tenant(*, tenant: Tenant, team_id) -> Team | None:
     return Team.objects.for_tenant(tenant).filter(pk=team_id).first()
+
+
+def team_for_routing(*, tenant: Tenant, team_id) -> Team | None:
+    """A team of the tenant with what the assignment engine reads of it, in one query."""
+    return (
+        Team.objects.for_tenant(tenant)
+        .select_related("assignment_config", "schedule")
+        .filter(pk=team_id)
+        .first()
+    )

@@ -86,11 +86,30 @@ def resolve_config(*, tenant: Tenant, team: Team | None) -> ResolvedConfig:
     return ResolvedConfig(config.strategy, config.is_enabled, config.waterfall, source)
 
 
+# What routing and the handover response read of an agent; loading only these keeps a
+# 200-agent pool from costing 200 password hashes and unused columns.
+AGENT_FIELDS = (
+    "id",
+    "tenant_id",
+    "role",
+    "is_active",
+    "is_available",
+    "capacity",
+    "current_lead_count",
+    "last_assigned_at",
+    "user__id",
+    "user__email",
+    "user__full_name",
+    "user__is_active",
+)
+
+
 def _active_agents(tenant: Tenant):
     return (
         Membership.objects.for_tenant(tenant)
         .filter(is_active=True, user__is_active=True)
         .select_related("user")
+        .only(*AGENT_FIELDS)
     )
 
 

@@ -288,7 +288,13 @@ def diagnose_handover(
     if session is not None:
         checks.append(_check_session(tenant, session))
 
-    decision = route(tenant=tenant, team=team, load=open_sessions_per_agent(tenant), dry_run=True)
+    decision = route(
+        tenant=tenant,
+        team=team,
+        load=open_sessions_per_agent(tenant),
+        work="sessions",
+        dry_run=True,
+    )
     if decision.reason == UnassignedReason.ALL_AT_CAPACITY:
         checks.append(
             Check(

@@ -277,7 +277,9 @@ def handover(
         if team is not None and session.team_id != team.pk:
             session.team = team
         routing_team = team or session.team
-        decision = route(tenant=tenant, team=routing_team, load=open_sessions_per_agent(tenant))
+        decision = route(
+            tenant=tenant, team=routing_team, load=open_sessions_per_agent(tenant), work="sessions"
+        )
         changed += _apply_decision(session, decision, now)
         activities.append(_assignment_activity(session, decision, actor))
         if decision.agent is None:
@@ -342,7 +344,9 @@ def run_session_assignment(
     )
     if session is None:
         return None
-    decision = route(tenant=tenant, team=session.team, load=open_sessions_per_agent(tenant))
+    decision = route(
+        tenant=tenant, team=session.team, load=open_sessions_per_agent(tenant), work="sessions"
+    )
     previous_reason = session.unassigned_reason
     fields = _apply_decision(session, decision, timezone.now())
     session.save(update_fields=[*fields, "updated_at"])

@@ -84,14 +84,18 @@ def _active_agent(*, tenant: Tenant, agent_id, field: str) -> Membership:
     return agent
 
 
-def _bump_counter(*, tenant: Tenant, agent_id, delta: int) -> None:
+def _bump_counter(*, tenant: Tenant, agent_id, delta: int, assigned_at=None) -> None:
+    """Move an agent's lead counter; `assigned_at` also stamps `last_assigned_at`."""
     if agent_id is None:
         return
     agents = Membership.objects.for_tenant(tenant).filter(pk=agent_id)
     if delta < 0:
         # Never below zero, even if a counter had drifted before reconciliation.
         agents = agents.filter(current_lead_count__gte=-delta)
-    agents.update(current_lead_count=F("current_lead_count") + delta)
+    changes = {"current_lead_count": F("current_lead_count") + delta}
+    if assigned_at is not None:
+        changes["last_assigned_at"] = assigned_at
+    agents.update(**changes)
 
 
 def _new_agent_notification(*, lead: Lead, agent: Membership, kind: str, reason: str = ""):
@@ -165,7 +169,7 @@ def create_lead(
     if assigned_agent_id is not None:
         agent = _active_agent(tenant=tenant, agent_id=assigned_agent_id, field="assigned_agent_id")
     else:
-        decision = route(tenant=tenant, team=team, load=lead_load)
+        decision = route(tenant=tenant, team=team, load=lead_load, work="leads")
         agent = decision.agent
     if agent is not None:
         _start_claim_window(lead, agent, now)
@@ -199,7 +203,7 @@ def route_unassigned_lead(*, tenant: Tenant, lead_id, actor: Actor) -> Lead | No
     )
     if lead is None:
         return None
-    decision = route(tenant=tenant, team=lead.team, load=lead_load)
+    decision = route(tenant=tenant, team=lead.team, load=lead_load, work="leads")
     if decision.agent is None:
         if lead.unassigned_reason != decision.reason:
             lead.unassigned_reason = decision.reason
@@ -453,7 +457,7 @@ def reassign_lead(
         notes=notes,
     )
     _bump_counter(tenant=tenant, agent_id=old_agent_id, delta=-1)
-    _bump_counter(tenant=tenant, agent_id=to_agent.pk, delta=+1)
+    _bump_counter(tenant=tenant, agent_id=to_agent.pk, delta=+1, assigned_at=now)
     if old_agent_id is not None:
         Notification.objects.for_tenant(tenant).filter(
             recipient_id=old_agent_id, lead=lead, is_read=False
@@ -663,11 +667,15 @@ def _auto_reassign(breach: _Breach, stage: _Stage) -> bool:
         or getattr(lead, stage.deadline) != breach.deadline
     ):
         return False
+    # Pick without touching agent rows: reassign_lead then locks both agents in
+    # primary-key order, like every other reassignment, so the two cannot deadlock.
     decision = route(
         tenant=breach.tenant,
         team=lead.team,
         load=lead_load,
+        work="leads",
         exclude_agent_ids=[lead.assigned_agent_id] if lead.assigned_agent_id else [],
+        lock_agents=False,
     )
     if decision.agent is None:
         logger.info(

@@ -147,7 +147,7 @@ def _pools(*, tenant: Tenant, team: Team | None, waterfall: list[str], tiers: li
     yield DEFAULT_TEAM_TIER, default_team, agents
 
 
-def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, dry_run: bool):
+def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, lock: bool):
     """Agents who can take work now (available, below capacity), and their load.
 
     When load decides (a capacity is set, or least busy), the pool's agents are locked
@@ -158,7 +158,7 @@ def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, dry_
     needs_load = strategy == Strategy.LEAST_BUSY or any(a.capacity is not None for a in available)
     if not (needs_load and available):
         return available, {}
-    if not dry_run:
+    if lock:
         available = list(
             Membership.objects.for_tenant(tenant)
             .select_for_update(of=("self",))
@@ -175,8 +175,9 @@ def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, dry_
     return eligible, current_load
 
 
-def _pool_key(*, team: Team | None, tier: str | None) -> str:
-    return f"team:{team.pk}" if team is not None else f"tier:{tier}"
+def _pool_key(*, work: str, team: Team | None, tier: str | None) -> str:
+    # Each kind of work has its own rotation: handovers and leads both go round a team.
+    return f"{work}:team:{team.pk}" if team is not None else f"{work}:tier:{tier}"
 
 
 def route(
@@ -184,13 +185,18 @@ def route(
     tenant: Tenant,
     team: Team | None,
     load: LoadFunction,
+    work: str,
     exclude_agent_ids: Sequence = (),
     dry_run: bool = False,
+    lock_agents: bool = True,
 ) -> RoutingDecision:
     """Pick an agent for one piece of work by the team's or tenant's rules.
 
-    `load(agents)` returns each agent's open items (missing means 0). `dry_run` tells
-    who would be picked without advancing a cursor or stamping the agent.
+    `work` names the kind of work ("sessions", "leads"): each has its own round-robin
+    rotation. `load(agents)` returns each agent's open items (missing means 0).
+    `dry_run` tells who would be picked without advancing a cursor or stamping the
+    agent. `lock_agents=False` picks without touching agent rows (no pool lock, no
+    `last_assigned_at`), for a caller that then locks agents itself in its own order.
     """
     now = timezone.now()
     config = resolve_config(tenant=tenant, team=team)
@@ -224,14 +230,14 @@ def route(
             continue
         found_anyone = True
         eligible, current_load = _eligible(
-            tenant, agents, strategy=config.strategy, load=load, dry_run=dry_run
+            tenant, agents, strategy=config.strategy, load=load, lock=lock_agents and not dry_run
         )
         entry["eligible"] = len(eligible)
         if not eligible:
             continue
         context = PickContext(
             tenant=tenant,
-            pool_key=_pool_key(team=pool_team, tier=tier),
+            pool_key=_pool_key(work=work, team=pool_team, tier=tier),
             load=current_load,
             dry_run=dry_run,
         )
@@ -240,7 +246,7 @@ def route(
             continue
         decision.agent, decision.tier, decision.team = agent, tier, pool_team
         decision.available_agents = len(eligible)
-        if not dry_run:
+        if lock_agents and not dry_run:
             Membership.objects.for_tenant(tenant).filter(pk=agent.pk).update(last_assigned_at=now)
             agent.last_assigned_at = now
         return decision

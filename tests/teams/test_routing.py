@@ -49,6 +49,7 @@ def load_of(mapping):
 
 def pick(tenant, team=None, **kwargs):
     kwargs.setdefault("load", no_load)
+    kwargs.setdefault("work", "sessions")
     return route(tenant=tenant, team=team, **kwargs)
 
 
@@ -740,3 +741,16 @@ def test_closed_schedule_does_not_advance_the_round_robin(tenant, staffed_team):
         expected = picked_id(pick(tenant, fresh(staffed_team), dry_run=True))
     assert routed_at(tenant, staffed_team, "2026-03-02T18:00:00Z").reason == "team_closed"
     assert picked_id(routed_at(tenant, staffed_team, "2026-03-02T10:00:00Z")) == expected
+
+
+def test_each_kind_of_work_has_its_own_rotation(tenant):
+    team = TeamFactory(tenant=tenant)
+    agents = sorted(
+        (TeamMemberFactory(team=team).membership for _ in range(2)), key=lambda a: str(a.pk)
+    )
+
+    sessions = [pick(tenant, team, work="sessions").agent for _ in range(2)]
+    leads = [pick(tenant, team, work="leads").agent for _ in range(2)]
+
+    assert sessions == agents, "sessions alternate between the two agents"
+    assert leads == agents, "and so do leads, whatever sessions did"

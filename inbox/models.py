@@ -97,9 +97,9 @@ class InboxSession(TenantOwnedModel):
                 condition=Q(status="open"),
                 name="session_open_by_agent",
             ),
-            # The retry sweep: open unassigned sessions, oldest first.
+            # The retry sweep: open unassigned sessions, least recently tried first.
             models.Index(
-                fields=["created_at"],
+                fields=["updated_at"],
                 condition=Q(status="open", assigned_agent__isnull=True),
                 name="session_open_unassigned",
             ),

@@ -427,7 +427,8 @@ def close_session(*, tenant: Tenant, session_id, actor: Actor) -> InboxSession:
 
 
 def retry_unassigned_sessions(*, tenant_id=None, limit: int = 100) -> dict:
-    """Route open unassigned sessions again, oldest first, skipping `manual` ones.
+    """Route open unassigned sessions again, least recently tried first, skipping
+    `manual` ones.
 
     A system job across tenants (or one tenant, when an agent of it became available).
     Each session is its own transaction; sessions locked by another worker are skipped.
@@ -437,7 +438,9 @@ def retry_unassigned_sessions(*, tenant_id=None, limit: int = 100) -> dict:
     ).exclude(unassigned_reason=UnassignedReason.MANUAL_STRATEGY)
     if tenant_id is not None:
         pending = pending.filter(tenant_id=tenant_id)
-    rows = list(pending.order_by("created_at").values_list("pk", "tenant_id")[:limit])
+    # Least recently tried first: every attempt touches updated_at, so sessions nobody
+    # can take yet rotate to the back instead of blocking the ones behind them.
+    rows = list(pending.order_by("updated_at").values_list("pk", "tenant_id")[:limit])
     tenants = Tenant.objects.in_bulk({tenant for _, tenant in rows})
     summary = {"checked": 0, "assigned": 0, "skipped_manual": 0}
     for session_id, session_tenant_id in rows:

@@ -125,7 +125,7 @@ class Lead(TenantOwnedModel):
                 name="lead_by_agent",
             ),
             models.Index(
-                fields=["created_at"],
+                fields=["updated_at"],
                 condition=Q(status="new", assigned_agent__isnull=True),
                 name="lead_unassigned",
             ),

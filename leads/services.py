@@ -205,9 +205,9 @@ def route_unassigned_lead(*, tenant: Tenant, lead_id, actor: Actor) -> Lead | No
         return None
     decision = route(tenant=tenant, team=lead.team, load=lead_load, work="leads")
     if decision.agent is None:
-        if lead.unassigned_reason != decision.reason:
-            lead.unassigned_reason = decision.reason
-            lead.save(update_fields=["unassigned_reason", "updated_at"])
+        # Saved even when unchanged: updated_at moves the lead to the back of the retries.
+        lead.unassigned_reason = decision.reason
+        lead.save(update_fields=["unassigned_reason", "updated_at"])
         return lead
     now = timezone.now()
     _start_claim_window(lead, decision.agent, now)
@@ -243,13 +243,15 @@ def route_unassigned_lead(*, tenant: Tenant, lead_id, actor: Actor) -> Lead | No
 
 
 def retry_unassigned_leads(*, tenant_id=None, limit: int = 100) -> dict:
-    """System job: route waiting leads again, oldest first, one transaction each."""
+    """System job: route waiting leads again, least recently tried first, one transaction
+    each."""
     waiting = Lead.all_tenants.filter(status=LeadStatus.NEW, assigned_agent__isnull=True).exclude(
         unassigned_reason="manual_strategy"
     )
     if tenant_id is not None:
         waiting = waiting.filter(tenant_id=tenant_id)
-    rows = list(waiting.order_by("created_at").values_list("pk", "tenant_id")[:limit])
+    # Least recently tried first, so leads nobody can take yet do not block the rest.
+    rows = list(waiting.order_by("updated_at").values_list("pk", "tenant_id")[:limit])
     tenants = Tenant.objects.in_bulk({tenant for _, tenant in rows})
     assigned = 0
     for lead_id, tenant_id_ in rows:

@@ -11,7 +11,7 @@ from inbox.models import InboxSession
 from inbox.services import retry_unassigned_sessions
 from teams.models import Role, Strategy
 from teams.services import set_agent_availability
-from tests.factories import AssignmentConfigFactory, MembershipFactory
+from tests.factories import AssignmentConfigFactory, MembershipFactory, TeamFactory
 
 URL = "/api/v1/handover"
 pytestmark = pytest.mark.django_db
@@ -90,3 +90,24 @@ def _uuid(value):
     import uuid
 
     return uuid.UUID(value)
+
+
+def test_sessions_nobody_can_take_do_not_block_the_ones_behind_them(tenant, tenant_client):
+    empty_team = TeamFactory(tenant=tenant)
+    stuck = [
+        tenant_client.post(
+            URL,
+            {"contactId": f"stuck-{n}", "teamId": str(empty_team.id), "sendHandoverMessage": False},
+            format="json",
+        ).json()["sessionId"]
+        for n in range(3)
+    ]
+    fixable = unassigned_handover(tenant_client, "fixable")
+    MembershipFactory(tenant=tenant)
+
+    retry_unassigned_sessions(limit=3)  # the three stuck ones are tried and stay stuck
+    retry_unassigned_sessions(limit=3)
+
+    sessions = InboxSession.objects.for_tenant(tenant)
+    assert sessions.get(pk=fixable).assigned_agent_id is not None
+    assert not sessions.filter(pk__in=stuck, assigned_agent__isnull=False).exists()

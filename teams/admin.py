@@ -71,7 +71,7 @@ class TenantAdmin(TenantScopedAdmin):
         "is_active",
         "created_at",
     ]
-    list_filter = ["is_active", "auto_reassign_on_breach", "timezone"]
+    list_filter = ["is_active", "auto_reassign_on_breach"]
     search_fields = ["name", "slug", "id"]
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["id", "created_at"]

@@ -92,6 +92,18 @@ class TenantScopedAdmin(admin.ModelAdmin):
         tenant_id = obj.pk if self.tenant_path == "pk" else obj.tenant_id
         return tenant_id in tenant_ids
 
+    def get_list_filter(self, request):
+        # A plain related-field filter lists every row of the related table (every
+        # tenant's name, every team): offer only values the scoped rows use.
+        scoped = []
+        for entry in super().get_list_filter(request):
+            if isinstance(entry, str) and "__" not in entry:
+                field = self.model._meta.get_field(entry)
+                if field.is_relation:
+                    entry = (entry, admin.RelatedOnlyFieldListFilter)
+            scoped.append(entry)
+        return scoped
+
     def get_autocomplete_fields(self, request):
         # Users and tenants are superuser-administered: tenant admins get plain, scoped
         # selects instead of autocompletes that would need those admins.

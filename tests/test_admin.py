@@ -11,7 +11,7 @@ from inbox.services import handover
 from leads.models import Lead, LeadReassignment
 from leads.services import create_lead
 from teams.models import Role, Team
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories import MembershipFactory, TeamFactory, TeamMemberFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 SYSTEM = Actor.system()
@@ -319,3 +319,32 @@ def test_audit_log_is_read_only_even_for_superusers(tenant, world):
     listing = client.get("/admin/audit/activitylog/", {"action__exact": "lead.created"})
     assert "Alpha Lead" in listing.text
     assert f'href="/admin/leads/lead/{world["lead_a"].pk}/change/"' in listing.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/audit/activitylog/",
+        "/admin/teams/teammember/",
+        "/admin/teams/team/",
+        "/admin/teams/membership/",
+        "/admin/teams/apikey/",
+        "/admin/inbox/inboxsession/",
+        "/admin/inbox/crmintegration/",
+        "/admin/leads/lead/",
+        "/admin/leads/notification/",
+    ],
+)
+def test_filter_sidebars_name_no_other_tenant(owner, world, other_tenant, url):
+    foreign_team = TeamFactory(tenant=other_tenant, name="Bravo Secret Team")
+    MembershipFactory(tenant=other_tenant)
+
+    TeamMemberFactory(team=foreign_team)
+    client = login(owner.user)
+
+    page = client.get(url)
+
+    assert page.status_code == 200
+    assert other_tenant.name not in page.text
+    assert str(other_tenant.pk) not in page.text
+    assert "Bravo Secret Team" not in page.text

@@ -92,6 +92,13 @@ class TenantScopedAdmin(admin.ModelAdmin):
         tenant_id = obj.pk if self.tenant_path == "pk" else obj.tenant_id
         return tenant_id in tenant_ids
 
+    def get_readonly_fields(self, request, obj=None):
+        # Rows never move between tenants.
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and self.tenant_path == "tenant" and "tenant" not in fields:
+            fields.append("tenant")
+        return fields
+
     def get_list_filter(self, request):
         # A plain related-field filter lists every row of the related table (every
         # tenant's name, every team): offer only values the scoped rows use.

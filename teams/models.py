@@ -229,8 +229,12 @@ class TeamMember(TenantOwnedModel):
 
     def clean(self):
         super().clean()
-        for related in (self.team, self.membership, self.role):
-            if related is not None and related.tenant_id != self.tenant_id:
+        # An inline row has no tenant yet: it is the team's.
+        tenant_id = self.tenant_id or (self.team.tenant_id if self.team_id else None)
+        related = [self.team if self.team_id else None, self.role]
+        related.append(self.membership if self.membership_id else None)
+        for obj in related:
+            if obj is not None and obj.tenant_id != tenant_id:
                 raise ValidationError("Team, agent and role must belong to the same tenant.")
 
 
@@ -248,6 +252,11 @@ class TeamSchedule(TenantOwnedModel):
 
     def __str__(self):
         return f"Schedule of {self.team}"
+
+    def clean(self):
+        super().clean()
+        if self.team_id and self.tenant_id and self.team.tenant_id != self.tenant_id:
+            raise ValidationError({"team": "The team belongs to another tenant."})
 
 
 class Weekday(models.IntegerChoices):

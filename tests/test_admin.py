@@ -348,3 +348,36 @@ def test_filter_sidebars_name_no_other_tenant(owner, world, other_tenant, url):
     assert other_tenant.name not in page.text
     assert str(other_tenant.pk) not in page.text
     assert "Bravo Secret Team" not in page.text
+
+
+def test_team_members_can_be_added_inline_on_the_team_page(owner, tenant, world):
+    team = TeamFactory(tenant=tenant, name="Inline Team")
+    client = login(owner.user)
+    prefix = "members"
+    page = client.get(f"/admin/teams/team/{team.pk}/change/")
+    assert page.status_code == 200
+
+    response = client.post(
+        f"/admin/teams/team/{team.pk}/change/",
+        {
+            "name": "Inline Team",
+            "description": "",
+            f"{prefix}-TOTAL_FORMS": "1",
+            f"{prefix}-INITIAL_FORMS": "0",
+            f"{prefix}-MIN_NUM_FORMS": "0",
+            f"{prefix}-MAX_NUM_FORMS": "1000",
+            f"{prefix}-0-membership": str(world["agent_a"].pk),
+            f"{prefix}-0-role": "",
+            f"{prefix}-0-team": str(team.pk),
+        },
+    )
+
+    assert response.status_code == 302, response.context and response.context.get("errors")
+    assert team.members.filter(membership=world["agent_a"]).exists()
+    assert team.members.get().tenant_id == tenant.pk
+
+
+def test_a_rows_tenant_cannot_be_changed(owner, tenant):
+    team = TeamFactory(tenant=tenant)
+    page = login(owner.user).get(f"/admin/teams/team/{team.pk}/change/")
+    assert 'name="tenant"' not in page.text

@@ -106,3 +106,28 @@ def api_exception_handler(exc, context):
             status=500,
         )
     return None
+
+
+def _wants_json(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def json_or_html_404(request, exception=None):
+    """Unknown API paths (and malformed ids in them) answer in the API's JSON shape."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if _wants_json(request):
+        return JsonResponse(error_body("not_found", "Not found."), status=404)
+    return page_not_found(request, exception)
+
+
+def json_or_html_500(request):
+    from django.http import JsonResponse
+    from django.views.defaults import server_error
+
+    if _wants_json(request):
+        return JsonResponse(
+            error_body("server_error", "Something went wrong; nothing was changed."), status=500
+        )
+    return server_error(request)

@@ -12,5 +12,6 @@ class StrictJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         try:
             return super().parse(stream, media_type, parser_context)
-        except ParseError as exc:
+        except (ParseError, RecursionError) as exc:
+            # RecursionError: absurdly deep nesting, which no caller of ours sends.
             raise ParseError("Request body is not valid JSON.", code="invalid_json") from exc

@@ -24,3 +24,6 @@ urlpatterns = [
     path("leads/<uuid:lead_id>/claim/", leads_views.claim, name="lead-claim"),
     path("leads/<uuid:lead_id>/contacted/", leads_views.contacted, name="lead-contacted"),
 ]
+
+handler404 = "config.errors.json_or_html_404"
+handler500 = "config.errors.json_or_html_500"

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from audit.services import Actor
 from config.api import TenantApiView
 from config.errors import DomainError
+from config.fields import StrictCharField
 from inbox.diagnostics import diagnose_handover
 from inbox.models import Channel
 from inbox.services import handover
@@ -19,20 +20,20 @@ MAX_CONTEXT_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
-class StrictCharField(serializers.CharField):
-    """A string field that refuses numbers, booleans and objects instead of coercing them."""
-
-    default_error_messages = {"not_a_string": "Must be a string."}
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("not_a_string")
-        return super().to_internal_value(data)
+def _contains_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
 
 
 class ContextField(serializers.JSONField):
     default_error_messages = {
         "not_an_object": "Must be a JSON object.",
+        "nul_character": "Must not contain the NUL character (\\u0000).",
         "too_large": f"Must be at most {MAX_CONTEXT_BYTES // 1024} KB when encoded as JSON.",
     }
 
@@ -40,8 +41,12 @@ class ContextField(serializers.JSONField):
         data = super().to_internal_value(data)
         if not isinstance(data, dict):
             self.fail("not_an_object")
-        if len(json.dumps(data, separators=(",", ":")).encode()) > MAX_CONTEXT_BYTES:
+        encoded = json.dumps(data, separators=(",", ":"))
+        if len(encoded.encode()) > MAX_CONTEXT_BYTES:
             self.fail("too_large")
+        if _contains_nul(data):
+            # PostgreSQL's jsonb cannot store it.
+            self.fail("nul_character")
         return data
 
 

@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 from audit.services import Actor
 from config.api import TenantApiView
 from config.errors import DomainError
+from config.fields import StrictCharField
 from leads.formatting import lead_url
 from leads.models import LeadStatus, ReassignmentReason
 from leads.selectors import active_admin, lead_for_tenant, leads_for_tenant, membership_for_lead
@@ -72,10 +73,10 @@ class LeadDetailOutput(LeadOutput):
 
 
 class LeadInput(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    phone = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
-    email = serializers.EmailField(required=False, allow_blank=True, default="")
-    source = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    name = StrictCharField(max_length=200)
+    phone = StrictCharField(max_length=40, required=False, allow_blank=True, default="")
+    email = serializers.EmailField(max_length=254, required=False, allow_blank=True, default="")
+    source = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
     assigned_agent_id = serializers.UUIDField(required=False, allow_null=True, default=None)
     team_id = serializers.UUIDField(required=False, allow_null=True, default=None)
 
@@ -168,7 +169,7 @@ class ReassignLeadInput(serializers.Serializer):
     lead_id = serializers.UUIDField()
     to_agent_id = serializers.UUIDField()
     reason = serializers.ChoiceField(choices=ReassignmentReason.choices)
-    notes = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    notes = StrictCharField(max_length=2000, required=False, allow_blank=True, default="")
     reassigned_by_id = serializers.UUIDField(required=False, allow_null=True, default=None)
 
 

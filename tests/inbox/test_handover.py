@@ -441,3 +441,24 @@ def test_missing_or_revoked_key_is_401(api_client, tenant_client, api_key):
     revoke_api_key(api_key=api_key[0], actor=Actor.system())
     assert post(tenant_client, {"contactId": "c"}).status_code == 401
     assert not InboxSession.all_tenants.exists()
+
+
+def test_hostile_bodies_get_json_errors_not_500s(tenant_client):
+    deep = tenant_client.post(URL, "[" * 30000 + "]" * 30000, content_type="application/json")
+    nul_value = post(tenant_client, {"contactId": "c", "context": {"note": "a\x00b"}})
+    nul_key = post(tenant_client, {"contactId": "c", "context": {"a\x00": 1}})
+    nul_contact = post(tenant_client, {"contactId": "c\x00"})
+
+    assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
+    assert nul_value.status_code == 400 and "context" in nul_value.json()["error"]["fields"]
+    assert nul_key.status_code == 400 and "context" in nul_key.json()["error"]["fields"]
+    assert nul_contact.status_code == 400 and "contactId" in nul_contact.json()["error"]["fields"]
+    assert not InboxSession.all_tenants.exists()
+
+
+def test_unknown_api_paths_answer_json_404(tenant_client):
+    response = tenant_client.get("/api/v1/no-such-thing")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    bad_id = tenant_client.get("/api/v1/leads/not-a-uuid")
+    assert bad_id.status_code == 404 and bad_id["Content-Type"] == "application/json"

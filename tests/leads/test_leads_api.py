@@ -716,3 +716,15 @@ def test_the_page_form_needs_the_csrf_token(tenant, teammate, clock):
 
     assert response.status_code == 403
     assert Lead.all_tenants.get(pk=lead.pk).status == LeadStatus.NEW
+
+
+def test_lead_fields_refuse_numbers_and_overlong_emails(tenant_client):
+    numbers = tenant_client.post("/api/v1/leads", {"name": 12, "phone": 5}, format="json")
+    long_email = tenant_client.post(
+        "/api/v1/leads", {"name": "N", "email": "a" * 250 + "@example.test"}, format="json"
+    )
+
+    assert numbers.status_code == 400
+    assert {"name", "phone"} <= set(numbers.json()["error"]["fields"])
+    assert long_email.status_code == 400
+    assert "email" in long_email.json()["error"]["fields"]

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "anymail",
+    "config.apps.ConfigAppConfig",
     "teams",
     "audit",
     "inbox",
@@ -98,6 +99,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "/accounts/login/"
+# Messages live server-side: the admin shows a new API key once through a message, and
+# the default cookie storage would carry it in a (signed, not encrypted) cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 LOGIN_REDIRECT_URL = "/"
 
 # --- Redis, Celery, cache -------------------------------------------------------------

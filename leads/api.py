@@ -5,6 +5,7 @@ from rest_framework import exceptions, serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param
 from rest_framework.views import APIView
 
 from audit.services import Actor
@@ -16,6 +17,7 @@ from leads.models import LeadStatus, ReassignmentReason
 from leads.selectors import active_admin, lead_for_tenant, leads_for_tenant, membership_for_lead
 from leads.services import claim_lead, create_lead, mark_lead_contacted, reassign_lead
 from teams.authentication import (
+    API_KEY_QUERY_PARAM,
     ApiKeyClient,
     SessionAuthentication401,
     TenantApiKeyAuthentication,
@@ -95,6 +97,21 @@ class LeadFilters(serializers.Serializer):
     search = serializers.CharField(required=False, max_length=100)
 
 
+class LeadPagination(LimitOffsetPagination):
+    """limit/offset pages whose next/previous links never repeat an `apiKey` back."""
+
+    default_limit = 50
+    max_limit = 500
+
+    def get_next_link(self):
+        link = super().get_next_link()
+        return remove_query_param(link, API_KEY_QUERY_PARAM) if link else link
+
+    def get_previous_link(self):
+        link = super().get_previous_link()
+        return remove_query_param(link, API_KEY_QUERY_PARAM) if link else link
+
+
 class LeadsApi(TenantApiView):
     @extend_schema(
         summary="List leads",
@@ -104,9 +121,7 @@ class LeadsApi(TenantApiView):
     def get(self, request):
         filters = LeadFilters(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = LimitOffsetPagination()
-        paginator.default_limit = 50
-        paginator.max_limit = 500
+        paginator = LeadPagination()
         page = paginator.paginate_queryset(
             leads_for_tenant(tenant=self.tenant, filters=filters.validated_data), request, view=self
         )

@@ -120,3 +120,19 @@ def test_each_url_switches_only_its_own_part(env_vars, engine, broker_url, alway
     assert loaded["engine"] == engine
     assert loaded["broker_url"] == broker_url
     assert loaded["always_eager"] is always_eager
+
+
+def test_deploy_check_refuses_development_secrets(settings):
+    import pytest
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    settings.SECRET_KEY = settings.DEV_SECRET_KEY
+    settings.CRM_ENCRYPTION_KEYS = []
+    with pytest.raises(SystemCheckError) as excinfo:
+        call_command("check", "--deploy", "--fail-level", "ERROR")
+    assert "handover.E001" in str(excinfo.value) and "handover.E002" in str(excinfo.value)
+
+    settings.SECRET_KEY = "a-real-secret-" + "x" * 50
+    settings.CRM_ENCRYPTION_KEYS = ["lSwFB0uI8mL0eTgtJxlK3ZWd6i8m7x1YH4fdHqVjR1E="]
+    call_command("check", "--deploy", "--fail-level", "ERROR")

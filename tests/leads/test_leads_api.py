@@ -728,3 +728,20 @@ def test_lead_fields_refuse_numbers_and_overlong_emails(tenant_client):
     assert {"name", "phone"} <= set(numbers.json()["error"]["fields"])
     assert long_email.status_code == 400
     assert "email" in long_email.json()["error"]["fields"]
+
+
+def test_page_links_never_repeat_the_api_key(api_key, api_client, tenant):
+    from leads.services import create_lead
+    from tests.factories import MembershipFactory as Agent
+
+    agent = Agent(tenant=tenant)
+    for n in range(3):
+        create_lead(
+            tenant=tenant, actor=Actor.system(), name=f"L{n}", phone="1", assigned_agent_id=agent.pk
+        )
+
+    page = api_client.get(f"/api/v1/leads?apiKey={api_key[1]}&limit=1&offset=1").json()
+
+    assert page["next"] and page["previous"] is not None
+    assert api_key[1] not in page["next"] and api_key[1] not in (page["previous"] or "")
+    assert "limit=1" in page["next"]

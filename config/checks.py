@@ -1,0 +1,29 @@
+"""Deploy checks: `manage.py check --deploy` fails on development secrets."""
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+
+
+@register(Tags.security, deploy=True)
+def production_secrets(app_configs, **kwargs):
+    errors = []
+    if settings.SECRET_KEY == settings.DEV_SECRET_KEY:
+        errors.append(
+            Error(
+                "SECRET_KEY is the development default.",
+                hint="Set SECRET_KEY to a long random value, e.g. "
+                "\"python -c 'import secrets; print(secrets.token_urlsafe(50))'\".",
+                id="handover.E001",
+            )
+        )
+    if not settings.CRM_ENCRYPTION_KEYS:
+        errors.append(
+            Error(
+                "CRM_ENCRYPTION_KEYS is not set: CRM API keys would be encrypted with a key "
+                "derived from SECRET_KEY.",
+                hint='Set it to a Fernet key: python -c "from cryptography.fernet import '
+                'Fernet; print(Fernet.generate_key().decode())".',
+                id="handover.E002",
+            )
+        )
+    return errors

@@ -174,6 +174,9 @@ CELERY_BEAT_SCHEDULE: dict = {
 # Unset, a development key is derived from SECRET_KEY (see inbox/crypto.py): production
 # must set this, or changing SECRET_KEY makes every stored CRM API key unreadable.
 CRM_ENCRYPTION_KEYS = env.list("CRM_ENCRYPTION_KEYS", default=[])
+# A tenant's CRM apiUrl must be https and public; these open it up for local testing.
+CRM_ALLOW_HTTP = env.bool("CRM_ALLOW_HTTP", default=False)
+CRM_ALLOW_PRIVATE_NETWORKS = env.bool("CRM_ALLOW_PRIVATE_NETWORKS", default=False)
 # Timeout of one request to the CRM's WhatsApp endpoint.
 CRM_HTTP_TIMEOUT_SECONDS = env.float("CRM_HTTP_TIMEOUT_SECONDS", default=10.0)
 # Retries after the first attempt, for timeouts, connection errors, 429 and 5xx.

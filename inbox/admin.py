@@ -12,6 +12,7 @@ from inbox.diagnostics import diagnose_handover
 from inbox.integrations import set_crm_api_key
 from inbox.models import CrmIntegration, HandoverRequest, InboxSession
 from inbox.services import assign_session_to, close_session, run_session_assignment
+from inbox.whatsapp import crm_url_problems
 from teams.admin_scope import TenantScopedAdmin, require_admin_of
 from teams.models import Membership
 from teams.selectors import active_agents
@@ -250,6 +251,14 @@ class CrmIntegrationForm(forms.ModelForm):
     class Meta:
         model = CrmIntegration
         fields = ["tenant", "name", "is_active", "api_url", "config"]
+
+    def clean_api_url(self):
+        api_url = self.cleaned_data["api_url"]
+        if api_url:
+            problems = crm_url_problems(api_url)
+            if problems:
+                raise forms.ValidationError(problems)
+        return api_url
 
 
 @admin.register(CrmIntegration)

@@ -28,9 +28,12 @@ Error messages carry the status and the start of the response body; never the AP
 (it is redacted even if the CRM echoes it back).
 """
 
-from urllib.parse import quote
+import ipaddress
+import socket
+from urllib.parse import quote, urlsplit
 
 import requests
+from django.conf import settings
 
 RESPONSE_BODY_LIMIT = 300
 
@@ -54,6 +57,39 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
+def crm_url_problems(api_url: str) -> list[str]:
+    """Why a CRM base URL may not be called, or []: the URL is tenant-supplied, so it must
+    not aim the worker at internal services (SSRF).
+
+    https only (CRM_ALLOW_HTTP for local testing), no credentials, query or fragment, and
+    no loopback, private, link-local or reserved address (CRM_ALLOW_PRIVATE_NETWORKS).
+    """
+    parts = urlsplit(api_url or "")
+    problems = []
+    allowed_schemes = {"https", "http"} if settings.CRM_ALLOW_HTTP else {"https"}
+    if parts.scheme not in allowed_schemes:
+        problems.append(f"apiUrl must start with {' or '.join(sorted(allowed_schemes))}://")
+    if parts.username or parts.password:
+        problems.append("apiUrl must not contain credentials")
+    if "?" in (api_url or "") or "#" in (api_url or ""):
+        problems.append("apiUrl must not have a query string or fragment")
+    if not parts.hostname:
+        problems.append("apiUrl has no host")
+    elif not settings.CRM_ALLOW_PRIVATE_NETWORKS:
+        try:
+            addresses = {
+                info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)
+            }
+        except (socket.gaierror, UnicodeError):
+            addresses = set()  # unresolvable now: the send fails as a connection error
+        for address in addresses:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+            if not ip.is_global:
+                problems.append(f"apiUrl resolves to a non-public address ({ip})")
+                break
+    return problems
+
+
 def messages_url(*, api_url: str, phone_number_id: str) -> str:
     return f"{api_url.rstrip('/')}/api/meta/{quote(str(phone_number_id), safe='')}/messages"
 
@@ -69,6 +105,9 @@ def send_whatsapp_text(
     *, api_url: str, api_key: str, phone_number_id: str, to: str, text: str, timeout: float
 ) -> dict:
     """Send `text` to the WhatsApp contact `to`; the CRM's JSON answer, or raise SendError."""
+    problems = crm_url_problems(api_url)
+    if problems:
+        raise PermanentSendError("CRM integration refused: " + "; ".join(problems) + ".")
     url = messages_url(api_url=api_url, phone_number_id=phone_number_id)
     payload = {
         "messaging_product": "whatsapp",

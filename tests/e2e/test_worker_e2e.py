@@ -67,6 +67,9 @@ class WorkerProcess:
             "REDIS_URL": settings.REDIS_URL,
             "CELERY_TASK_ALWAYS_EAGER": "false",
             "PYTHONUNBUFFERED": "1",
+            # The fake CRM is a local http server.
+            "CRM_ALLOW_HTTP": "true",
+            "CRM_ALLOW_PRIVATE_NETWORKS": "true",
             **extra_env,
         }
         self._lines: list[str] = []

@@ -490,3 +490,36 @@ def test_retry_backoff_grows_exponentially_and_is_capped(settings):
     for retries, base in [(0, 5), (1, 10), (3, 40), (6, 300), (20, 300)]:
         countdown = retry_countdown_seconds(retries)
         assert base <= countdown <= base * 1.1
+
+
+@pytest.mark.parametrize(
+    ("api_url", "problem"),
+    [
+        ("http://crm.example.com", "must start with https://"),
+        ("https://127.0.0.1:8443", "non-public address"),
+        ("https://10.1.2.3", "non-public address"),
+        ("https://169.254.169.254", "non-public address"),
+        ("https://[::1]", "non-public address"),
+        ("https://crm.example.com/x?", "query string"),
+        ("https://user:pw@crm.example.com", "credentials"),
+    ],
+)
+def test_crm_urls_that_could_reach_internal_services_are_refused(settings, api_url, problem):
+    from inbox.whatsapp import PermanentSendError, crm_url_problems, send_whatsapp_text
+
+    settings.CRM_ALLOW_HTTP = False
+    settings.CRM_ALLOW_PRIVATE_NETWORKS = False
+
+    assert any(problem in p for p in crm_url_problems(api_url))
+    with pytest.raises(PermanentSendError, match="refused"):
+        send_whatsapp_text(
+            api_url=api_url, api_key="k", phone_number_id="1", to="+1", text="hi", timeout=1
+        )
+
+
+def test_a_public_https_crm_url_is_accepted(settings):
+    from inbox.whatsapp import crm_url_problems
+
+    settings.CRM_ALLOW_HTTP = False
+    settings.CRM_ALLOW_PRIVATE_NETWORKS = False
+    assert crm_url_problems("https://93.184.215.14") == []

@@ -13,7 +13,8 @@ from config.errors import DomainError
 from config.fields import StrictCharField
 from inbox.diagnostics import diagnose_handover
 from inbox.models import Channel
-from inbox.services import handover
+from inbox.selectors import session_for_tenant
+from inbox.services import close_session, handover
 from teams.selectors import team_for_tenant
 
 MAX_CONTEXT_BYTES = 16 * 1024
@@ -210,3 +211,38 @@ class HandoverDiagnosticsApi(TenantApiView):
                     field="teamId",
                 )
         return Response(diagnose_handover(tenant=self.tenant, team=team).as_dict())
+
+
+class SessionOutput(serializers.Serializer):
+    sessionId = serializers.UUIDField(source="pk")
+    status = serializers.CharField()
+    contactId = serializers.CharField(source="contact_id")
+    channel = serializers.CharField()
+    assignedAgentId = serializers.UUIDField(source="assigned_agent_id", allow_null=True)
+    unassignedReason = serializers.CharField(source="unassigned_reason")
+    confirmationStatus = serializers.CharField(source="confirmation_status")
+    closedAt = serializers.DateTimeField(source="closed_at", allow_null=True)
+
+
+class SessionDetailApi(TenantApiView):
+    @extend_schema(summary="An inbox session", responses=SessionOutput)
+    def get(self, request, session_id):
+        session = session_for_tenant(tenant=self.tenant, session_id=session_id)
+        if session is None:
+            raise DomainError(code="session_not_found", message="Session not found.", status=404)
+        return Response(SessionOutput(session).data)
+
+
+class CloseSessionApi(TenantApiView):
+    @extend_schema(
+        summary="Close a session when the conversation is over",
+        description="The agent's open-session load goes down; the contact's next handover "
+        "opens a new session. Closing a closed session changes nothing.",
+        request=None,
+        responses=SessionOutput,
+    )
+    def post(self, request, session_id):
+        session = close_session(
+            tenant=self.tenant, session_id=session_id, actor=Actor.for_api_key(request.auth)
+        )
+        return Response(SessionOutput(session).data)

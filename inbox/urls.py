@@ -1,8 +1,10 @@
 from django.urls import path
 
-from inbox.api import HandoverApi, HandoverDiagnosticsApi
+from inbox.api import CloseSessionApi, HandoverApi, HandoverDiagnosticsApi, SessionDetailApi
 
 urlpatterns = [
     path("handover", HandoverApi.as_view(), name="api-handover"),
+    path("sessions/<uuid:session_id>", SessionDetailApi.as_view(), name="api-session"),
+    path("sessions/<uuid:session_id>/close", CloseSessionApi.as_view(), name="api-session-close"),
     path("diagnostics/handover", HandoverDiagnosticsApi.as_view(), name="api-handover-diagnostics"),
 ]

@@ -10,7 +10,7 @@ from django.utils.html import format_html
 from audit.services import Actor
 from config.errors import DomainError
 from leads.models import Lead, LeadReassignment, Notification, ReassignmentReason
-from leads.services import reassign_lead
+from leads.services import close_lead, reassign_lead
 from teams.admin_scope import TenantScopedAdmin, TenantScopedInline, require_admin_of
 from teams.models import Membership
 from teams.selectors import active_agents
@@ -127,7 +127,7 @@ class LeadAdmin(TenantScopedAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["tenant", "assigned_agent__user"]
     ordering = ["-created_at"]
-    actions = ["reassign_selected"]
+    actions = ["reassign_selected", "close_selected"]
     inlines = [ReassignmentInline, NotificationInline]
     tenant_admins_may_add = False
     readonly_fields = [
@@ -200,6 +200,26 @@ class LeadAdmin(TenantScopedAdmin):
     @admin.display(boolean=True, description="contact late")
     def contact_breached_flag(self, obj):
         return obj.contact_breached
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting would skip the agents' counters and the audit trail: close instead.
+        return False
+
+    @admin.action(description="Close selected leads")
+    def close_selected(self, request, queryset):
+        closed = 0
+        for lead in queryset.select_related("tenant"):
+            try:
+                close_lead(
+                    tenant=lead.tenant,
+                    lead_id=lead.pk,
+                    actor=Actor(label=f"admin:{request.user.email}"),
+                    outcome="closed in admin",
+                )
+                closed += 1
+            except DomainError as exc:
+                self.message_user(request, f"{lead.name}: {exc.message}", messages.WARNING)
+        self.message_user(request, f"Closed {closed} lead(s).", messages.SUCCESS)
 
     def get_urls(self):
         return [

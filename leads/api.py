@@ -15,7 +15,13 @@ from config.fields import StrictCharField
 from leads.formatting import lead_url
 from leads.models import LeadStatus, ReassignmentReason
 from leads.selectors import active_admin, lead_for_tenant, leads_for_tenant, membership_for_lead
-from leads.services import claim_lead, create_lead, mark_lead_contacted, reassign_lead
+from leads.services import (
+    claim_lead,
+    close_lead,
+    create_lead,
+    mark_lead_contacted,
+    reassign_lead,
+)
 from teams.authentication import (
     API_KEY_QUERY_PARAM,
     ApiKeyClient,
@@ -151,6 +157,29 @@ class LeadDetailApi(TenantApiView):
         if lead is None:
             raise DomainError(code="lead_not_found", message="Lead not found.", status=404)
         return Response(LeadDetailOutput(lead).data)
+
+
+class CloseLeadInput(serializers.Serializer):
+    outcome = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
+
+
+class CloseLeadApi(TenantApiView):
+    @extend_schema(
+        summary="Close a lead (won, lost, duplicate...)",
+        description="Stops its timers and frees the agent's capacity. 409 if already closed.",
+        request=CloseLeadInput,
+        responses=LeadOutput,
+    )
+    def post(self, request, lead_id):
+        payload = CloseLeadInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        lead = close_lead(
+            tenant=self.tenant,
+            lead_id=lead_id,
+            actor=Actor.for_api_key(request.auth),
+            outcome=payload.validated_data["outcome"],
+        )
+        return Response(LeadOutput(lead_for_tenant(tenant=self.tenant, lead_id=lead.pk)).data)
 
 
 class AgentLeadActionApi(APIView):

@@ -331,6 +331,32 @@ def mark_lead_contacted(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
     return lead
 
 
+@transaction.atomic
+def close_lead(*, tenant: Tenant, lead_id, actor: Actor, outcome: str = "") -> Lead:
+    """The lead is done (won, lost, duplicate...): timers stop and it leaves the agent's
+    open leads, so their counter and capacity free up."""
+    lead = _lock_lead(tenant=tenant, lead_id=lead_id)
+    if lead.status == LeadStatus.CLOSED:
+        raise DomainError(code="lead_closed", message="The lead is already closed.", status=409)
+    lead.status = LeadStatus.CLOSED
+    lead.claim_deadline = None
+    lead.contact_deadline = None
+    lead.save(update_fields=["status", "claim_deadline", "contact_deadline", "updated_at"])
+    _bump_counter(tenant=tenant, agent_id=lead.assigned_agent_id, delta=-1)
+    record_activities(
+        [
+            build_activity(
+                tenant=tenant,
+                action="lead.closed",
+                actor=actor,
+                target=lead,
+                data={"outcome": outcome, "agent_id": str(lead.assigned_agent_id or "") or None},
+            )
+        ]
+    )
+    return lead
+
+
 # --- reassignment (seed 003) -----------------------------------------------------------
 
 

@@ -1,6 +1,13 @@
 from django.urls import path
 
-from leads.api import ClaimLeadApi, LeadDetailApi, LeadsApi, MarkLeadContactedApi, ReassignLeadApi
+from leads.api import (
+    ClaimLeadApi,
+    CloseLeadApi,
+    LeadDetailApi,
+    LeadsApi,
+    MarkLeadContactedApi,
+    ReassignLeadApi,
+)
 
 urlpatterns = [
     path("leads", LeadsApi.as_view(), name="api-leads"),
@@ -9,5 +16,6 @@ urlpatterns = [
     path(
         "leads/<uuid:lead_id>/contacted", MarkLeadContactedApi.as_view(), name="api-lead-contacted"
     ),
+    path("leads/<uuid:lead_id>/close", CloseLeadApi.as_view(), name="api-lead-close"),
     path("reassign-lead", ReassignLeadApi.as_view(), name="api-reassign-lead"),
 ]

@@ -745,3 +745,32 @@ def test_page_links_never_repeat_the_api_key(api_key, api_client, tenant):
     assert page["next"] and page["previous"] is not None
     assert api_key[1] not in page["next"] and api_key[1] not in (page["previous"] or "")
     assert "limit=1" in page["next"]
+
+
+def test_closing_a_lead_frees_the_agent_and_stops_its_timers(
+    tenant, tenant_client, api_client, other_api_key
+):
+    from leads.models import Lead
+    from tests.factories import MembershipFactory as Agent
+
+    agent = Agent(tenant=tenant)
+    created = tenant_client.post(
+        "/api/v1/leads",
+        {"name": "Done deal", "phone": "1", "assigned_agent_id": str(agent.id)},
+        format="json",
+    ).json()
+    api_client.credentials(HTTP_X_API_KEY=other_api_key[1])
+
+    foreign = api_client.post(f"/api/v1/leads/{created['id']}/close", {}, format="json")
+    closed = tenant_client.post(
+        f"/api/v1/leads/{created['id']}/close", {"outcome": "won"}, format="json"
+    )
+    twice = tenant_client.post(f"/api/v1/leads/{created['id']}/close", {}, format="json")
+
+    assert foreign.status_code == 404
+    assert closed.status_code == 200 and closed.json()["status"] == "closed"
+    assert closed.json()["claim_deadline"] is None
+    assert twice.status_code == 409 and twice.json()["error"]["code"] == "lead_closed"
+    agent.refresh_from_db()
+    assert agent.current_lead_count == 0
+    assert Lead.objects.for_tenant(tenant).get().status == "closed"

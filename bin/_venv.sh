@@ -25,7 +25,7 @@ ensure_venv() {
   if [ ! -f "$stamp" ]; then
     echo "Installing dependencies${extras:+ ($extras)} ..."
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
-    rm -f .venv/.installed-*
+    rm -f .venv/.installed-*-"${extras:-base}"
     touch "$stamp"
   fi
 }

@@ -159,7 +159,11 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "leads.tasks.requeue_pending_notification_emails",
         "schedule": 60.0,
     },
-    # Open sessions nobody could take: try again, oldest first.
+    "inbox-purge-idempotency-keys": {
+        "task": "inbox.tasks.purge_idempotency_keys",
+        "schedule": 3600.0,
+    },
+    # Open sessions nobody could take: try again, least recently tried first.
     "inbox-retry-unassigned-sessions": {
         "task": "inbox.tasks.retry_unassigned_sessions",
         "schedule": 60.0,

@@ -458,3 +458,10 @@ def retry_unassigned_sessions(*, tenant_id=None, limit: int = 100) -> dict:
         elif session is not None and session.unassigned_reason == UnassignedReason.MANUAL_STRATEGY:
             summary["skipped_manual"] += 1
     return summary
+
+
+def purge_expired_idempotency_keys() -> int:
+    """System job: forget Idempotency-Keys older than 24 hours."""
+    cutoff = timezone.now() - IDEMPOTENCY_WINDOW
+    deleted, _ = HandoverRequest.all_tenants.filter(created_at__lt=cutoff).delete()
+    return deleted

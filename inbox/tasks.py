@@ -10,6 +10,7 @@ from inbox.confirmations import (
     requeue_stale_confirmations,
     retry_countdown_seconds,
 )
+from inbox.services import purge_expired_idempotency_keys
 from inbox.services import retry_unassigned_sessions as retry_unassigned_sessions_service
 from inbox.whatsapp import TransientSendError
 
@@ -53,3 +54,9 @@ def requeue_pending_confirmations():
 def retry_unassigned_sessions(tenant_id=None):
     """Celery beat, every minute (all tenants), and when an agent of a tenant is back."""
     return retry_unassigned_sessions_service(tenant_id=tenant_id)
+
+
+@shared_task
+def purge_idempotency_keys():
+    """Celery beat, hourly: Idempotency-Keys are only honoured for 24 hours."""
+    return purge_expired_idempotency_keys()

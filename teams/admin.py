@@ -77,6 +77,14 @@ class TenantAdmin(TenantScopedAdmin):
     readonly_fields = ["id", "created_at"]
     inlines = [MembershipInline]
 
+    def save_formset(self, request, form, formset, change):
+        super().save_formset(request, form, formset, change)
+        for inline_form in formset.forms:
+            membership = inline_form.instance
+            turned_on = {"is_available", "is_active"} & set(inline_form.changed_data)
+            if membership.pk and turned_on and membership.is_available and membership.is_active:
+                announce_agent_available(membership=membership)
+
 
 @admin.register(Membership)
 class MembershipAdmin(TenantScopedAdmin):

@@ -156,6 +156,12 @@ def _scoped_choices(queryset, request):
 class TenantScopedInline:
     """Mixin for inlines: their FK choices are scoped like the parent's."""
 
+    def get_autocomplete_fields(self, request):
+        fields = super().get_autocomplete_fields(request)
+        if request.user.is_superuser:
+            return fields
+        return [f for f in fields if f not in ("user", "tenant")]
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         field = super().formfield_for_foreignkey(db_field, request, **kwargs)
         if field is not None:

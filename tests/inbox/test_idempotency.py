@@ -86,3 +86,17 @@ def test_overlong_idempotency_key_is_400(tenant_client):
     response = post(tenant_client, {"contactId": "c1"}, "k" * 300)
     assert response.status_code == 400
     assert "Idempotency-Key" in response.json()["error"]["fields"]
+
+
+def test_expired_keys_are_purged(tenant, tenant_client):
+    from inbox.services import purge_expired_idempotency_keys
+
+    with time_machine.travel("2026-11-20T10:00:00Z", tick=False):
+        post(tenant_client, {"contactId": "c1"}, "old-key")
+    with time_machine.travel("2026-11-21T09:00:00Z", tick=False):
+        post(tenant_client, {"contactId": "c2"}, "fresh-key")
+    with time_machine.travel("2026-11-21T10:30:00Z", tick=False):
+        assert purge_expired_idempotency_keys() == 1
+    assert list(HandoverRequest.objects.for_tenant(tenant).values_list("key", flat=True)) == [
+        "fresh-key"
+    ]

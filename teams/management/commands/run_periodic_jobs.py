@@ -36,6 +36,8 @@ class Command(BaseCommand):
             name: (_task(entry["task"]), _seconds(entry["schedule"]), entry.get("kwargs", {}))
             for name, entry in settings.CELERY_BEAT_SCHEDULE.items()
         }
+        # One INFO line per job every 30-60 s would drown the web server's log.
+        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
         next_run = dict.fromkeys(jobs, 0.0)

@@ -13,7 +13,7 @@ from inbox.integrations import set_crm_api_key
 from inbox.models import CrmIntegration, HandoverRequest, InboxSession
 from inbox.services import assign_session_to, close_session, run_session_assignment
 from inbox.whatsapp import crm_url_problems
-from teams.admin_scope import TenantScopedAdmin, require_admin_of
+from teams.admin_scope import TenantScopedAdmin, tenant_of_selection
 from teams.models import Membership
 from teams.selectors import active_agents
 
@@ -167,18 +167,9 @@ class InboxSessionAdmin(TenantScopedAdmin):
     @admin.action(description="Assign to…")
     def assign_to(self, request, queryset):
         sessions = list(queryset.select_related("tenant", "assigned_agent__user"))
-        if not sessions:
-            self.message_user(request, "No sessions selected.", messages.WARNING)
+        tenant = tenant_of_selection(self, request, sessions, "sessions")
+        if tenant is None:
             return None
-        if len({s.tenant_id for s in sessions}) > 1:
-            self.message_user(
-                request,
-                "The selected sessions belong to several tenants. Select one tenant's at a time.",
-                messages.ERROR,
-            )
-            return None
-        tenant = sessions[0].tenant
-        require_admin_of(request, tenant.pk)
         form = AssignForm(request.POST if "apply" in request.POST else None, tenant=tenant)
         if "apply" in request.POST and form.is_valid():
             agent = form.cleaned_data["agent"]

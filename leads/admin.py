@@ -11,7 +11,7 @@ from audit.services import Actor
 from config.errors import DomainError
 from leads.models import Lead, LeadReassignment, Notification, ReassignmentReason
 from leads.services import close_lead, reassign_lead
-from teams.admin_scope import TenantScopedAdmin, TenantScopedInline, require_admin_of
+from teams.admin_scope import TenantScopedAdmin, TenantScopedInline, tenant_of_selection
 from teams.models import Membership
 from teams.selectors import active_agents
 
@@ -280,20 +280,9 @@ class LeadAdmin(TenantScopedAdmin):
     @admin.action(description="Reassign selected leads…")
     def reassign_selected(self, request, queryset):
         leads = list(queryset.select_related("tenant", "assigned_agent__user"))
-        if not leads:
-            self.message_user(request, "No leads selected.", messages.WARNING)
+        tenant = tenant_of_selection(self, request, leads, "leads")
+        if tenant is None:
             return None
-        tenants = {lead.tenant_id for lead in leads}
-        if len(tenants) > 1:
-            self.message_user(
-                request,
-                "The selected leads belong to several tenants. "
-                "Select leads of one tenant at a time.",
-                messages.ERROR,
-            )
-            return None
-        tenant = leads[0].tenant
-        require_admin_of(request, tenant.pk)
         if "apply" in request.POST:
             form = ReassignForm(request.POST, tenant=tenant)
             if form.is_valid():

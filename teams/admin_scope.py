@@ -6,7 +6,7 @@ autocomplete and foreign-key choice. Anything else answers as if it did not exis
 Every ModelAdmin of a tenant-owned model inherits `TenantScopedAdmin`.
 """
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 
 from teams.models import ADMIN_ROLES, Membership, Tenant, User
@@ -43,6 +43,25 @@ def require_admin_of(request, tenant_id) -> None:
     tenant_ids = admin_tenant_ids(request)
     if tenant_ids is not None and tenant_id not in tenant_ids:
         raise PermissionDenied
+
+
+def tenant_of_selection(model_admin, request, rows: list, noun: str):
+    """The one tenant of an action's selected rows, or None after telling the user why
+    not (nothing selected, or rows of several tenants)."""
+    if not rows:
+        model_admin.message_user(request, f"No {noun} selected.", messages.WARNING)
+        return None
+    if len({row.tenant_id for row in rows}) > 1:
+        model_admin.message_user(
+            request,
+            f"The selected {noun} belong to several tenants. "
+            f"Select {noun} of one tenant at a time.",
+            messages.ERROR,
+        )
+        return None
+    tenant = rows[0].tenant
+    require_admin_of(request, tenant.pk)
+    return tenant
 
 
 class TenantScopedAdmin(admin.ModelAdmin):

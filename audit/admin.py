@@ -3,7 +3,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from audit.models import ActivityLog
-from teams.admin_scope import TenantScopedAdmin
+from core.admin_scope import TenantScopedAdmin
 
 
 class ActorFilter(admin.SimpleListFilter):

@@ -3,7 +3,7 @@ import uuid
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 
-from teams.scoping import TenantOwnedModel
+from core.scoping import TenantOwnedModel
 
 
 class ActivityLog(TenantOwnedModel):

@@ -6,7 +6,7 @@ class StrictJSONParser(JSONParser):
     """JSON parser whose syntax errors carry the stable code `invalid_json`.
 
     The body size limit is Django's DATA_UPLOAD_MAX_MEMORY_SIZE (DRF reads `request.body`
-    for JSON); config.errors turns its RequestDataTooBig into a 413.
+    for JSON); core.api turns its RequestDataTooBig into a 413.
     """
 
     def parse(self, stream, media_type=None, parser_context=None):

@@ -25,5 +25,5 @@ urlpatterns = [
     path("leads/<uuid:lead_id>/contacted/", leads_views.contacted, name="lead-contacted"),
 ]
 
-handler404 = "config.errors.json_or_html_404"
-handler500 = "config.errors.json_or_html_500"
+handler404 = "core.api.json_or_html_404"
+handler500 = "core.api.json_or_html_500"

@@ -6,14 +6,14 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
 
-from audit.services import Actor
-from config.errors import DomainError
+from core.actor import Actor
+from core.admin_scope import TenantScopedAdmin, tenant_of_selection
+from core.errors import DomainError
 from inbox.diagnostics import diagnose_handover
 from inbox.integrations import set_crm_api_key
 from inbox.models import CrmIntegration, HandoverRequest, InboxSession
 from inbox.services import assign_session_to, close_session, run_session_assignment
 from inbox.whatsapp import crm_url_problems
-from teams.admin_scope import TenantScopedAdmin, tenant_of_selection
 from teams.models import Membership
 from teams.selectors import active_agents
 

@@ -7,14 +7,14 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schem
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from audit.services import Actor
-from config.api import TenantApiView
-from config.errors import DomainError
-from config.fields import StrictCharField
+from core.actor import Actor
+from core.errors import NotFound
+from core.fields import StrictCharField
 from inbox.diagnostics import diagnose_handover
 from inbox.models import Channel
 from inbox.selectors import session_for_tenant
 from inbox.services import close_session, handover
+from teams.api_base import TenantApiView
 from teams.selectors import team_for_tenant
 
 MAX_CONTEXT_BYTES = 16 * 1024
@@ -204,10 +204,9 @@ class HandoverDiagnosticsApi(TenantApiView):
                 raise serializers.ValidationError({"teamId": exc.detail}) from exc
             team = team_for_tenant(tenant=self.tenant, team_id=team_uuid)
             if team is None:
-                raise DomainError(
+                raise NotFound(
                     code="team_not_found",
                     message=f"Team {team_uuid} does not exist in this tenant.",
-                    status=404,
                     field="teamId",
                 )
         return Response(diagnose_handover(tenant=self.tenant, team=team).as_dict())
@@ -229,7 +228,7 @@ class SessionDetailApi(TenantApiView):
     def get(self, request, session_id):
         session = session_for_tenant(tenant=self.tenant, session_id=session_id)
         if session is None:
-            raise DomainError(code="session_not_found", message="Session not found.", status=404)
+            raise NotFound(code="session_not_found", message="Session not found.")
         return Response(SessionOutput(session).data)
 
 

@@ -26,8 +26,10 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from audit.services import Actor, record_activity
-from config.tasks import BACKOFF_JITTER, backoff_seconds, enqueue
+from audit.services import record_activity
+from config.tasks import BACKOFF_JITTER, backoff_seconds
+from core.actor import Actor
+from core.tasks import enqueue
 from inbox.crypto import SecretDecryptionError, decrypt_secret
 from inbox.models import ConfirmationStatus, CrmIntegration, InboxSession
 from inbox.whatsapp import PermanentSendError, TransientSendError, redact, send_whatsapp_text

@@ -6,7 +6,7 @@ demo tenant's rules give; contact ids are fixed, so a second run reuses them.
 
 import os
 
-from audit.services import Actor
+from core.actor import Actor
 from inbox.integrations import set_crm_api_key
 from inbox.models import CrmIntegration, InboxSession, SessionStatus
 from inbox.services import close_session, handover

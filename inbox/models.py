@@ -3,8 +3,8 @@ import uuid
 from django.db import models
 from django.db.models import Q
 
+from core.scoping import TenantOwnedModel
 from teams.routing.reasons import UnassignedReason
-from teams.scoping import TenantOwnedModel
 
 
 class Channel(models.TextChoices):

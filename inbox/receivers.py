@@ -1,6 +1,6 @@
 from django.dispatch import receiver
 
-from config.tasks import enqueue
+from core.tasks import enqueue_on_commit
 from teams.signals import agent_became_available
 
 
@@ -8,4 +8,4 @@ from teams.signals import agent_became_available
 def retry_sessions_when_an_agent_is_back(sender, tenant_id, agent_id, **kwargs):
     from inbox.tasks import retry_unassigned_sessions
 
-    enqueue(retry_unassigned_sessions, tenant_id=str(tenant_id))
+    enqueue_on_commit(retry_unassigned_sessions, tenant_id=str(tenant_id))

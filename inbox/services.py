@@ -17,8 +17,9 @@ from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
-from audit.services import Actor, build_activity, record_activities
-from config.errors import DomainError
+from audit.services import build_activity, record_activities
+from core.actor import Actor
+from core.errors import NotFound, Unprocessable
 from inbox.confirmations import enqueue_confirmation
 from inbox.models import (
     ConfirmationStatus,
@@ -69,10 +70,9 @@ def _claim_idempotency_key(*, tenant: Tenant, key: str, fingerprint: str):
     if record.pk == mine.pk:
         return record
     if record.request_hash != fingerprint:
-        raise DomainError(
+        raise Unprocessable(
             code="idempotency_key_reused",
             message="This Idempotency-Key was used with a different request body.",
-            status=422,
             field="Idempotency-Key",
         )
     return HandoverOutcome(record.response_status, record.response_body, replayed=True)
@@ -81,10 +81,9 @@ def _claim_idempotency_key(*, tenant: Tenant, key: str, fingerprint: str):
 def _team_of_tenant(*, tenant: Tenant, team_id) -> Team:
     team = team_for_routing(tenant=tenant, team_id=team_id)
     if team is None:
-        raise DomainError(
+        raise NotFound(
             code="team_not_found",
             message=f"Team {team_id} does not exist in this tenant.",
-            status=404,
             field="teamId",
         )
     return team
@@ -363,9 +362,7 @@ def assign_session_to(
 ) -> InboxSession:
     """A person assigns (or moves) an open session to a chosen agent."""
     if agent.tenant_id != tenant.pk or not agent.is_active:
-        raise DomainError(
-            code="agent_not_found", message="Agent not found.", status=404, field="agent"
-        )
+        raise NotFound(code="agent_not_found", message="Agent not found.", field="agent")
     session = (
         InboxSession.objects.for_tenant(tenant)
         .select_for_update()
@@ -373,7 +370,7 @@ def assign_session_to(
         .first()
     )
     if session is None:
-        raise DomainError(code="session_not_found", message="Open session not found.", status=404)
+        raise NotFound(code="session_not_found", message="Open session not found.")
     previous = session.assigned_agent_id
     now = timezone.now()
     session.assigned_agent = agent
@@ -415,7 +412,7 @@ def close_session(*, tenant: Tenant, session_id, actor: Actor) -> InboxSession:
         InboxSession.objects.for_tenant(tenant).select_for_update().filter(pk=session_id).first()
     )
     if session is None:
-        raise DomainError(code="session_not_found", message="Session not found.", status=404)
+        raise NotFound(code="session_not_found", message="Session not found.")
     if session.status == SessionStatus.OPEN:
         session.status = SessionStatus.CLOSED
         session.closed_at = timezone.now()

@@ -7,11 +7,11 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from audit.services import Actor
-from config.errors import DomainError
+from core.actor import Actor
+from core.admin_scope import TenantScopedAdmin, TenantScopedInline, tenant_of_selection
+from core.errors import DomainError
 from leads.models import Lead, LeadReassignment, Notification, ReassignmentReason
 from leads.services import close_lead, reassign_lead
-from teams.admin_scope import TenantScopedAdmin, TenantScopedInline, tenant_of_selection
 from teams.models import Membership
 from teams.selectors import active_agents
 

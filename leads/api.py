@@ -8,10 +8,9 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param
 from rest_framework.views import APIView
 
-from audit.services import Actor
-from config.api import TenantApiView
-from config.errors import DomainError
-from config.fields import StrictCharField
+from core.actor import Actor
+from core.errors import Forbidden, NotFound
+from core.fields import StrictCharField
 from leads.formatting import lead_url
 from leads.models import LeadStatus, ReassignmentReason
 from leads.selectors import active_admin, lead_for_tenant, leads_for_tenant, membership_for_lead
@@ -22,6 +21,7 @@ from leads.services import (
     mark_lead_contacted,
     reassign_lead,
 )
+from teams.api_base import TenantApiView
 from teams.authentication import (
     API_KEY_QUERY_PARAM,
     ApiKeyClient,
@@ -155,7 +155,7 @@ class LeadDetailApi(TenantApiView):
     def get(self, request, lead_id):
         lead = lead_for_tenant(tenant=self.tenant, lead_id=lead_id)
         if lead is None:
-            raise DomainError(code="lead_not_found", message="Lead not found.", status=404)
+            raise NotFound(code="lead_not_found", message="Lead not found.")
         return Response(LeadDetailOutput(lead).data)
 
 
@@ -193,7 +193,7 @@ class AgentLeadActionApi(APIView):
     def post(self, request, lead_id):
         membership = membership_for_lead(user=request.user, lead_id=lead_id)
         if membership is None:
-            raise DomainError(code="lead_not_found", message="Lead not found.", status=404)
+            raise NotFound(code="lead_not_found", message="Lead not found.")
         lead = type(self).action_service(
             tenant=membership.tenant, lead_id=lead_id, agent=membership
         )
@@ -223,11 +223,10 @@ class ReassignLeadOutput(serializers.Serializer):
     reassignment = ReassignmentOutput()
 
 
-def _not_an_admin() -> DomainError:
-    return DomainError(
+def _not_an_admin() -> Forbidden:
+    return Forbidden(
         code="not_an_admin",
         message="Only an active admin or super admin of the lead's tenant can reassign it.",
-        status=403,
         field="reassigned_by_id",
     )
 
@@ -288,9 +287,7 @@ class ReassignLeadApi(APIView):
         else:
             admin = membership_for_lead(user=request.user, lead_id=data["lead_id"])
             if admin is None:
-                raise DomainError(
-                    code="lead_not_found", message="Lead not found.", status=404, field="lead_id"
-                )
+                raise NotFound(code="lead_not_found", message="Lead not found.", field="lead_id")
             tenant = admin.tenant
             if not admin.is_tenant_admin:
                 raise _not_an_admin()

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from audit.services import Actor
+from core.actor import Actor
 from leads.models import Lead, LeadStatus, ReassignmentReason
 from leads.services import (
     claim_lead,

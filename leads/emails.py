@@ -39,7 +39,8 @@ from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from config.tasks import BACKOFF_JITTER, backoff_seconds, enqueue
+from config.tasks import BACKOFF_JITTER, backoff_seconds
+from core.tasks import enqueue
 from leads.formatting import format_deadline, lead_url
 from leads.models import (
     EmailStatus,

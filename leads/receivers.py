@@ -1,6 +1,6 @@
 from django.dispatch import receiver
 
-from config.tasks import enqueue
+from core.tasks import enqueue_on_commit
 from teams.signals import agent_became_available
 
 
@@ -8,4 +8,4 @@ from teams.signals import agent_became_available
 def retry_leads_when_an_agent_is_back(sender, tenant_id, agent_id, **kwargs):
     from leads.tasks import retry_unassigned_leads
 
-    enqueue(retry_unassigned_leads, tenant_id=str(tenant_id))
+    enqueue_on_commit(retry_unassigned_leads, tenant_id=str(tenant_id))

@@ -15,8 +15,9 @@ from django.db import DatabaseError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from audit.services import Actor, build_activity, record_activities
-from config.errors import DomainError
+from audit.services import build_activity, record_activities
+from core.actor import Actor
+from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from leads.emails import enqueue_notification_emails
 from leads.formatting import format_deadline
 from leads.models import (
@@ -48,9 +49,9 @@ def lead_load(agents) -> dict:
     return {agent.pk: agent.current_lead_count for agent in agents}
 
 
-def _not_found(what: str, field: str | None = None) -> DomainError:
-    return DomainError(
-        code=f"{what}_not_found", message=f"{what.capitalize()} not found.", status=404, field=field
+def _not_found(what: str, field: str | None = None) -> NotFound:
+    return NotFound(
+        code=f"{what}_not_found", message=f"{what.capitalize()} not found.", field=field
     )
 
 
@@ -75,10 +76,9 @@ def _active_agent(*, tenant: Tenant, agent_id, field: str) -> Membership:
         .first()
     )
     if agent is None:
-        raise DomainError(
+        raise NotFound(
             code="agent_not_found",
             message="Agent not found, inactive, or not in this tenant.",
-            status=404,
             field=field,
         )
     return agent
@@ -160,9 +160,7 @@ def create_lead(
     if team_id is not None:
         team = team_for_routing(tenant=tenant, team_id=team_id)
         if team is None:
-            raise DomainError(
-                code="team_not_found", message="Team not found.", status=404, field="team_id"
-            )
+            raise NotFound(code="team_not_found", message="Team not found.", field="team_id")
     now = timezone.now()
     lead = Lead(tenant=tenant, name=name, phone=phone, email=email, source=source, team=team)
     decision = None
@@ -268,9 +266,7 @@ def retry_unassigned_leads(*, tenant_id=None, limit: int = 100) -> dict:
 def _own_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
     lead = _lock_lead(tenant=tenant, lead_id=lead_id)
     if lead.assigned_agent_id != agent.pk:
-        raise DomainError(
-            code="not_assignee", message="Only the assigned agent can do this.", status=403
-        )
+        raise Forbidden(code="not_assignee", message="Only the assigned agent can do this.")
     return lead
 
 
@@ -278,9 +274,7 @@ def _own_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
 def claim_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
     lead = _own_lead(tenant=tenant, lead_id=lead_id, agent=agent)
     if lead.status != LeadStatus.NEW:
-        raise DomainError(
-            code="already_claimed", message=f"The lead is already {lead.status}.", status=409
-        )
+        raise Conflict(code="already_claimed", message=f"The lead is already {lead.status}.")
     now = timezone.now()
     lead.status = LeadStatus.CLAIMED
     lead.claimed_at = now
@@ -307,13 +301,9 @@ def claim_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
 def mark_lead_contacted(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
     lead = _own_lead(tenant=tenant, lead_id=lead_id, agent=agent)
     if lead.status == LeadStatus.NEW:
-        raise DomainError(
-            code="not_claimed", message="Claim the lead before marking it contacted.", status=409
-        )
+        raise Conflict(code="not_claimed", message="Claim the lead before marking it contacted.")
     if lead.status != LeadStatus.CLAIMED:
-        raise DomainError(
-            code="already_contacted", message=f"The lead is already {lead.status}.", status=409
-        )
+        raise Conflict(code="already_contacted", message=f"The lead is already {lead.status}.")
     lead.status = LeadStatus.CONTACTED
     lead.contacted_at = timezone.now()
     lead.contact_deadline = None
@@ -337,7 +327,7 @@ def close_lead(*, tenant: Tenant, lead_id, actor: Actor, outcome: str = "") -> L
     open leads, so their counter and capacity free up."""
     lead = _lock_lead(tenant=tenant, lead_id=lead_id)
     if lead.status == LeadStatus.CLOSED:
-        raise DomainError(code="lead_closed", message="The lead is already closed.", status=409)
+        raise Conflict(code="lead_closed", message="The lead is already closed.")
     lead.status = LeadStatus.CLOSED
     lead.claim_deadline = None
     lead.contact_deadline = None
@@ -368,18 +358,15 @@ class ReassignmentResult:
 
 def _check_reason_fits_state(lead: Lead, reason: str) -> None:
     if not lead.is_open:
-        raise DomainError(
-            code="lead_closed", message="A closed lead cannot be reassigned.", status=409
-        )
+        raise Conflict(code="lead_closed", message="A closed lead cannot be reassigned.")
     expected = {
         ReassignmentReason.UNCLAIMED: LeadStatus.NEW,
         ReassignmentReason.NO_CONTACT: LeadStatus.CLAIMED,
     }.get(reason)
     if expected is not None and lead.status != expected:
-        raise DomainError(
+        raise Conflict(
             code="reason_does_not_fit",
             message=f"Reason {reason!r} is for {expected} leads; this lead is {lead.status}.",
-            status=409,
             field="reason",
         )
 
@@ -416,9 +403,7 @@ def reassign_lead(
     on breach). The new agent's email is sent after commit.
     """
     if reason not in ReassignmentReason.values:
-        raise DomainError(
-            code="invalid_reason", message="Unknown reason.", status=400, field="reason"
-        )
+        raise InvalidInput(code="invalid_reason", message="Unknown reason.", field="reason")
     to_agent_id = uuid.UUID(str(to_agent_id))
     lead = _lock_lead(tenant=tenant, lead_id=lead_id)
     old_agent_id = lead.assigned_agent_id
@@ -432,17 +417,15 @@ def reassign_lead(
     }
     to_agent = locked.get(to_agent_id)
     if to_agent is None or not to_agent.is_active or not to_agent.user.is_active:
-        raise DomainError(
+        raise NotFound(
             code="agent_not_found",
             message="Target agent not found, inactive, or not in this tenant.",
-            status=404,
             field="to_agent_id",
         )
     if to_agent.pk == old_agent_id:
-        raise DomainError(
+        raise Conflict(
             code="already_assigned",
             message="The lead is already assigned to this agent.",
-            status=409,
             field="to_agent_id",
         )
     _check_reason_fits_state(lead, reason)

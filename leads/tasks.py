@@ -2,11 +2,12 @@
 
 import logging
 
+from celery import current_app as celery_app
 from celery import shared_task
 from django.conf import settings
 
-from config.celery import app as celery_app
-from config.tasks import enqueue, retry_or_give_up
+from config.tasks import retry_or_give_up
+from core.tasks import enqueue
 from leads.emails import (
     TransientEmailError,
     deliver_notification_email,

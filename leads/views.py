@@ -6,7 +6,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from config.errors import DomainError
+from core.errors import DomainError
 from leads.models import Lead
 from leads.selectors import leads_of_agent, membership_for_lead
 from leads.services import claim_lead, mark_lead_contacted

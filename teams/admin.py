@@ -3,8 +3,8 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import Count
 from django.utils.html import format_html
 
-from audit.services import Actor
-from teams.admin_scope import TenantScopedAdmin, TenantScopedInline
+from core.actor import Actor
+from core.admin_scope import TenantScopedAdmin, TenantScopedInline
 from teams.models import (
     ApiKey,
     AssignmentConfig,

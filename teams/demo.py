@@ -11,7 +11,7 @@ import secrets
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import Actor
+from core.actor import Actor
 from teams.models import (
     ApiKey,
     AssignmentConfig,

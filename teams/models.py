@@ -9,7 +9,7 @@ from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from teams.scoping import TenantOwnedModel
+from core.scoping import TenantOwnedModel
 
 WATERFALL_TIERS = ("team", "member", "admin", "super_admin")
 DEFAULT_WATERFALL = list(WATERFALL_TIERS)

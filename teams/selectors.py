@@ -1,6 +1,7 @@
-"""Reads for tenancy and people. Every function takes the tenant it reads from."""
+"""Reads for tenancy and people. Every function takes the tenant it reads from, except
+`administered_tenant_ids`, which answers across tenants for one user."""
 
-from teams.models import ApiKey, Membership, Team, Tenant
+from teams.models import ADMIN_ROLES, ApiKey, Membership, Team, Tenant
 
 
 def api_keys_for_tenant(*, tenant: Tenant, include_revoked: bool = False) -> list[ApiKey]:
@@ -30,3 +31,11 @@ def team_for_routing(*, tenant: Tenant, team_id) -> Team | None:
         .filter(pk=team_id)
         .first()
     )
+
+
+def administered_tenant_ids(user) -> list:
+    """Ids of the tenants where `user` is an active admin or super_admin (the Django
+    admin's tenant scope; see core.admin_scope)."""
+    # Deliberately cross-tenant: one user's memberships in every tenant.
+    memberships = Membership.all_tenants.filter(user=user, role__in=ADMIN_ROLES, is_active=True)
+    return list(memberships.values_list("tenant_id", flat=True))

@@ -9,7 +9,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from audit.services import Actor, record_activity
+from audit.services import record_activity
+from core.actor import Actor
 from teams.models import ApiKey, Membership, Role, Team, TeamMember, Tenant, User
 from teams.signals import agent_became_available
 
@@ -128,11 +129,12 @@ def add_team_member(*, team: Team, membership: Membership, actor: Actor, role=No
 
 
 def announce_agent_available(*, membership: Membership) -> None:
-    """After commit, tell the apps holding unassigned work that this agent can take it."""
-    transaction.on_commit(
-        lambda: agent_became_available.send(
-            sender=Membership, tenant_id=membership.tenant_id, agent_id=membership.pk
-        )
+    """Tell the apps holding unassigned work that this agent can take it. Call it inside
+    the transaction that made the agent available: the receivers queue their retries
+    with `enqueue_on_commit`, so they run after the commit, never for a rollback, and
+    the request does not wait for the broker."""
+    agent_became_available.send(
+        sender=Membership, tenant_id=membership.tenant_id, agent_id=membership.pk
     )
 
 

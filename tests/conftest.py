@@ -12,8 +12,8 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from audit.services import Actor
 from config.celery import app as celery_app
+from core.actor import Actor
 from teams.models import Role
 from teams.services import create_api_key
 from tests.factories import MembershipFactory, TenantFactory

@@ -5,7 +5,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.test import Client
 
 from audit.models import ActivityLog
-from audit.services import Actor
+from core.actor import Actor
 from inbox.models import InboxSession
 from inbox.services import handover
 from leads.models import Lead, LeadReassignment

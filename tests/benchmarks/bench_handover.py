@@ -73,7 +73,7 @@ class Bench:
     """A throwaway tenant with an API key, agents and teams; `cleanup()` removes it all."""
 
     def __init__(self):
-        from audit.services import Actor
+        from core.actor import Actor
         from teams.models import (
             AssignmentConfig,
             Membership,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from audit.services import Actor
+from core.actor import Actor
 from leads.models import Lead, LeadReassignment
 from leads.services import create_lead
 from teams.models import Role

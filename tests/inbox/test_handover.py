@@ -434,7 +434,7 @@ def test_the_api_key_can_come_from_the_query_string(api_key, api_client, tenant)
 
 
 def test_missing_or_revoked_key_is_401(api_client, tenant_client, api_key):
-    from audit.services import Actor
+    from core.actor import Actor
     from teams.services import revoke_api_key
 
     assert post(api_client, {"contactId": "c"}).status_code == 401

@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 
 from audit.models import ActivityLog
-from audit.services import Actor
+from core.actor import Actor
 from inbox.models import InboxSession
 from inbox.services import retry_unassigned_sessions
 from teams.models import Role, Strategy

@@ -25,8 +25,8 @@ from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from audit.services import Actor
 from config.celery import app as celery_app
+from core.actor import Actor
 from leads.emails import (
     Delivery,
     deliver_notification_email,

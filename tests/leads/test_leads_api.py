@@ -12,7 +12,7 @@ import time_machine
 from rest_framework.test import APIClient
 
 from audit.models import ActivityLog
-from audit.services import Actor
+from core.actor import Actor
 from leads.formatting import lead_url
 from leads.models import EmailStatus, Lead, LeadStatus, Notification, NotificationKind
 from leads.services import create_lead, reassign_lead, sweep_sla_breaches

@@ -15,7 +15,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from audit.models import ActivityLog
-from audit.services import Actor
+from core.actor import Actor
 from leads.models import OPEN_LEAD_STATUSES, Lead, LeadReassignment, Notification
 from leads.services import create_lead, reconcile_lead_counts
 from teams.models import Membership

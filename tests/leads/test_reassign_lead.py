@@ -14,7 +14,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from audit.models import ActivityLog
-from audit.services import Actor
+from core.actor import Actor
 from leads.formatting import lead_url
 from leads.models import (
     EmailStatus,
@@ -588,9 +588,10 @@ def test_unknown_reason_is_a_400(tenant_client, owner, bob, lead, reason):
 
 def test_the_service_refuses_an_unknown_reason_too(tenant, owner, bob, lead):
     """The admin and the sweeps call the service directly, without the serializer."""
-    from config.errors import DomainError
+    from core.api import domain_error_status
+    from core.errors import InvalidInput
 
-    with pytest.raises(DomainError) as refused:
+    with pytest.raises(InvalidInput) as refused:
         reassign_lead(
             tenant=tenant,
             lead_id=lead.pk,
@@ -600,7 +601,7 @@ def test_the_service_refuses_an_unknown_reason_too(tenant, owner, bob, lead):
             reassigned_by=owner,
         )
 
-    assert (refused.value.code, refused.value.status) == ("invalid_reason", 400)
+    assert (refused.value.code, domain_error_status(refused.value)) == ("invalid_reason", 400)
 
 
 def test_a_body_that_is_not_json_is_a_400(tenant_client):

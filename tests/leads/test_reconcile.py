@@ -5,7 +5,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from audit.services import Actor
+from core.actor import Actor
 from leads.models import Lead, LeadStatus, ReassignmentReason
 from leads.services import (
     claim_lead,

@@ -15,8 +15,8 @@ from django.core.management import call_command
 from django.db import connection
 
 from audit.models import ActivityLog
-from audit.services import Actor
 from config.celery import app as celery_app
+from core.actor import Actor
 from leads import tasks
 from leads.models import (
     Lead,

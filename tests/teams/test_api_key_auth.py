@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from audit.services import Actor
+from core.actor import Actor
 from teams.models import ApiKey
 from teams.services import revoke_api_key
 

@@ -11,6 +11,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from core.scoping import UnscopedQueryError
 from teams.models import (
     AssignmentConfig,
     Membership,
@@ -19,7 +20,6 @@ from teams.models import (
     Tenant,
     User,
 )
-from teams.scoping import UnscopedQueryError
 from tests.factories import (
     AssignmentConfigFactory,
     MembershipFactory,

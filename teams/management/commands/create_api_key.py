@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from audit.services import Actor
+from core.actor import Actor
 from teams.management.commands._tenant_arg import resolve_tenant
 from teams.services import create_api_key
 

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.services import Actor
+from core.actor import Actor
 from teams.models import ApiKey
 from teams.services import revoke_api_key
 

@@ -7,7 +7,7 @@ from django.apps import apps
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from config.tasks import wait_for_background_tasks
+from core.tasks import wait_for_background_tasks
 
 
 def demo_seeders():

@@ -3,7 +3,8 @@
     {"error": {"code": "validation_error", "message": "...", "fields": {"contactId": ["..."]}}}
 
 `code` is machine-readable and stable; `message` is for humans; `fields` appears on
-validation errors and names every offending field.
+validation errors and names every offending field. Each kind of `DomainError` answers
+with its status from `DOMAIN_ERROR_STATUS`.
 """
 
 import logging
@@ -16,21 +17,25 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unprocessable
+
 logger = logging.getLogger(__name__)
 
+DOMAIN_ERROR_STATUS: dict[type[DomainError], int] = {
+    InvalidInput: 400,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Unprocessable: 422,
+}
 
-class DomainError(Exception):
-    """A refusal with a stable code, raised by services and mapped to JSON here.
 
-    Services raise it without knowing about HTTP beyond the status they suggest.
-    """
-
-    def __init__(self, *, code: str, message: str, status: int = 400, field: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.fields = {field: [message]} if field else None
+def domain_error_status(exc: DomainError) -> int:
+    """The HTTP status of a refusal: its nearest mapped class; 400 for any other."""
+    for cls in type(exc).__mro__:
+        if cls in DOMAIN_ERROR_STATUS:
+            return DOMAIN_ERROR_STATUS[cls]
+    return 400
 
 
 def error_body(code: str, message: str, fields: dict | None = None) -> dict:
@@ -74,7 +79,9 @@ def _summary(fields: dict, prefix: str = "") -> list[str]:
 
 def api_exception_handler(exc, context):
     if isinstance(exc, DomainError):
-        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+        return Response(
+            error_body(exc.code, exc.message, exc.fields), status=domain_error_status(exc)
+        )
     if isinstance(exc, exceptions.ValidationError):
         fields = _validation_fields(exc.detail)
         message = "Invalid input. " + "; ".join(_summary(fields))

@@ -1,17 +1,54 @@
 """Tenant-scoped Django admin.
 
-Superusers see everything. A staff user who is an active admin or super_admin of some
-tenants sees, and acts on, only those tenants' rows: in every list, change page, action,
-autocomplete and foreign-key choice. Anything else answers as if it did not exist.
-Every ModelAdmin of a tenant-owned model inherits `TenantScopedAdmin`.
+Superusers see everything. A staff user who administers some tenants sees, and acts on,
+only those tenants' rows: in every list, change page, action, autocomplete and
+foreign-key choice. Anything else answers as if it did not exist. Every ModelAdmin of a
+tenant-owned model inherits `TenantScopedAdmin`.
+
+Who administers which tenant is the tenancy app's business (memberships and roles), and
+core imports no app. So the tenancy app registers it once, in its AppConfig.ready(),
+with `register_admin_tenancy`. A registered resolver, rather than
+`apps.get_model(...)` here, keeps that knowledge (model, fields, roles) in one place,
+where it is defined, and keeps the dependency pointing down, where the import checks
+can see it.
 """
 
-from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from teams.models import ADMIN_ROLES, Membership, Tenant, User
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.db import models
 
 _CACHE_ATTR = "_admin_tenant_ids"
+
+
+@dataclass(frozen=True)
+class AdminTenancy:
+    tenant_model: type[models.Model]
+    # The ids of the tenants an active, staff, non-superuser user administers.
+    administered_tenant_ids: Callable[[object], Iterable]
+    # How a user row reaches the tenants it belongs to, for user choices: a lookup path
+    # to a tenant id, e.g. "memberships__tenant_id".
+    user_tenant_lookup: str
+
+
+_tenancy: AdminTenancy | None = None
+
+
+def register_admin_tenancy(tenancy: AdminTenancy) -> None:
+    global _tenancy
+    _tenancy = tenancy
+
+
+def _registered() -> AdminTenancy:
+    if _tenancy is None:
+        raise ImproperlyConfigured(
+            "No admin tenancy registered: the tenancy app calls "
+            "core.admin_scope.register_admin_tenancy() in its AppConfig.ready()."
+        )
+    return _tenancy
 
 
 def admin_tenant_ids(request) -> set | None:
@@ -22,12 +59,7 @@ def admin_tenant_ids(request) -> set | None:
     if user.is_superuser:
         return None
     if not hasattr(request, _CACHE_ATTR):
-        ids = set(
-            Membership.all_tenants.filter(
-                user=user, role__in=ADMIN_ROLES, is_active=True
-            ).values_list("tenant_id", flat=True)
-        )
-        setattr(request, _CACHE_ATTR, ids)
+        setattr(request, _CACHE_ATTR, set(_registered().administered_tenant_ids(user)))
     return getattr(request, _CACHE_ATTR)
 
 
@@ -160,13 +192,14 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
 def _scoped_choices(queryset, request):
     model = queryset.model
-    if model is Tenant:
+    if model is _registered().tenant_model:
         return scope_to_admin_tenants(queryset, request, "pk")
-    if model is User:
+    if model is get_user_model():
         tenant_ids = admin_tenant_ids(request)
         if tenant_ids is None:
             return queryset
-        return queryset.filter(memberships__tenant_id__in=tenant_ids).distinct()
+        lookup = f"{_registered().user_tenant_lookup}__in"
+        return queryset.filter(**{lookup: tenant_ids}).distinct()
     if any(f.name == "tenant" for f in model._meta.concrete_fields):
         return scope_to_admin_tenants(queryset, request, "tenant")
     return queryset

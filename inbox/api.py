@@ -1,4 +1,5 @@
-"""Handover API (the seed's camelCase contract) and the handover diagnostics report."""
+"""Handover API (camelCase fields, as callers send them) and the handover diagnostics
+report."""
 
 import json
 
@@ -186,7 +187,7 @@ class HandoverApi(TenantApiView):
 
 
 class HandoverDiagnosticsApi(TenantApiView):
-    """The seed's troubleshooting checklist, run for the key's tenant."""
+    """The "session not assigned" troubleshooting checklist, run for the key's tenant."""
 
     @extend_schema(
         summary="Why would a handover stay unassigned?",

@@ -1,8 +1,10 @@
-"""The seed's troubleshooting checklist ("session not assigned"), run for you.
+"""The troubleshooting checklist for "session not assigned", run for you.
 
-Each check reads the same thing as one of the seed's verification queries and says OK,
-PROBLEM or INFO, with the fix the seed gives (Option A, B or C). The verdict is a dry
-run of the assignment engine: who the next handover would go to, without assigning.
+Each check reads one thing the assignment depends on (API keys, agents by role, the
+default team, team members and schedule, the assignment config, availability, the CRM
+integration) and says OK, PROBLEM or INFO, with the fix: Option A (tenant roles), B (a
+default team) or C (send a team). The verdict is a dry run of the assignment engine:
+who the next handover would go to, without assigning.
 """
 
 from dataclasses import asdict, dataclass, field

@@ -187,7 +187,7 @@ class CrmIntegration(TenantOwnedModel):
         return str(value) if value else ""
 
     def missing_parts(self) -> list[str]:
-        """What the integration lacks before it can send a message (seed check #4)."""
+        """What the integration lacks before it can send a message."""
         missing = []
         if not self.is_active:
             missing.append("isActive")

@@ -1,6 +1,6 @@
 """Writes for the inbox: handover, (re)assignment of sessions, closing them.
 
-Handover flow (seed 000): the API key gave us the tenant → get or create the contact's
+Handover flow: the API key gave us the tenant → get or create the contact's
 open session → run assignment if the session has no agent → queue the confirmation
 message after commit. A failed message never undoes an assignment.
 """
@@ -230,7 +230,8 @@ def handover(
     idempotency_key: str | None = None,
     payload_for_idempotency=None,
 ) -> HandoverOutcome:
-    """Hand a contact's conversation over to a human agent (seed 000, steps 2-4)."""
+    """Hand a contact's conversation over to a human agent: get or create the open
+    session, assign it if it has no agent, queue the confirmation after commit."""
     idempotency_record = None
     if idempotency_key:
         claim = _claim_idempotency_key(

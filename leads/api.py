@@ -1,4 +1,4 @@
-"""Leads API. Snake_case, as the seed's reassign-lead contract."""
+"""Leads API. Its fields are snake_case (`lead_id`, `to_agent_id`), as callers send them."""
 
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import exceptions, serializers
@@ -232,7 +232,7 @@ def _not_an_admin() -> Forbidden:
 
 
 class ReassignLeadApi(APIView):
-    """POST /api/v1/reassign-lead (seed 003).
+    """POST /api/v1/reassign-lead.
 
     Either a logged-in admin of the lead's tenant (then `reassigned_by` is that admin),
     or the tenant's API key with `reassigned_by_id` naming an active admin of it.

@@ -347,7 +347,7 @@ def close_lead(*, tenant: Tenant, lead_id, actor: Actor, outcome: str = "") -> L
     return lead
 
 
-# --- reassignment (seed 003) -----------------------------------------------------------
+# --- reassignment ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -397,7 +397,10 @@ def reassign_lead(
     reassigned_by: Membership | None,
     notes: str = "",
 ) -> ReassignmentResult:
-    """Move a lead to another agent (seed 003's Implementation Flow, in one transaction).
+    """Move a lead to another agent, in one transaction: lock the lead, then both agents
+    (in a fixed order); move the lead and reset its timers as the reason says; write the
+    history row; move both agents' lead counts; mark the old agent's notices read; notify
+    the new agent; record the audit row.
 
     `reassigned_by` is the admin who decided, or None when the system did (auto-reassign
     on breach). The new agent's email is sent after commit.

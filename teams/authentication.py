@@ -1,8 +1,8 @@
 """Tenant API key authentication for DRF.
 
 Written here rather than taken from djangorestframework-api-key because our keys must
-carry a tenant, be read from `X-API-Key` *or* the `apiKey` query parameter (the seed's
-callers use both), use the seed's visible `wk_` prefix, and record `last_used_at`
+carry a tenant, be read from `X-API-Key` *or* the `apiKey` query parameter (callers
+use both), use a visible `wk_` prefix, and record `last_used_at`
 without a write on every request; that library's model and lookup fit none of these.
 """
 

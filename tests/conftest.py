@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-Like the healthchecks test base, every test can reach an owner (tenant admin), a
+Every test can reach an owner (tenant admin), a
 teammate (member) and an outsider (an agent of another tenant), so access checks are
 one line. Tests marked `postgres` need PostgreSQL (row locks, partial indexes, real
 concurrency); on SQLite they are skipped and the summary says how many and why.

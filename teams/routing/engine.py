@@ -120,7 +120,7 @@ def _team_schedule(team: Team) -> TeamSchedule | None:
 def _pools(*, tenant: Tenant, team: Team | None, waterfall: list[str], tiers: list[dict]):
     """Candidate pools in the order they are tried: (tier, team of the pool, agents).
 
-    With a team: only its members (no fallback, as the seed says). Without: each role
+    With a team: only its members (a named team never falls back to others). Without: each role
     tier of the waterfall, then the default team's members. Queries run lazily, so a
     pool that is never reached costs nothing.
     """

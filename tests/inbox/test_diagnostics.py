@@ -1,8 +1,9 @@
-"""The seed's "session not assigned" checklist, run for you.
+"""The "session not assigned" checklist, run for you.
 
-`manage.py diagnose_handover` and `GET /api/v1/diagnostics/handover` answer the seed's
-verification queries (#1-#5) with OK / PROBLEM / INFO, the seed's fixes (Options A, B,
-C), and a verdict: who the next handover would go to, found without assigning anyone.
+`manage.py diagnose_handover` and `GET /api/v1/diagnostics/handover` check what the
+assignment depends on, with OK / PROBLEM / INFO, the fixes (Options A: tenant roles, B:
+a default team, C: send a team), and a verdict: who the next handover would go to, found
+without assigning anyone.
 """
 
 import datetime

@@ -1,4 +1,5 @@
-"""POST /api/v1/handover: every branch of seed 000's flow and troubleshooting list."""
+"""POST /api/v1/handover: every branch of the handover flow and of why a session stays
+unassigned."""
 
 import datetime
 import logging

@@ -228,7 +228,7 @@ def _admin_link(lead) -> str:
         return _lead_link(lead)
 
 
-# --- the new agent's email (seed 003, "Email Notification") ----------------------------
+# --- the new agent's email after a reassignment ----------------------------------------
 
 
 def test_a_reassigned_lead_emails_the_new_agent_everything_they_need(

@@ -1,8 +1,9 @@
-"""POST /api/v1/reassign-lead and the one service behind it (seed 003).
+"""POST /api/v1/reassign-lead and the one service behind it.
 
-Every line of the seed's Verification Steps, each reason's timer changes at pinned
-times, every error code, both ways in (admin session, API key + reassigned_by_id),
-and "a database failure → 500 with nothing half-written" with a real failing INSERT.
+The end-to-end checks (the request, the email, the history), each reason's timer changes
+at pinned times, every error code, both ways in (admin session, API key +
+reassigned_by_id), and "a database failure → 500 with nothing half-written" with a real
+failing INSERT.
 """
 
 from contextlib import contextmanager
@@ -63,7 +64,7 @@ def new_lead(tenant, agent=None, **fields) -> Lead:
 
 
 def body_for(lead, to_agent, reason="unclaimed", by=None, notes="Test reassignment", **extra):
-    """The seed's request body (Verification Steps, step 2)."""
+    """A reassign-lead request body."""
     body = {
         "lead_id": str(lead.pk),
         "to_agent_id": str(to_agent.pk),
@@ -138,7 +139,7 @@ def admin_session(owner):
     return client
 
 
-# --- Seed 003, Verification Steps ------------------------------------------------------
+# --- end to end: request, email, history ----------------------------------------------
 
 
 def test_seed_verification_steps_via_the_api_key(
@@ -250,7 +251,7 @@ def test_the_new_agents_email_is_enqueued_only_after_commit(
 def test_new_agent_receives_email(
     tenant_client, owner, bob, lead, clock, django_capture_on_commit_callbacks, mailoutbox
 ):
-    """Seed 003 step 3: "New agent receives email" (with a direct link to the lead)."""
+    """The new agent receives an email, with a direct link to the lead."""
     clock.move_to(T0 + minutes(7))
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -259,7 +260,7 @@ def test_new_agent_receives_email(
     assert response.status_code == 200
     [email] = [m for m in mailoutbox if bob.user.email in m.to]
     assert "Jane Roe" in email.subject
-    # The seed's email: lead details, the reason, the timer warning, a direct link.
+    # The email: lead details, the reason, the timer warning, a direct link.
     for detail in ("Jane Roe", "+4915112345678", "jane@example.test", "website"):
         assert detail in email.body, detail
     assert "did not claim it in time" in email.body
@@ -904,7 +905,7 @@ def _snapshot(tenant, lead, agents) -> dict:
 
 
 # Each of the service's writes, failing in turn: the first (the lead), one in the
-# middle (the history row, as in the seed's Implementation Flow) and the last two.
+# middle (the history row) and the last two.
 FAILING_TABLES = ["leads_lead", "leads_leadreassignment", "audit_activitylog", "leads_notification"]
 
 

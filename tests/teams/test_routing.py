@@ -1,8 +1,8 @@
 """The assignment engine (teams.routing), called directly with a load the test controls.
 
-Covers the design's steps 1-7: which config applies, the waterfall and its default-team
-fallback, who counts as available, how each strategy picks, schedules, and the reason
-code when nobody is picked.
+Covers the assignment steps 1-7 (README, "Assignment"): which config applies, the
+waterfall and its default-team fallback, who counts as available, how each strategy
+picks, schedules, and the reason code when nobody is picked.
 """
 
 import datetime

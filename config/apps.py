@@ -2,7 +2,8 @@ from django.apps import AppConfig
 
 
 class ConfigAppConfig(AppConfig):
-    """Project-wide pieces that need an app: deploy checks."""
+    """Project-wide pieces that need an app: deploy checks, and the commands that drive
+    every app at once (seed_demo, run_periodic_jobs)."""
 
     name = "config"
     label = "handover_config"

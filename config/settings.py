@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "audit",
     "inbox",
     "leads",
+    "outbox",
 ]
 
 MIDDLEWARE = [
@@ -147,29 +148,51 @@ EMBEDDED_TASKS_IN_BACKGROUND = env.bool("EMBEDDED_TASKS_IN_BACKGROUND", default=
 # Periodic jobs. Celery beat runs them in production; in embedded mode `bin/run` starts
 # `manage.py run_periodic_jobs`, which runs the same schedule in-process.
 CELERY_BEAT_SCHEDULE: dict = {
-    # Confirmations that could not be enqueued (broker down) or whose task was lost.
-    "inbox-requeue-pending-confirmations": {
-        "task": "inbox.tasks.requeue_pending_confirmations",
-        "schedule": 60.0,
-    },
     # Stage 1 and 2 SLA sweeps: missed claim and contact deadlines.
     "leads-check-sla": {"task": "leads.tasks.check_sla", "schedule": 30.0},
     "leads-retry-unassigned": {"task": "leads.tasks.retry_unassigned_leads", "schedule": 60.0},
-    # Lead notification emails that could not be enqueued (broker down) or whose task was lost.
-    "leads-requeue-pending-emails": {
-        "task": "leads.tasks.requeue_pending_notification_emails",
+    # Open sessions nobody could take: try again, least recently tried first.
+    "inbox-retry-unassigned-sessions": {
+        "task": "inbox.tasks.retry_unassigned_sessions",
         "schedule": 60.0,
     },
     "inbox-purge-idempotency-keys": {
         "task": "inbox.tasks.purge_idempotency_keys",
         "schedule": 3600.0,
     },
-    # Open sessions nobody could take: try again, least recently tried first.
-    "inbox-retry-unassigned-sessions": {
-        "task": "inbox.tasks.retry_unassigned_sessions",
-        "schedule": 60.0,
-    },
+    "outbox-purge-old-messages": {"task": "outbox.tasks.purge_old_messages", "schedule": 3600.0},
 }
+# Periodic jobs have a queue (and a worker: `periodic` in the Procfile) of their own, so
+# that nothing else can delay the SLA clock. Everything else goes to `default`.
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    entry["task"]: {"queue": "periodic"} for entry in CELERY_BEAT_SCHEDULE.values()
+}
+# Every task has a time limit: the soft one raises inside the task (which then rolls its
+# transaction back), the hard one kills the worker child.
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=120)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=150)
+
+# --- Outbox: every message we send (outbox/, `manage.py outbox_worker`) ----------------
+# Sending threads per outbox worker process.
+OUTBOX_WORKER_THREADS = env.int("OUTBOX_WORKER_THREADS", default=8)
+# A worker also looks for due messages this often (retries; NOTIFY wakes it at once).
+OUTBOX_POLL_SECONDS = env.float("OUTBOX_POLL_SECONDS", default=1.0)
+# Wall-clock limit of one send, however slowly the far side answers.
+OUTBOX_SEND_DEADLINE_SECONDS = env.float("OUTBOX_SEND_DEADLINE_SECONDS", default=20.0)
+# How long a claimed message belongs to its worker; must exceed the send deadline. A
+# message whose worker died is claimed again when its lease ends.
+OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=60)
+# Tries in all for a message (first one included), unless its channel says otherwise.
+OUTBOX_MAX_ATTEMPTS = env.int("OUTBOX_MAX_ATTEMPTS", default=6)
+# Retry n waits OUTBOX_RETRY_BASE_SECONDS * 2**(n-1), at most OUTBOX_RETRY_MAX_DELAY_SECONDS,
+# plus up to 10% jitter.
+OUTBOX_RETRY_BASE_SECONDS = env.float("OUTBOX_RETRY_BASE_SECONDS", default=5.0)
+OUTBOX_RETRY_MAX_DELAY_SECONDS = env.float("OUTBOX_RETRY_MAX_DELAY_SECONDS", default=300.0)
+# Messages of one endpoint (one tenant's CRM, the mail provider) in flight at once.
+OUTBOX_ENDPOINT_CONCURRENCY = env.int("OUTBOX_ENDPOINT_CONCURRENCY", default=2)
+# Sent, failed and skipped messages are deleted after this many days.
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=30)
 
 # --- CRM integration (WhatsApp confirmation messages) ---------------------------------
 # Fernet keys that encrypt the CRM API keys stored in the database (comma-separated).
@@ -182,17 +205,6 @@ CRM_ENCRYPTION_KEYS = env.list("CRM_ENCRYPTION_KEYS", default=[])
 # A tenant's CRM apiUrl must be https and public; these open it up for local testing.
 CRM_ALLOW_HTTP = env.bool("CRM_ALLOW_HTTP", default=False)
 CRM_ALLOW_PRIVATE_NETWORKS = env.bool("CRM_ALLOW_PRIVATE_NETWORKS", default=False)
-# Timeout of one request to the CRM's WhatsApp endpoint.
-CRM_HTTP_TIMEOUT_SECONDS = env.float("CRM_HTTP_TIMEOUT_SECONDS", default=10.0)
-# Retries after the first attempt, for timeouts, connection errors, 429 and 5xx.
-CRM_MAX_RETRIES = env.int("CRM_MAX_RETRIES", default=5)
-# Retry n waits CRM_RETRY_BACKOFF_SECONDS * 2**n seconds (at most 300) plus jitter.
-CRM_RETRY_BACKOFF_SECONDS = env.float("CRM_RETRY_BACKOFF_SECONDS", default=5.0)
-# An attempt that started less than this long ago and has not finished blocks another
-# (a duplicate enqueue). Keep it well above CRM_HTTP_TIMEOUT_SECONDS.
-CRM_ATTEMPT_LEASE_SECONDS = env.int("CRM_ATTEMPT_LEASE_SECONDS", default=60)
-# A confirmation still pending this long after it was queued is enqueued again.
-CRM_REQUEUE_AFTER_SECONDS = env.int("CRM_REQUEUE_AFTER_SECONDS", default=120)
 
 # --- Internationalisation -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -219,23 +231,17 @@ RESEND_API_KEY = env("RESEND_API_KEY", default="")
 EMAIL_BACKEND = env(
     "EMAIL_BACKEND",
     default=(
-        "anymail.backends.resend.EmailBackend"
+        "outbox.email_backends.ResendEmailBackend"
         if RESEND_API_KEY
         else "config.email.StderrConsoleBackend"
     ),
 )
-ANYMAIL = {"RESEND_API_KEY": RESEND_API_KEY}
+ANYMAIL = {
+    "RESEND_API_KEY": RESEND_API_KEY,
+    # Per connect and per read; the outbox's send deadline bounds the whole call.
+    "REQUESTS_TIMEOUT": (5, OUTBOX_SEND_DEADLINE_SECONDS),
+}
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Handover <noreply@localhost>")
-# Lead notification emails (leads/emails.py). Retries after the first attempt, for
-# connection errors, timeouts, 429 and 5xx; anything else fails at once.
-EMAIL_MAX_RETRIES = env.int("EMAIL_MAX_RETRIES", default=5)
-# Retry n waits EMAIL_RETRY_BACKOFF_SECONDS * 2**n seconds (at most 300) plus jitter.
-EMAIL_RETRY_BACKOFF_SECONDS = env.float("EMAIL_RETRY_BACKOFF_SECONDS", default=5.0)
-# An email still pending (never attempted) this long after it was created is enqueued again.
-EMAIL_REQUEUE_AFTER_SECONDS = env.int("EMAIL_REQUEUE_AFTER_SECONDS", default=120)
-# While one attempt sends an email, a duplicate task for it waits (a lease in the cache).
-# Keep it above the send timeout (Anymail: 30 s; SMTP: EMAIL_TIMEOUT).
-EMAIL_ATTEMPT_LEASE_SECONDS = env.int("EMAIL_ATTEMPT_LEASE_SECONDS", default=60)
 # SMTP backends only: without it a hung mail server holds the worker forever.
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 

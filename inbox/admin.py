@@ -14,6 +14,7 @@ from inbox.integrations import set_crm_api_key
 from inbox.models import CrmIntegration, HandoverRequest, InboxSession
 from inbox.services import assign_session_to, close_session, run_session_assignment
 from inbox.whatsapp import crm_url_problems
+from outbox.admin import message_details, message_status
 from teams.models import Membership
 from teams.selectors import active_agents
 
@@ -31,20 +32,20 @@ class InboxSessionAdmin(TenantScopedAdmin):
         "status",
         "assigned_agent",
         "unassigned_reason",
-        "confirmation_status",
+        "confirmation_display",
         "created_at",
     ]
     list_filter = [
         "status",
         ("assigned_agent", admin.EmptyFieldListFilter),
         "unassigned_reason",
-        "confirmation_status",
+        "confirmation_message__status",
         "channel",
         "tenant",
     ]
     search_fields = ["contact_id", "contact_name", "id"]
     date_hierarchy = "created_at"
-    list_select_related = ["tenant", "assigned_agent__user", "team"]
+    list_select_related = ["tenant", "assigned_agent__user", "team", "confirmation_message"]
     ordering = ["-created_at"]
     actions = ["run_assignment_again", "assign_to", "close_selected"]
     change_form_template = "admin/inbox/inboxsession/change_form.html"
@@ -63,13 +64,8 @@ class InboxSessionAdmin(TenantScopedAdmin):
         "strategy",
         "unassigned_reason",
         "last_assignment_attempt",
-        "confirmation_status",
-        "confirmation_text",
-        "confirmation_attempts",
-        "confirmation_last_error",
-        "confirmation_queued_at",
-        "confirmation_started_at",
-        "confirmation_finished_at",
+        "confirmation_display",
+        "confirmation_details",
         "created_at",
         "updated_at",
         "closed_at",
@@ -92,23 +88,21 @@ class InboxSessionAdmin(TenantScopedAdmin):
         ),
         (
             "Confirmation message",
-            {
-                "fields": [
-                    "confirmation_status",
-                    "confirmation_text",
-                    "confirmation_attempts",
-                    "confirmation_last_error",
-                    "confirmation_queued_at",
-                    "confirmation_started_at",
-                    "confirmation_finished_at",
-                ]
-            },
+            {"fields": ["confirmation_display", "confirmation_details"]},
         ),
         ("Times", {"fields": ["created_at", "updated_at", "closed_at"]}),
     ]
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="Confirmation", ordering="confirmation_message__status")
+    def confirmation_display(self, obj):
+        return message_status(obj.confirmation_message)
+
+    @admin.display(description="Delivery")
+    def confirmation_details(self, obj):
+        return message_details(obj.confirmation_message)
 
     @admin.display(description="contact", ordering="contact_id")
     def contact_display(self, obj):

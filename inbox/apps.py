@@ -7,4 +7,7 @@ class InboxConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from inbox import receivers  # noqa: F401  (connects signal receivers)
+        from inbox import (  # noqa: F401
+            channels,  # registers the whatsapp outbox channel
+            receivers,  # connects signal receivers
+        )

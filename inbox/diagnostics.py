@@ -253,6 +253,16 @@ def _check_crm(tenant: Tenant) -> Check:
     )
 
 
+def _confirmation(message) -> dict:
+    if message is None:
+        return {"status": "skipped", "attempts": 0, "lastError": None}
+    return {
+        "status": message.status,
+        "attempts": message.attempts,
+        "lastError": message.last_error or None,
+    }
+
+
 def _check_session(tenant: Tenant, session: InboxSession) -> Check:
     data = {
         "sessionId": str(session.pk),
@@ -260,11 +270,7 @@ def _check_session(tenant: Tenant, session: InboxSession) -> Check:
         "assignedAgentId": str(session.assigned_agent_id) if session.assigned_agent_id else None,
         "unassignedReason": session.unassigned_reason or None,
         "lastAttempt": session.last_assignment_attempt,
-        "confirmation": {
-            "status": session.confirmation_status,
-            "attempts": session.confirmation_attempts,
-            "lastError": session.confirmation_last_error or None,
-        },
+        "confirmation": _confirmation(session.confirmation_message),
     }
     if session.assigned_agent_id:
         return Check("session", OK, "The session is assigned.", data=data)

@@ -22,13 +22,6 @@ class SessionStatus(models.TextChoices):
     CLOSED = "closed", "Closed"
 
 
-class ConfirmationStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENT = "sent", "Sent"
-    FAILED = "failed", "Failed"
-    SKIPPED = "skipped", "Skipped"
-
-
 class InboxSession(TenantOwnedModel):
     """A contact's conversation on one channel, handed over to a human agent."""
 
@@ -61,15 +54,14 @@ class InboxSession(TenantOwnedModel):
         blank=True,
         help_text="The latest routing attempt: strategy, tiers tried and agents each gave.",
     )
-    confirmation_status = models.CharField(
-        max_length=10, choices=ConfirmationStatus.choices, default=ConfirmationStatus.SKIPPED
+    # The latest "Connecting you to an agent..." message; its status is the outbox's.
+    confirmation_message = models.OneToOneField(
+        "outbox.OutboundMessage",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
     )
-    confirmation_text = models.TextField(blank=True)
-    confirmation_attempts = models.PositiveSmallIntegerField(default=0)
-    confirmation_last_error = models.TextField(blank=True)
-    confirmation_queued_at = models.DateTimeField(null=True, blank=True)
-    confirmation_started_at = models.DateTimeField(null=True, blank=True)
-    confirmation_finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     closed_at = models.DateTimeField(null=True, blank=True)
@@ -103,12 +95,6 @@ class InboxSession(TenantOwnedModel):
                 condition=Q(status="open", assigned_agent__isnull=True),
                 name="session_open_unassigned",
             ),
-            # The re-enqueue sweep: confirmations still waiting.
-            models.Index(
-                fields=["confirmation_queued_at"],
-                condition=Q(confirmation_status="pending"),
-                name="session_confirmation_pending",
-            ),
             models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent"),
         ]
 
@@ -118,6 +104,12 @@ class InboxSession(TenantOwnedModel):
     @property
     def is_assigned(self) -> bool:
         return self.assigned_agent_id is not None
+
+    @property
+    def confirmation_status(self) -> str:
+        """The confirmation message's delivery status; "skipped" when none was asked for."""
+        message = self.confirmation_message
+        return message.status if message is not None else "skipped"
 
 
 class HandoverRequest(TenantOwnedModel):

@@ -10,7 +10,6 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 
 from django.db import connection, transaction
 from django.db.models.constants import OnConflict
@@ -20,14 +19,9 @@ from django.utils import timezone
 from audit.services import build_activity, record_activities
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
-from inbox.confirmations import enqueue_confirmation
-from inbox.models import (
-    ConfirmationStatus,
-    HandoverRequest,
-    InboxSession,
-    SessionStatus,
-)
+from inbox.models import HandoverRequest, InboxSession, SessionStatus
 from inbox.selectors import open_sessions_per_agent
+from outbox.services import build_message, queue_messages
 from teams.models import Membership, Strategy, Team, Tenant
 from teams.routing import RoutingDecision, UnassignedReason, route
 from teams.selectors import team_for_routing
@@ -93,7 +87,7 @@ def _lock_open_session(*, tenant: Tenant, contact_id: str, channel: str) -> Inbo
     return (
         InboxSession.objects.for_tenant(tenant)
         .select_for_update(of=("self",))
-        .select_related("assigned_agent__user", "team")
+        .select_related("assigned_agent__user", "team", "confirmation_message")
         .get(contact_id=contact_id, channel=channel, status=SessionStatus.OPEN)
     )
 
@@ -288,25 +282,23 @@ def handover(
     confirmation = "skipped"
     if send_message:
         confirmation = "queued"
-        already_waiting = session.confirmation_status == ConfirmationStatus.PENDING and not created
+        waiting = session.confirmation_message
+        already_waiting = not created and waiting is not None and not waiting.is_final
         if not already_waiting:
-            session.confirmation_status = ConfirmationStatus.PENDING
-            session.confirmation_text = message_text or DEFAULT_HANDOVER_MESSAGE
-            session.confirmation_attempts = 0
-            session.confirmation_last_error = ""
-            session.confirmation_queued_at = now
-            session.confirmation_started_at = None
-            session.confirmation_finished_at = None
-            changed += [
-                "confirmation_status",
-                "confirmation_text",
-                "confirmation_attempts",
-                "confirmation_last_error",
-                "confirmation_queued_at",
-                "confirmation_started_at",
-                "confirmation_finished_at",
-            ]
-            transaction.on_commit(partial(enqueue_confirmation, session.pk))
+            message = build_message(
+                tenant=tenant,
+                channel="whatsapp",
+                kind="handover.confirmation",
+                target=contact_id,
+                payload={
+                    "session_id": str(session.pk),
+                    "text": message_text or DEFAULT_HANDOVER_MESSAGE,
+                },
+                now=now,
+            )
+            queue_messages([message])
+            session.confirmation_message = message
+            changed.append("confirmation_message")
 
     if changed:
         session.updated_at = now

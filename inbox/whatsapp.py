@@ -6,6 +6,7 @@ Wire format (one request per message)::
     Authorization: Bearer <CRM API key>
     Content-Type: application/json
     Accept: application/json
+    Idempotency-Key: <the same for every attempt of one message>
 
     {
       "messaging_product": "whatsapp",
@@ -35,19 +36,9 @@ from urllib.parse import quote, urlsplit
 import requests
 from django.conf import settings
 
+from outbox.channels import PermanentSendError, TransientSendError
+
 RESPONSE_BODY_LIMIT = 300
-
-
-class SendError(Exception):
-    """The message was not sent."""
-
-
-class TransientSendError(SendError):
-    """The CRM could not be reached or is overloaded: retry later."""
-
-
-class PermanentSendError(SendError):
-    """The CRM refused the message: retrying will not help."""
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -102,9 +93,21 @@ def _body_excerpt(response: requests.Response, api_key: str) -> str:
 
 
 def send_whatsapp_text(
-    *, api_url: str, api_key: str, phone_number_id: str, to: str, text: str, timeout: float
+    *,
+    session: requests.Session,
+    api_url: str,
+    api_key: str,
+    phone_number_id: str,
+    to: str,
+    text: str,
+    idempotency_key: str,
+    timeout: tuple[float, float],
 ) -> dict:
-    """Send `text` to the WhatsApp contact `to`; the CRM's JSON answer, or raise SendError."""
+    """Send `text` to the WhatsApp contact `to`; the CRM's JSON answer, or raise SendError.
+
+    Every attempt of one message carries the same `Idempotency-Key`, so a CRM that honours
+    it sends the message once even when our first attempt lost its answer.
+    """
     problems = crm_url_problems(api_url)
     if problems:
         raise PermanentSendError("CRM integration refused: " + "; ".join(problems) + ".")
@@ -120,15 +123,14 @@ def send_whatsapp_text(
         "Authorization": f"Bearer {api_key}",
         "Content-Type": "application/json",
         "Accept": "application/json",
+        "Idempotency-Key": idempotency_key,
     }
     try:
-        response = requests.post(
+        response = session.post(
             url, json=payload, headers=headers, timeout=timeout, allow_redirects=False
         )
     except requests.Timeout:
-        raise TransientSendError(
-            f"CRM request timeout: no answer within {timeout:g}s from {url}."
-        ) from None
+        raise TransientSendError(f"CRM request timeout: no answer in time from {url}.") from None
     except requests.ConnectionError as exc:
         raise TransientSendError(
             redact(f"Could not connect to the CRM ({url}): {exc}", api_key)

@@ -12,6 +12,7 @@ from core.admin_scope import TenantScopedAdmin, TenantScopedInline, tenant_of_se
 from core.errors import DomainError
 from leads.models import Lead, LeadReassignment, Notification, ReassignmentReason
 from leads.services import close_lead, reassign_lead
+from outbox.admin import message_details, message_status
 from teams.models import Membership
 from teams.selectors import active_agents
 
@@ -76,11 +77,17 @@ class NotificationInline(ReadOnlyInline):
         "kind",
         "title",
         "is_read",
-        "email_status",
-        "email_last_error",
+        "email_display",
     ]
     readonly_fields = fields
     ordering = ["-created_at"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("email_message", "recipient__user")
+
+    @admin.display(description="Email")
+    def email_display(self, obj):
+        return message_details(obj.email_message)
 
 
 class ReassignForm(forms.Form):
@@ -311,12 +318,29 @@ class LeadAdmin(TenantScopedAdmin):
 
 @admin.register(Notification)
 class NotificationAdmin(TenantScopedAdmin):
-    list_display = ["title", "recipient", "kind", "is_read", "email_status", "created_at"]
-    list_filter = ["kind", "is_read", "email_status", ("tenant", admin.RelatedOnlyFieldListFilter)]
+    list_display = ["title", "recipient", "kind", "is_read", "email_display", "created_at"]
+    list_filter = [
+        "kind",
+        "is_read",
+        "email_message__status",
+        ("tenant", admin.RelatedOnlyFieldListFilter),
+    ]
     search_fields = ["title", "recipient__user__email"]
-    list_select_related = ["recipient__user", "tenant"]
+    list_select_related = ["recipient__user", "tenant", "email_message"]
     ordering = ["-created_at"]
-    readonly_fields = [f.name for f in Notification._meta.fields]
+    readonly_fields = [
+        *(f.name for f in Notification._meta.fields if f.name != "email_message"),
+        "email_details",
+    ]
+
+    @admin.display(description="Email", ordering="email_message__status")
+    def email_display(self, obj):
+        return message_status(obj.email_message)
+
+    @admin.display(description="Email delivery")
+    def email_details(self, obj):
+        return message_details(obj.email_message)
+
     tenant_admins_may_add = False
 
     def has_add_permission(self, request):

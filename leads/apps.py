@@ -7,4 +7,7 @@ class LeadsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from leads import receivers  # noqa: F401  (connects signal receivers)
+        from leads import (  # noqa: F401
+            emails,  # registers the renderer of notification emails
+            receivers,  # connects signal receivers
+        )

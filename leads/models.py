@@ -198,13 +198,6 @@ class NotificationKind(models.TextChoices):
     CONTACT_SLA_BREACHED = "contact_sla_breached", "Lead not contacted in time"
 
 
-class EmailStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENT = "sent", "Sent"
-    FAILED = "failed", "Failed"
-    SKIPPED = "skipped", "Skipped"
-
-
 class Notification(TenantOwnedModel):
     """An in-app notice to one agent, and the state of its email."""
 
@@ -223,12 +216,14 @@ class Notification(TenantOwnedModel):
     read_at = models.DateTimeField(null=True, blank=True)
     # Makes "one notice per breach per admin" a database rule, even for racing sweeps.
     dedupe_key = models.CharField(max_length=200, blank=True)
-    email_status = models.CharField(
-        max_length=10, choices=EmailStatus.choices, default=EmailStatus.SKIPPED
+    # The notice's email; its delivery status is the outbox's.
+    email_message = models.OneToOneField(
+        "outbox.OutboundMessage",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
     )
-    email_attempts = models.PositiveSmallIntegerField(default=0)
-    email_last_error = models.TextField(blank=True)
-    email_sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -248,12 +243,13 @@ class Notification(TenantOwnedModel):
                 name="notification_unread",
             ),
             models.Index(fields=["lead", "recipient"], name="notification_by_lead"),
-            models.Index(
-                fields=["created_at"],
-                condition=Q(email_status="pending"),
-                name="notification_email_pending",
-            ),
         ]
 
     def __str__(self):
         return self.title
+
+    @property
+    def email_status(self) -> str:
+        """The email's delivery status; "skipped" when the notice has no email."""
+        message = self.email_message
+        return message.status if message is not None else "skipped"

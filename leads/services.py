@@ -18,12 +18,11 @@ from django.utils import timezone
 from audit.services import build_activity, record_activities
 from core.actor import Actor
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
-from leads.emails import enqueue_notification_emails
+from leads.emails import attach_email
 from leads.formatting import format_deadline
 from leads.models import (
     OPEN_LEAD_STATUSES,
     STAGE_FOR_REASON,
-    EmailStatus,
     Lead,
     LeadReassignment,
     LeadStatus,
@@ -32,6 +31,7 @@ from leads.models import (
     ReassignmentReason,
     ReassignmentStage,
 )
+from outbox.services import queue_messages
 from teams.models import ADMIN_ROLES, Membership, Tenant
 from teams.routing import route
 from teams.selectors import team_for_routing
@@ -118,18 +118,18 @@ def _new_agent_notification(*, lead: Lead, agent: Membership, kind: str, reason:
         kind=kind,
         title=title[:200],
         body=" ".join(lines),
-        email_status=EmailStatus.PENDING,
     )
 
 
-def _notify(notifications: list[Notification]) -> None:
-    """Save notices and send their emails after commit."""
+def _notify(notifications: list[Notification], *, ignore_conflicts: bool = False) -> None:
+    """Save notices and queue their emails in the outbox, in the caller's transaction."""
     if not notifications:
         return
-    Notification.all_tenants.bulk_create(notifications)
-    ids = [str(n.pk) for n in notifications if n.email_status == EmailStatus.PENDING]
-    if ids:
-        transaction.on_commit(lambda: enqueue_notification_emails(ids))
+    queue_messages(
+        [attach_email(notification) for notification in notifications],
+        ignore_conflicts=ignore_conflicts,
+    )
+    Notification.all_tenants.bulk_create(notifications, ignore_conflicts=ignore_conflicts)
 
 
 # --- intake ----------------------------------------------------------------------------
@@ -556,7 +556,6 @@ def _breach_notice(lead: Lead, admin: Membership, stage: _Stage) -> Notification
             f"{format_deadline(deadline, lead.tenant)}. {next_step}"
         ),
         dedupe_key=f"{stage.kind}:{lead.pk}:{deadline.isoformat()}",
-        email_status=EmailStatus.PENDING,
     )
 
 
@@ -623,7 +622,7 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
         for lead in leads
         for admin in admins.get(lead.tenant_id, [])
     ]
-    Notification.all_tenants.bulk_create(notices, ignore_conflicts=True)
+    _notify(notices, ignore_conflicts=True)
     record_activities(
         [
             build_activity(
@@ -640,9 +639,6 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
             for lead in leads
         ]
     )
-    notice_ids = [str(notice.pk) for notice in notices]
-    if notice_ids:
-        transaction.on_commit(lambda: enqueue_notification_emails(notice_ids))
 
     to_reassign = [
         _Breach(

@@ -82,6 +82,14 @@ def _celery_runs_tasks_in_process():
 
 
 @pytest.fixture
+def deliver_outbox(db):
+    """What the outbox worker would do now: send every due message; how many."""
+    from outbox.delivery import deliver_due
+
+    return lambda: deliver_due(limit=10_000)
+
+
+@pytest.fixture
 def tenant(db):
     return TenantFactory(name="Acme", slug="acme")
 

@@ -142,7 +142,7 @@ def test_admin_bulk_reassigns_two_leads_and_sees_their_history(page, live_server
 
 
 def test_agent_opens_emailed_link_claims_and_marks_contacted(
-    phone_page, live_server, tenant, mailoutbox, settings
+    phone_page, live_server, tenant, mailoutbox, settings, deliver_outbox
 ):
     settings.PUBLIC_BASE_URL = live_server.url
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER, user__full_name="Ana Agent")
@@ -155,6 +155,7 @@ def test_agent_opens_emailed_link_claims_and_marks_contacted(
         source="website",
         assigned_agent_id=agent.pk,
     )
+    deliver_outbox()
     email = next(m for m in mailoutbox if agent.user.email in m.to)
     link = re.search(rf"{re.escape(live_server.url)}/leads/[0-9a-f-]+/", email.body).group(0)
     assert str(lead.pk) in link

@@ -1,9 +1,10 @@
 import factory
-from django.utils import timezone
+from django.db import transaction
 from factory.django import DjangoModelFactory
 
 from inbox.integrations import set_crm_api_key
-from inbox.models import Channel, ConfirmationStatus, CrmIntegration, InboxSession
+from inbox.models import Channel, CrmIntegration, InboxSession
+from outbox.services import build_message, queue_messages
 from tests.factories import TenantFactory
 
 CRM_API_KEY = "crm-live-key-Zx81Qw7Lm2"
@@ -15,14 +16,29 @@ class InboxSessionFactory(DjangoModelFactory):
 
     class Meta:
         model = InboxSession
+        skip_postgeneration_save = True
 
     tenant = factory.SubFactory(TenantFactory)
     contact_id = factory.Sequence(lambda n: f"49151{n:07d}")
     contact_name = factory.Faker("name")
     channel = Channel.WHATSAPP
-    confirmation_status = ConfirmationStatus.PENDING
-    confirmation_text = CONFIRMATION_TEXT
-    confirmation_queued_at = factory.LazyFunction(timezone.now)
+
+    @factory.post_generation
+    def confirmation(obj, create, extracted, **kwargs):
+        """Queue the confirmation as the handover does (`confirmation=False`: none)."""
+        if not create or extracted is False:
+            return
+        with transaction.atomic():
+            message = build_message(
+                tenant=obj.tenant,
+                channel="whatsapp",
+                kind="handover.confirmation",
+                target=obj.contact_id,
+                payload={"session_id": str(obj.pk), "text": extracted or CONFIRMATION_TEXT},
+            )
+            queue_messages([message])
+            obj.confirmation_message = message
+            obj.save(update_fields=["confirmation_message"])
 
 
 class CrmIntegrationFactory(DjangoModelFactory):

@@ -347,14 +347,14 @@ def test_send_handover_message_false_skips_the_confirmation(tenant, tenant_clien
     assert session.confirmation_status == "skipped"
 
 
-def test_custom_handover_message_is_stored_for_sending(
-    tenant, tenant_client, django_capture_on_commit_callbacks
-):
-    with django_capture_on_commit_callbacks(execute=True):
-        response = post(tenant_client, {"contactId": "c1", "handoverMessage": "One moment please"})
+def test_custom_handover_message_is_stored_for_sending(tenant, tenant_client, deliver_outbox):
+    response = post(tenant_client, {"contactId": "c1", "handoverMessage": "One moment please"})
     assert response.json()["confirmationMessage"] == "queued"
     session = InboxSession.objects.for_tenant(tenant).get()
-    assert session.confirmation_text == "One moment please"
+    assert session.confirmation_message.payload["text"] == "One moment please"
+    assert session.confirmation_status == "pending"
+    deliver_outbox()
+    session.refresh_from_db()
     # No CRM integration: the message fails, the session and its status stay visible.
     assert session.confirmation_status == "failed"
 

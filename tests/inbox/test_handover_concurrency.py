@@ -7,7 +7,6 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from config.celery import app as celery_app
 from inbox.models import InboxSession
 from teams.models import Strategy
 from tests.factories import (
@@ -80,25 +79,21 @@ def test_concurrent_duplicates_with_one_idempotency_key_execute_once(tenant, api
     assert ActivityLog.objects.for_tenant(tenant).filter(action="session.created").count() == 1
 
 
-@pytest.fixture
-def broker_enqueue_only():
-    """Measure the request path: the confirmation is enqueued, not run in-process."""
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = False
-    yield
-    celery_app.conf.task_always_eager = previous
+# BEGIN, API key, tenant config, session insert, routing reads and the cursor, session
+# update, activity rows, the outbox message (the confirmation: nothing is published to a
+# broker), COMMIT.
+HANDOVER_BUDGET = 11
 
 
 # Budgets are measured outside a test transaction, as in production: the service's
 # atomic block is a real BEGIN/COMMIT (both counted) rather than SAVEPOINT/RELEASE.
 @pytest.mark.parametrize("team_size", [1, 200])
 @pytest.mark.django_db(transaction=True)
-def test_one_handover_runs_at_most_10_sql_statements(
+def test_one_handover_runs_at_most_11_sql_statements(
     tenant,
     tenant_client,
     team_size,
     django_assert_max_num_queries,
-    broker_enqueue_only,
 ):
     team = TeamFactory(tenant=tenant)
     AssignmentConfigFactory(tenant=tenant, team=team, strategy=Strategy.ROUND_ROBIN)
@@ -106,7 +101,7 @@ def test_one_handover_runs_at_most_10_sql_statements(
         TeamMemberFactory(team=team)
     tenant_client.post(URL, {"contactId": "warm-up", "teamId": str(team.id)}, format="json")
 
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(HANDOVER_BUDGET):
         response = tenant_client.post(
             URL, {"contactId": "measured", "teamId": str(team.id)}, format="json"
         )
@@ -117,13 +112,13 @@ def test_one_handover_runs_at_most_10_sql_statements(
 
 @pytest.mark.django_db(transaction=True)
 def test_handover_without_team_also_fits_the_budget(
-    tenant, tenant_client, django_assert_max_num_queries, broker_enqueue_only
+    tenant, tenant_client, django_assert_max_num_queries
 ):
     for _ in range(50):
         MembershipFactory(tenant=tenant)
     tenant_client.post(URL, {"contactId": "warm-up"}, format="json")
 
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(HANDOVER_BUDGET):
         response = tenant_client.post(URL, {"contactId": "measured"}, format="json")
 
     assert response.json()["status"] == "assigned"

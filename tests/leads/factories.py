@@ -8,11 +8,12 @@ services (`leads.services.create_lead`, `reassign_lead`, ...) instead.
 from datetime import timedelta
 
 import factory
+from django.db import transaction
 from django.utils import timezone
 from factory.django import DjangoModelFactory
 
+from leads.emails import attach_email
 from leads.models import (
-    EmailStatus,
     Lead,
     LeadReassignment,
     LeadStatus,
@@ -21,6 +22,7 @@ from leads.models import (
     ReassignmentReason,
     ReassignmentStage,
 )
+from outbox.services import queue_messages
 from tests.factories import MembershipFactory, TenantFactory
 
 
@@ -92,4 +94,11 @@ class NotificationFactory(DjangoModelFactory):
     kind = NotificationKind.LEAD_ASSIGNED
     title = factory.LazyAttribute(lambda n: f"New lead for you: {n.lead.name}"[:200])
     body = ""
-    email_status = EmailStatus.PENDING
+
+    @factory.post_generation
+    def email(obj, create, extracted, **kwargs):
+        """Queue the notice's email as the services do (`email=False`: no email)."""
+        if create and extracted is not False:
+            with transaction.atomic():
+                queue_messages([attach_email(obj)])
+                obj.save(update_fields=["email_message"])

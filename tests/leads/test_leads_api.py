@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from audit.models import ActivityLog
 from core.actor import Actor
 from leads.formatting import lead_url
-from leads.models import EmailStatus, Lead, LeadStatus, Notification, NotificationKind
+from leads.models import Lead, LeadStatus, Notification, NotificationKind
 from leads.services import create_lead, reassign_lead, sweep_sla_breaches
 from teams.models import Membership, Role
 from tests.factories import MembershipFactory, TeamFactory, TeamMemberFactory
@@ -116,7 +116,7 @@ def test_create_for_a_named_agent_starts_the_claim_window(
     [notice] = Notification.all_tenants.filter(recipient=teammate, lead=lead)
     assert notice.kind == NotificationKind.LEAD_ASSIGNED
     assert notice.is_read is False
-    assert notice.email_status == EmailStatus.PENDING
+    assert notice.email_status == "pending"
     activity = ActivityLog.objects.for_tenant(tenant).get(action="lead.created")
     assert activity.actor_label == f"api_key:{api_key[0].prefix}"
     assert activity.data["agent_id"] == str(teammate.pk)

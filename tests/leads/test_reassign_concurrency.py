@@ -18,22 +18,16 @@ from audit.models import ActivityLog
 from core.actor import Actor
 from leads.models import OPEN_LEAD_STATUSES, Lead, LeadReassignment, Notification
 from leads.services import create_lead, reconcile_lead_counts
+from outbox.models import OutboundMessage
 from teams.models import Membership
 from tests.factories import MembershipFactory
 
 URL = "/api/v1/reassign-lead"
 
 
-@pytest.fixture
-def enqueued_emails(monkeypatch):
-    """Record the email batches handed to the broker on commit, instead of sending.
-
-    Out of a test transaction the on-commit hook really runs; these tests are about the
-    request path, which ends where the broker takes over.
-    """
-    batches: list[list[str]] = []
-    monkeypatch.setattr("leads.services.enqueue_notification_emails", batches.append)
-    return batches
+def reassignment_emails(tenant) -> int:
+    """Emails queued in the outbox for reassigned leads (nothing is sent in the request)."""
+    return OutboundMessage.objects.for_tenant(tenant).filter(kind="lead.lead_reassigned").count()
 
 
 def _lead(tenant, agent, n: int) -> Lead:
@@ -67,9 +61,7 @@ def _chain_is_unbroken(lead: Lead, original_agent_id, rows: list[LeadReassignmen
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_100_parallel_reassignments_keep_every_counter_and_history_true(
-    tenant, owner, api_key, enqueued_emails
-):
+def test_100_parallel_reassignments_keep_every_counter_and_history_true(tenant, owner, api_key):
     agents = [MembershipFactory(tenant=tenant) for _ in range(5)]
     leads = [_lead(tenant, agents[n % 5], n) for n in range(20)]
     original = {lead.pk: lead.assigned_agent_id for lead in leads}
@@ -84,7 +76,7 @@ def test_100_parallel_reassignments_keep_every_counter_and_history_true(
         }
         for n in range(100)
     ]
-    enqueued_emails.clear()
+    emails_before = reassignment_emails(tenant)
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         futures = [pool.submit(_post_in_thread, api_key[1], body) for body in bodies]
@@ -130,14 +122,14 @@ def test_100_parallel_reassignments_keep_every_counter_and_history_true(
 
     reassigned = ActivityLog.objects.for_tenant(tenant).filter(action="lead.reassigned")
     assert reassigned.count() == len(succeeded)
-    assert len(enqueued_emails) == len(succeeded), "one email job per committed reassignment"
+    assert reassignment_emails(tenant) - emails_before == len(succeeded), (
+        "one email per committed reassignment"
+    )
 
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_parallel_reassignments_of_one_lead_to_one_agent_move_it_once(
-    tenant, owner, api_key, enqueued_emails
-):
+def test_parallel_reassignments_of_one_lead_to_one_agent_move_it_once(tenant, owner, api_key):
     alice, bob = MembershipFactory(tenant=tenant), MembershipFactory(tenant=tenant)
     lead = _lead(tenant, alice, 0)
     body = {
@@ -165,7 +157,7 @@ def test_parallel_reassignments_of_one_lead_to_one_agent_move_it_once(
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_parallel_swaps_between_two_agents_do_not_deadlock(tenant, owner, api_key, enqueued_emails):
+def test_parallel_swaps_between_two_agents_do_not_deadlock(tenant, owner, api_key):
     """A→B and B→A at once lock the same two agents: the primary-key order keeps it safe."""
     alice, bob = MembershipFactory(tenant=tenant), MembershipFactory(tenant=tenant)
     to_bob = [_lead(tenant, alice, n) for n in range(10)]
@@ -197,7 +189,7 @@ def test_parallel_swaps_between_two_agents_do_not_deadlock(tenant, owner, api_ke
 @pytest.mark.parametrize("reason", ["unclaimed", "manual"])
 @pytest.mark.django_db(transaction=True)
 def test_one_reassignment_via_the_api_key_runs_at_most_15_sql_statements(
-    tenant, owner, tenant_client, enqueued_emails, django_assert_max_num_queries, reason
+    tenant, owner, tenant_client, django_assert_max_num_queries, reason
 ):
     alice, bob = MembershipFactory(tenant=tenant), MembershipFactory(tenant=tenant)
     warm_up, measured = _lead(tenant, alice, 1), _lead(tenant, alice, 2)
@@ -222,7 +214,7 @@ def test_one_reassignment_via_the_api_key_runs_at_most_15_sql_statements(
 
 @pytest.mark.django_db(transaction=True)
 def test_one_reassignment_by_a_logged_in_admin_runs_at_most_15_sql_statements(
-    tenant, owner, enqueued_emails, django_assert_max_num_queries
+    tenant, owner, django_assert_max_num_queries
 ):
     alice, bob = MembershipFactory(tenant=tenant), MembershipFactory(tenant=tenant)
     warm_up, measured = _lead(tenant, alice, 1), _lead(tenant, alice, 2)
@@ -242,7 +234,7 @@ def test_one_reassignment_by_a_logged_in_admin_runs_at_most_15_sql_statements(
 
 @pytest.mark.django_db(transaction=True)
 def test_the_budget_holds_for_a_lead_with_a_long_history_and_many_notices(
-    tenant, owner, tenant_client, enqueued_emails, django_assert_max_num_queries
+    tenant, owner, tenant_client, django_assert_max_num_queries
 ):
     agents = [MembershipFactory(tenant=tenant) for _ in range(3)]
     lead = _lead(tenant, agents[0], 1)

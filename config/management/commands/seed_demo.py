@@ -7,7 +7,7 @@ from django.apps import apps
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from core.tasks import wait_for_background_tasks
+from outbox.delivery import deliver_due
 
 
 def demo_seeders():
@@ -40,9 +40,9 @@ class Command(BaseCommand):
         with transaction.atomic():
             for seed in demo_seeders():
                 seed(context)
-        # Emails and messages queued by the demo data run in background threads in
-        # embedded mode; let them finish before the process exits.
-        wait_for_background_tasks()
+        # Send the demo's emails and messages now, so that they show up in this command's
+        # output (embedded mode's console email backend) rather than later, anywhere.
+        deliver_due(limit=1000)
         output = context["output"]
         if as_json:
             self.stdout.write(json.dumps(output))

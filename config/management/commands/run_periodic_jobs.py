@@ -1,5 +1,6 @@
 import logging
 import signal
+import threading
 import time
 from datetime import timedelta
 from importlib import import_module
@@ -7,6 +8,9 @@ from importlib import import_module
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connection
+
+from outbox.delivery import deliver_due
+from outbox.worker import OutboxWorker
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +28,9 @@ def _task(dotted: str):
 
 class Command(BaseCommand):
     help = (
-        "Run the periodic jobs of CELERY_BEAT_SCHEDULE in this process. For embedded mode "
-        "(no Redis, no Celery beat): `bin/run` starts it next to the web server."
+        "Run the periodic jobs of CELERY_BEAT_SCHEDULE and an outbox worker in this process. "
+        "For embedded mode (no Redis, no Celery beat): `bin/run` starts it next to the web "
+        "server."
     )
 
     def add_arguments(self, parser):
@@ -40,6 +45,11 @@ class Command(BaseCommand):
         logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+        worker = None
+        if not once:
+            # Embedded mode has no `outbox_worker` process: deliver from a thread here.
+            worker = OutboxWorker(threads=2)
+            threading.Thread(target=worker.run, name="outbox-worker", daemon=True).start()
         next_run = dict.fromkeys(jobs, 0.0)
         while not stop:
             for name, (task, every, kwargs) in jobs.items():
@@ -54,5 +64,8 @@ class Command(BaseCommand):
                     logger.exception("Periodic job %s failed", name)
                 next_run[name] = time.monotonic() + every
             if once:
+                self.stdout.write(f"outbox: {deliver_due(limit=1000)} message(s) handled")
                 return
             time.sleep(1)
+        if worker is not None:
+            worker.stop()

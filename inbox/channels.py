@@ -1,0 +1,90 @@
+"""The `whatsapp` outbox channel: the handover confirmation ("Connecting you to an
+agent...") through the tenant's CRM integration (wire format in `inbox.whatsapp`).
+
+The integration is read when the message is sent, not when it is queued, so fixing a
+broken integration and pressing "Send again" in the admin works. Nothing here logs or
+stores the CRM API key.
+"""
+
+from inbox.crypto import SecretDecryptionError, decrypt_secret
+from inbox.models import CrmIntegration
+from inbox.whatsapp import send_whatsapp_text
+from outbox.channels import Channel, Delivered, PermanentSendError, register
+from outbox.http import thread_session
+
+# The line operators search for after a handover; logged once per message, when it has
+# finally failed (an attempt that will be retried logs a different line).
+FAILURE_LOG_MESSAGE = "Handover confirmation message failed (assignment already done): %s"
+
+
+def sending_integration(tenant_id) -> tuple[CrmIntegration | None, str | None]:
+    """The tenant's active, complete CRM integration, or why there is none."""
+    integrations = CrmIntegration.objects.for_tenant(tenant_id)
+    integration = integrations.filter(is_active=True).first()
+    if integration is None:
+        integration = integrations.order_by("-updated_at").first()
+        if integration is None:
+            return None, (
+                "No CRM integration is set up for this tenant: add one with apiUrl, "
+                "apiKey and config.phoneNumberId, and make it active."
+            )
+    missing = integration.missing_parts()
+    if not missing:
+        return integration, None
+    problems = []
+    if "isActive" in missing:
+        problems.append("isActive is false")
+    others = [part for part in missing if part != "isActive"]
+    if others:
+        problems.append("missing " + ", ".join(others))
+    return None, f'CRM integration "{integration.name}" cannot send: {"; ".join(problems)}.'
+
+
+@register
+class WhatsAppChannel(Channel):
+    name = "whatsapp"
+    label = "WhatsApp (CRM)"
+    failure_log_line = FAILURE_LOG_MESSAGE
+
+    def endpoint_key(self, *, tenant_id, target: str, payload: dict) -> str:
+        # Each tenant's CRM is its own far side: a slow one only holds its own slots.
+        return f"whatsapp:{tenant_id}"
+
+    def describe(self, message) -> str:
+        session_id = message.payload.get("session_id", "")
+        return f"[session {session_id}, message {message.pk}, tenantId={message.tenant_id}]"
+
+    def send(self, message, *, deadline) -> Delivered:
+        text = str(message.payload.get("text") or "").strip()
+        integration, problem = sending_integration(message.tenant_id)
+        if problem is None and not text:
+            problem = "The session has no confirmation text to send."
+        if problem is not None:
+            raise PermanentSendError(problem)
+        try:
+            api_key = decrypt_secret(integration.api_key_encrypted)
+        except SecretDecryptionError:
+            raise PermanentSendError(
+                f'CRM integration "{integration.name}" has an API key that cannot be '
+                "decrypted with CRM_ENCRYPTION_KEYS: set the API key again."
+            ) from None
+        # Its errors quote what the CRM answered, with the key redacted.
+        answer = send_whatsapp_text(
+            session=thread_session(),
+            api_url=integration.api_url,
+            api_key=api_key,
+            phone_number_id=integration.phone_number_id,
+            to=message.target,
+            text=text,
+            idempotency_key=message.idempotency_key,
+            timeout=deadline.timeout(),
+        )
+        return Delivered(provider_message_id=_message_id(answer))
+
+
+def _message_id(answer: dict) -> str:
+    """The WhatsApp message id in a Cloud-API-shaped answer, if there is one."""
+    messages = answer.get("messages") if isinstance(answer, dict) else None
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+        return str(messages[0].get("id") or "")
+    return ""

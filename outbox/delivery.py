@@ -1,0 +1,328 @@
+"""Delivery: claim due messages, send each through its channel, store the outcome.
+
+One state machine for every channel::
+
+    pending --claim--> sending --Delivered--------> sent
+                          |----SkipMessage--------> skipped
+                          |----PermanentSendError-> failed
+                          |----TransientSendError-> pending (next_attempt_at = backoff)
+                          |                         or failed when the attempts are spent
+                          '----worker died--------> claimable again once the lease is over
+
+* A claim sets ``status=sending``, counts the attempt and gives the row a lease
+  (OUTBOX_LEASE_SECONDS). A send has a wall-clock deadline (OUTBOX_SEND_DEADLINE_SECONDS)
+  shorter than the lease, so a lease only runs out when a worker died; the message is
+  then claimed again and sent with the same idempotency key.
+* The outcome is written only by the claim that owns the row (``claim_token``), and the
+  write is retried through a database blip for as long as the lease lasts: the send is
+  never repeated because its outcome could not be stored.
+* Per endpoint, at most OUTBOX_ENDPOINT_CONCURRENCY messages are in flight, so a slow
+  or hung endpoint (one tenant's CRM) holds a few slots, never all of them.
+"""
+
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models import F, Min, Q
+from django.utils import timezone
+
+from audit.services import record_activity
+from core.actor import Actor
+from outbox import http
+from outbox.channels import (
+    Delivered,
+    PermanentSendError,
+    SkipMessage,
+    TransientSendError,
+    get_channel,
+)
+from outbox.models import MessageStatus, OutboundMessage
+
+logger = logging.getLogger("outbox")
+
+LAST_ERROR_LIMIT = 1000
+# Serialises claims across workers (a claim takes milliseconds), which makes the
+# per-endpoint cap exact; SKIP LOCKED still passes over rows locked for other reasons.
+CLAIM_LOCK_ID = 0x6F7574626F78  # "outbox"
+CANDIDATES_PER_CLAIM = 500
+# Due rows, oldest first, skipping endpoints whose slots are all taken and giving each
+# endpoint only the slots it has left (OUTBOX_ENDPOINT_CONCURRENCY).
+CLAIM_SQL = """
+    WITH in_flight AS (
+        SELECT endpoint_key, COUNT(*) AS busy FROM outbox_outboundmessage
+        WHERE status = 'sending' AND lease_expires_at > %(now)s
+        GROUP BY endpoint_key
+    ),
+    candidates AS (
+        SELECT m.id, m.endpoint_key, m.next_attempt_at FROM outbox_outboundmessage m
+        WHERE ((m.status = 'pending' AND m.next_attempt_at <= %(now)s)
+               OR (m.status = 'sending' AND m.lease_expires_at <= %(now)s))
+          AND m.endpoint_key NOT IN (SELECT endpoint_key FROM in_flight WHERE busy >= %(cap)s)
+        ORDER BY m.next_attempt_at
+        LIMIT %(candidates)s
+    ),
+    ranked AS (
+        SELECT c.id, c.next_attempt_at,
+               ROW_NUMBER() OVER (PARTITION BY c.endpoint_key ORDER BY c.next_attempt_at, c.id)
+               + COALESCE(f.busy, 0) AS slot
+        FROM candidates c LEFT JOIN in_flight f ON f.endpoint_key = c.endpoint_key
+    )
+    SELECT id FROM ranked WHERE slot <= %(cap)s
+    ORDER BY next_attempt_at LIMIT %(limit)s
+"""
+
+
+def retry_delay_seconds(attempts: int) -> float:
+    """The one backoff policy: OUTBOX_RETRY_BASE_SECONDS * 2**(attempts-1), capped at
+    OUTBOX_RETRY_MAX_DELAY_SECONDS, plus up to 10% jitter so that messages that failed
+    together (a provider outage) do not all come back at once."""
+    wait = min(
+        float(settings.OUTBOX_RETRY_BASE_SECONDS) * 2 ** max(0, attempts - 1),
+        float(settings.OUTBOX_RETRY_MAX_DELAY_SECONDS),
+    )
+    return wait + random.uniform(0, wait * 0.1)
+
+
+# --- claiming ---------------------------------------------------------------------------
+
+
+def _due_filter(now):
+    return Q(status=MessageStatus.PENDING, next_attempt_at__lte=now) | Q(
+        status=MessageStatus.SENDING, lease_expires_at__lte=now
+    )
+
+
+def claim_due(*, limit: int) -> list[OutboundMessage]:
+    """Claim up to `limit` due messages for this worker: status sending, attempt counted,
+    lease taken. Oldest first, at most OUTBOX_ENDPOINT_CONCURRENCY in flight per endpoint."""
+    if limit <= 0:
+        return []
+    cap = max(1, int(settings.OUTBOX_ENDPOINT_CONCURRENCY))
+    postgres = connection.vendor == "postgresql"
+    with transaction.atomic():
+        now = timezone.now()
+        with connection.cursor() as cursor:
+            if postgres:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIM_LOCK_ID])
+            cursor.execute(
+                CLAIM_SQL,
+                {"now": now, "cap": cap, "candidates": CANDIDATES_PER_CLAIM, "limit": limit},
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+        if not ids:
+            return []
+        rows = OutboundMessage.all_tenants.filter(_due_filter(now), pk__in=ids)
+        if postgres:
+            rows = rows.select_for_update(skip_locked=True)
+        ids = list(rows.values_list("pk", flat=True))
+        token = uuid.uuid4()
+        lease = now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
+        OutboundMessage.all_tenants.filter(pk__in=ids).update(
+            status=MessageStatus.SENDING,
+            attempts=F("attempts") + 1,
+            lease_expires_at=lease,
+            claim_token=token,
+            last_attempt_at=now,
+            updated_at=now,
+        )
+        claimed = list(OutboundMessage.all_tenants.select_related("tenant").filter(pk__in=ids))
+    claimed.sort(key=lambda m: m.next_attempt_at)
+    return claimed
+
+
+# --- one attempt ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # a MessageStatus, or "retry"
+    error: str = ""
+    provider_message_id: str = ""
+
+
+def attempt(message: OutboundMessage) -> Outcome:
+    """Send one claimed message and store what happened; the stored outcome."""
+    try:
+        channel = get_channel(message.channel)
+    except PermanentSendError as exc:
+        return _finish(message, Outcome(MessageStatus.FAILED, error=str(exc)), channel=None)
+
+    if message.attempts > message.max_attempts:
+        # Claimed again after its worker died, with no attempt left to spend.
+        error = _gave_up(
+            message.last_error or "The last attempt was interrupted (the worker stopped).",
+            message.attempts - 1,
+        )
+        return _finish(message, Outcome(MessageStatus.FAILED, error=error), channel=channel)
+
+    seconds = float(settings.OUTBOX_SEND_DEADLINE_SECONDS)
+    try:
+        with http.deadline(seconds) as current:
+            delivered = channel.send(message, deadline=current)
+        if not isinstance(delivered, Delivered):
+            delivered = Delivered()
+        outcome = Outcome(MessageStatus.SENT, provider_message_id=delivered.provider_message_id)
+    except SkipMessage as exc:
+        outcome = Outcome(MessageStatus.SKIPPED, error=str(exc))
+    except PermanentSendError as exc:
+        outcome = Outcome(MessageStatus.FAILED, error=str(exc))
+    except TransientSendError as exc:
+        error = str(exc)
+        if current.expired:
+            error = f"No complete answer within the {seconds:g} s deadline. {error}"
+        outcome = _retry_or_fail(message, error)
+    except DatabaseError as exc:  # reading what to send hit a database blip
+        outcome = _retry_or_fail(message, f"Database error while preparing: {exc}")
+    except Exception as exc:  # a bug in a channel must not leave the row sending forever
+        logger.exception("Channel %s crashed on message %s", message.channel, message.pk)
+        outcome = Outcome(MessageStatus.FAILED, error=f"Unexpected error: {_describe(exc)}")
+    return _finish(message, outcome, channel=channel)
+
+
+def _retry_or_fail(message: OutboundMessage, error: str) -> Outcome:
+    if message.attempts >= message.max_attempts:
+        return Outcome(MessageStatus.FAILED, error=_gave_up(error, message.attempts))
+    return Outcome("retry", error=error)
+
+
+def _gave_up(error: str, attempts: int) -> str:
+    unit = "attempt" if attempts == 1 else "attempts"
+    return f"{error} Gave up after {attempts} {unit}."
+
+
+def _finish(message: OutboundMessage, outcome: Outcome, *, channel) -> Outcome:
+    now = timezone.now()
+    error = _clip(outcome.error)
+    fields = {"last_error": error, "updated_at": now, "lease_expires_at": None}
+    if outcome.status == "retry":
+        next_at = now + timedelta(seconds=retry_delay_seconds(message.attempts))
+        fields.update(status=MessageStatus.PENDING, next_attempt_at=next_at, claim_token=None)
+    else:
+        fields.update(status=outcome.status, finished_at=now, claim_token=None)
+        if outcome.provider_message_id:
+            fields["provider_message_id"] = outcome.provider_message_id[:255]
+    stored = _store_with_retries(message, fields, outcome)
+    describe = channel.describe(message) if channel else f"[message {message.pk}]"
+    if not stored:
+        return outcome
+    if outcome.status == "retry":
+        logger.info(
+            "Outbound message attempt %d of %d failed; next try at %s: %s %s",
+            message.attempts,
+            message.max_attempts,
+            fields["next_attempt_at"].isoformat(timespec="seconds"),
+            error,
+            describe,
+        )
+    elif outcome.status == MessageStatus.FAILED:
+        line = channel.failure_line(message) if channel else "Outbound message failed: %s"
+        logger.warning(line, f"{error} {describe}")
+    elif outcome.status == MessageStatus.SKIPPED:
+        logger.info("Outbound message skipped: %s %s", error, describe)
+    return outcome
+
+
+def _store_with_retries(message: OutboundMessage, fields: dict, outcome: Outcome) -> bool:
+    """Write the outcome if this claim still owns the row; retry through database errors
+    until the lease ends (after that another worker may claim it, and would send again
+    with the same idempotency key). Whether this call stored it."""
+    give_up_at = time.monotonic() + max(1.0, float(settings.OUTBOX_LEASE_SECONDS) - 1.0)
+    pause = 0.05
+    while True:
+        try:
+            with transaction.atomic():
+                updated = OutboundMessage.all_tenants.filter(
+                    pk=message.pk, status=MessageStatus.SENDING, claim_token=message.claim_token
+                ).update(**fields)
+                if updated and outcome.status != "retry":
+                    record_activity(
+                        tenant=message.tenant,
+                        action=f"message.{outcome.status}",
+                        actor=Actor.system(),
+                        target=message,
+                        data={
+                            "channel": message.channel,
+                            "kind": message.kind,
+                            "attempts": message.attempts,
+                            "error": fields["last_error"],
+                            "provider_message_id": outcome.provider_message_id,
+                        },
+                    )
+            for name, value in fields.items():
+                setattr(message, name, value)
+            return bool(updated)
+        except DatabaseError as exc:
+            connection.close()  # a dropped connection is reopened by the next query
+            if time.monotonic() + pause >= give_up_at:
+                logger.error(
+                    "Could not store the outcome (%s) of outbound message %s: %s. It will be "
+                    "sent again with the same idempotency key once its lease ends.",
+                    outcome.status,
+                    message.pk,
+                    type(exc).__name__,
+                )
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+# --- draining ---------------------------------------------------------------------------
+
+
+def deliver_due(*, limit: int = 100) -> int:
+    """Claim and send due messages one after another, in this thread, until none is due
+    or `limit` were handled; how many were handled. For tests, commands and embedded mode;
+    production runs `manage.py outbox_worker`, which sends several at once."""
+    handled = 0
+    while handled < limit:
+        batch = claim_due(limit=min(10, limit - handled))
+        if not batch:
+            break
+        for message in batch:
+            attempt(message)
+            handled += 1
+    return handled
+
+
+def seconds_until_next_due() -> float | None:
+    """How long until the next pending message is due (0 if one is), or None."""
+    now = timezone.now()
+    earliest = OutboundMessage.all_tenants.filter(status=MessageStatus.PENDING).aggregate(
+        at=Min("next_attempt_at")
+    )["at"]
+    lease = OutboundMessage.all_tenants.filter(status=MessageStatus.SENDING).aggregate(
+        at=Min("lease_expires_at")
+    )["at"]
+    moments = [m for m in (earliest, lease) if m is not None]
+    if not moments:
+        return None
+    return max(0.0, (min(moments) - now).total_seconds())
+
+
+def backlog() -> dict:
+    """What /healthz reports: how many messages are due and how long the oldest waited."""
+    now = timezone.now()
+    due = OutboundMessage.all_tenants.filter(_due_filter(now))
+    summary = due.aggregate(oldest=Min("next_attempt_at"))
+    count = due.count()
+    oldest = summary["oldest"]
+    return {
+        "due": count,
+        "oldest_due_seconds": round((now - oldest).total_seconds(), 1) if oldest else 0.0,
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _clip(error: str) -> str:
+    error = str(error)
+    return error if len(error) <= LAST_ERROR_LIMIT else error[: LAST_ERROR_LIMIT - 1] + "…"

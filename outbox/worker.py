@@ -1,0 +1,152 @@
+"""The outbox worker: a long-running process that sends due messages (`manage.py
+outbox_worker`; run several, on as many machines as you like).
+
+It needs only the database. Its main thread claims due rows (`FOR UPDATE SKIP LOCKED`,
+so workers never take the same row) and hands them to a pool of sending threads. It wakes
+up when a message is written (PostgreSQL `LISTEN outbox`, fed by a trigger on insert, so
+a request pays nothing for it), when a sending thread becomes free, and at least every
+OUTBOX_POLL_SECONDS for retries that fall due. A hung broker or cache cannot hold
+delivery up, because delivery uses neither.
+"""
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection, connections
+
+from outbox.delivery import attempt, claim_due
+
+logger = logging.getLogger("outbox.worker")
+
+NOTIFY_CHANNEL = "outbox"
+
+
+class _Listener(threading.Thread):
+    """Sets `wake` whenever PostgreSQL announces a new message; reconnects on failure."""
+
+    def __init__(self, wake: threading.Event, stop: threading.Event):
+        super().__init__(name="outbox-listen", daemon=True)
+        self.wake = wake
+        self.stop_event = stop
+
+    def run(self):
+        import psycopg
+
+        params = _psycopg_params()
+        pause = 0.5
+        while not self.stop_event.is_set():
+            try:
+                with psycopg.connect(**params, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    pause = 0.5
+                    self.wake.set()  # anything written while we were not listening
+                    while not self.stop_event.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake.set()
+            except Exception as exc:  # the poll keeps delivering meanwhile
+                logger.warning("Outbox listener lost its connection (%s)", type(exc).__name__)
+                self.stop_event.wait(pause)
+                pause = min(pause * 2, 10.0)
+
+
+def _psycopg_params() -> dict:
+    db = settings.DATABASES["default"]
+    params = {
+        "dbname": db.get("NAME") or "postgres",
+        "user": db.get("USER") or None,
+        "password": db.get("PASSWORD") or None,
+        "host": db.get("HOST") or None,
+        "port": db.get("PORT") or None,
+        "connect_timeout": db.get("OPTIONS", {}).get("connect_timeout", 5),
+        "application_name": "outbox-listen",
+    }
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _attempt_in_thread(message) -> None:
+    close_old_connections()
+    try:
+        attempt(message)
+    except Exception:  # attempt() stores every outcome; this is a last resort
+        logger.exception("Outbound message %s: attempt crashed", message.pk)
+    finally:
+        connection.close_if_unusable_or_obsolete()
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        *,
+        threads: int | None = None,
+        poll_seconds: float | None = None,
+        listen: bool | None = None,
+    ):
+        self.threads = max(1, int(threads or settings.OUTBOX_WORKER_THREADS))
+        self.poll_seconds = float(poll_seconds or settings.OUTBOX_POLL_SECONDS)
+        if listen is None:
+            listen = connection.vendor == "postgresql"
+        self.listen = listen
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.sent_attempts = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        logger.info(
+            "Outbox worker started: %d sending threads, poll every %gs, listen=%s",
+            self.threads,
+            self.poll_seconds,
+            self.listen,
+        )
+        if self.listen:
+            _Listener(self.wake, self.stop_event).start()
+        in_flight: set = set()
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="outbox-send") as pool:
+            while not self.stop_event.is_set():
+                in_flight = {future for future in in_flight if not future.done()}
+                free = self.threads - len(in_flight)
+                claimed = []
+                if free > 0:
+                    try:
+                        claimed = claim_due(limit=free)
+                    except DatabaseError as exc:
+                        logger.warning("Outbox claim failed (%s); retrying", type(exc).__name__)
+                        connections.close_all()
+                        self.stop_event.wait(1.0)
+                        continue
+                for message in claimed:
+                    future = pool.submit(_attempt_in_thread, message)
+                    future.add_done_callback(lambda _: self.wake.set())
+                    in_flight.add(future)
+                    self.sent_attempts += 1
+                if claimed and len(claimed) == free:
+                    # Maybe more is due: claim again as soon as a thread is free.
+                    self.wake.wait(self.poll_seconds)
+                elif not claimed:
+                    self.wake.wait(self.poll_seconds)
+                self.wake.clear()
+            logger.info("Outbox worker stopping: waiting for %d sends", len(in_flight))
+        connections.close_all()
+
+
+def run_until_idle(*, timeout: float = 30.0) -> None:
+    """Tests and commands: send everything due now with a real worker, then stop."""
+    from outbox.delivery import seconds_until_next_due
+
+    worker = OutboxWorker(listen=False, poll_seconds=0.05)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        pending = seconds_until_next_due()
+        if pending is None or pending > 0:
+            break
+        time.sleep(0.05)
+    worker.stop()
+    thread.join(timeout)

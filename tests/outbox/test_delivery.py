@@ -1,0 +1,255 @@
+"""The outbox state machine, with a probe channel whose behaviour each message chooses.
+
+The probe stands in for a provider at the channel boundary (the real channels have their
+own tests against local HTTP servers); it records every send it was asked to make.
+"""
+
+import logging
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from audit.models import ActivityLog
+from core.actor import Actor
+from outbox.channels import (
+    Channel,
+    Delivered,
+    PermanentSendError,
+    SkipMessage,
+    TransientSendError,
+    register,
+)
+from outbox.delivery import attempt, claim_due, deliver_due, retry_delay_seconds
+from outbox.models import MessageStatus, OutboundMessage
+from outbox.services import OutboxUsageError, queue_message, send_again
+
+SENT: list[tuple[str, str]] = []  # (message id, idempotency key) of every send
+_lock = threading.Lock()
+
+
+@register
+class ProbeChannel(Channel):
+    name = "probe"
+    max_attempts = 3
+    failure_log_line = "Probe message failed for good: %s"
+
+    def endpoint_key(self, *, tenant_id, target, payload):
+        return f"probe:{payload.get('endpoint', 'one')}"
+
+    def send(self, message, *, deadline):
+        with _lock:
+            SENT.append((str(message.pk), message.idempotency_key))
+        behave = message.payload.get("behave", "ok")
+        if behave == "transient":
+            raise TransientSendError("provider answered HTTP 503")
+        if behave == "permanent":
+            raise PermanentSendError("provider answered HTTP 400")
+        if behave == "skip":
+            raise SkipMessage("nobody needs it any more")
+        if behave == "crash":
+            raise ZeroDivisionError("bug in a channel")
+        return Delivered(provider_message_id=f"prov-{message.pk}")
+
+
+@pytest.fixture(autouse=True)
+def _clear_probe():
+    SENT.clear()
+    yield
+    SENT.clear()
+
+
+def _queue(tenant, **payload) -> OutboundMessage:
+    with transaction.atomic():
+        return queue_message(
+            tenant=tenant, channel="probe", kind="probe.test", target="x", payload=payload
+        )
+
+
+def _reload(message) -> OutboundMessage:
+    return OutboundMessage.all_tenants.get(pk=message.pk)
+
+
+def _make_due(message):
+    OutboundMessage.all_tenants.filter(pk=message.pk).update(next_attempt_at=timezone.now())
+
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_is_only_written_inside_the_transaction_of_its_change(tenant):
+    with pytest.raises(OutboxUsageError):
+        queue_message(tenant=tenant, channel="probe", target="x", payload={})
+    assert OutboundMessage.all_tenants.count() == 0
+
+
+def test_a_message_rolled_back_with_its_change_is_never_sent(tenant):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        queue_message(tenant=tenant, channel="probe", target="x", payload={})
+        raise RuntimeError("the change failed")
+    assert deliver_due() == 0
+    assert SENT == []
+
+
+def test_a_due_message_is_sent_once_and_its_outcome_stored(tenant):
+    message = _queue(tenant)
+    assert deliver_due() == 1
+    assert deliver_due() == 0  # nothing left: a sent message is never claimed again
+    message = _reload(message)
+    assert message.status == MessageStatus.SENT
+    assert message.attempts == 1
+    assert message.provider_message_id == f"prov-{message.pk}"
+    assert message.finished_at is not None
+    assert message.lease_expires_at is None
+    assert [(str(message.pk), message.idempotency_key)] == SENT
+    assert ActivityLog.objects.for_tenant(tenant).filter(action="message.sent").count() == 1
+
+
+def test_a_transient_failure_waits_for_the_backoff_then_gives_up_with_one_failure_line(
+    tenant, caplog
+):
+    message = _queue(tenant, behave="transient")
+    caplog.set_level(logging.INFO, logger="outbox")
+    assert deliver_due() == 1
+    message = _reload(message)
+    assert message.status == MessageStatus.PENDING
+    assert message.attempts == 1
+    assert message.next_attempt_at > timezone.now()  # backoff: not due again yet
+    assert deliver_due() == 0
+    for _ in range(2):
+        _make_due(message)
+        deliver_due()
+    message = _reload(message)
+    assert message.status == MessageStatus.FAILED
+    assert message.attempts == 3
+    assert "Gave up after 3 attempts." in message.last_error
+    failure_lines = [r for r in caplog.records if "Probe message failed for good" in r.getMessage()]
+    retry_lines = [r for r in caplog.records if "next try at" in r.getMessage()]
+    assert len(failure_lines) == 1
+    assert len(retry_lines) == 2
+    # Every attempt carried the same idempotency key.
+    assert {key for _, key in SENT} == {message.idempotency_key}
+    assert len(SENT) == 3
+
+
+def test_a_permanent_failure_fails_at_once(tenant, caplog):
+    message = _queue(tenant, behave="permanent")
+    deliver_due()
+    message = _reload(message)
+    assert message.status == MessageStatus.FAILED
+    assert message.attempts == 1
+    assert message.last_error == "provider answered HTTP 400"
+    assert "Probe message failed for good" in caplog.text
+
+
+def test_a_message_nobody_needs_is_skipped_with_the_reason(tenant):
+    message = _queue(tenant, behave="skip")
+    deliver_due()
+    message = _reload(message)
+    assert message.status == MessageStatus.SKIPPED
+    assert message.last_error == "nobody needs it any more"
+
+
+def test_a_crashing_channel_fails_the_message_instead_of_leaving_it_sending(tenant):
+    message = _queue(tenant, behave="crash")
+    deliver_due()
+    message = _reload(message)
+    assert message.status == MessageStatus.FAILED
+    assert "ZeroDivisionError" in message.last_error
+
+
+def test_backoff_doubles_and_is_capped(settings):
+    settings.OUTBOX_RETRY_BASE_SECONDS = 5
+    settings.OUTBOX_RETRY_MAX_DELAY_SECONDS = 300
+    assert 5 <= retry_delay_seconds(1) <= 5.5
+    assert 10 <= retry_delay_seconds(2) <= 11
+    assert 300 <= retry_delay_seconds(30) <= 330
+
+
+def test_a_send_whose_worker_died_is_claimed_again_after_its_lease_with_the_same_key(tenant):
+    message = _queue(tenant)
+    (_claimed,) = claim_due(limit=5)  # this worker "dies" here, mid-send
+    assert _reload(message).status == MessageStatus.SENDING
+    assert claim_due(limit=5) == []  # the lease protects it from a second sender
+    OutboundMessage.all_tenants.filter(pk=message.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert deliver_due() == 1
+    message = _reload(message)
+    assert message.status == MessageStatus.SENT
+    assert message.attempts == 2
+    assert [(str(message.pk), message.idempotency_key)] == SENT
+
+
+def test_a_dead_worker_with_the_attempts_spent_fails_the_message_without_sending(tenant):
+    message = _queue(tenant)
+    OutboundMessage.all_tenants.filter(pk=message.pk).update(
+        status=MessageStatus.SENDING,
+        attempts=3,
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    deliver_due()
+    message = _reload(message)
+    assert message.status == MessageStatus.FAILED
+    assert "Gave up after 3 attempts." in message.last_error
+    assert SENT == []
+
+
+def test_an_outcome_from_a_claim_that_lost_its_row_is_not_stored(tenant):
+    message = _queue(tenant)
+    (stale,) = claim_due(limit=1)
+    OutboundMessage.all_tenants.filter(pk=message.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    (fresh,) = claim_due(limit=1)
+    attempt(stale)  # the first worker comes back late
+    assert _reload(message).status == MessageStatus.SENDING  # still the second claim's
+    attempt(fresh)
+    assert _reload(message).status == MessageStatus.SENT
+
+
+def test_one_endpoint_never_takes_more_than_its_share_of_slots(tenant, settings):
+    settings.OUTBOX_ENDPOINT_CONCURRENCY = 2
+    for _ in range(6):
+        _queue(tenant, endpoint="slow")
+    others = [_queue(tenant, endpoint=f"fast-{n}") for n in range(3)]
+    claimed = claim_due(limit=10)
+    by_endpoint = [m.endpoint_key for m in claimed]
+    assert by_endpoint.count("probe:slow") == 2
+    assert {m.pk for m in others} <= {m.pk for m in claimed}
+    # While those two are in flight, the slow endpoint gets no further slot.
+    assert [m.endpoint_key for m in claim_due(limit=10)] == []
+
+
+def test_send_again_gives_a_failed_message_new_attempts_and_keeps_its_history(tenant, owner):
+    message = _queue(tenant, behave="permanent")
+    deliver_due()
+    with transaction.atomic():
+        count = send_again(
+            tenant=tenant, message_ids=[message.pk], actor=Actor.for_membership(owner)
+        )
+    assert count == 1
+    message = _reload(message)
+    assert message.status == MessageStatus.PENDING
+    assert message.attempts == 1
+    assert message.max_attempts == 4
+    assert ActivityLog.objects.for_tenant(tenant).filter(action="message.resent").count() == 1
+    deliver_due()
+    assert len(SENT) == 2
+
+
+def test_send_again_ignores_other_tenants_and_messages_that_did_not_fail(
+    tenant, other_tenant, owner
+):
+    theirs = _queue(other_tenant, behave="permanent")
+    pending = _queue(tenant)
+    deliver_due(limit=1)  # only the first (theirs) is handled
+    with transaction.atomic():
+        count = send_again(
+            tenant=tenant, message_ids=[theirs.pk, pending.pk], actor=Actor.for_membership(owner)
+        )
+    assert count == 0
+    assert _reload(theirs).status == MessageStatus.FAILED

@@ -1,7 +1,6 @@
 import logging
 
 import redis
-
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import JsonResponse

@@ -27,3 +27,20 @@ def production_secrets(app_configs, **kwargs):
             )
         )
     return errors
+
+
+@register()
+def outbox_timing(app_configs, **kwargs):
+    """A send must end before its lease does, or a second worker could send it again."""
+    deadline = float(settings.OUTBOX_SEND_DEADLINE_SECONDS)
+    lease = float(settings.OUTBOX_LEASE_SECONDS)
+    if deadline + 5 > lease:
+        return [
+            Error(
+                f"OUTBOX_SEND_DEADLINE_SECONDS ({deadline:g}) must be at least 5 s shorter "
+                f"than OUTBOX_LEASE_SECONDS ({lease:g}).",
+                hint="A send that outlives its lease may be claimed and sent a second time.",
+                id="handover.E010",
+            )
+        ]
+    return []

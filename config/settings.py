@@ -191,8 +191,9 @@ OUTBOX_RETRY_BASE_SECONDS = env.float("OUTBOX_RETRY_BASE_SECONDS", default=5.0)
 OUTBOX_RETRY_MAX_DELAY_SECONDS = env.float("OUTBOX_RETRY_MAX_DELAY_SECONDS", default=300.0)
 # Messages of one endpoint (one tenant's CRM, the mail provider) in flight at once.
 OUTBOX_ENDPOINT_CONCURRENCY = env.int("OUTBOX_ENDPOINT_CONCURRENCY", default=2)
-# Sent, failed and skipped messages are deleted after this many days.
-OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=30)
+# Sent, failed and skipped messages are deleted after this many days (sessions and
+# notices then no longer show how their message went).
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=90)
 
 # --- CRM integration (WhatsApp confirmation messages) ---------------------------------
 # Fernet keys that encrypt the CRM API keys stored in the database (comma-separated).

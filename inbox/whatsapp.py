@@ -30,8 +30,9 @@ Error messages carry the status and the start of the response body; never the AP
 """
 
 import ipaddress
+import json
 import socket
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 from django.conf import settings
@@ -42,9 +43,19 @@ RESPONSE_BODY_LIMIT = 300
 
 
 def redact(text: str, secret: str | None) -> str:
-    """`text` with every occurrence of `secret` replaced by a placeholder."""
+    """`text` with every occurrence of `secret` replaced by a placeholder: as it is, and
+    as a CRM may echo it (percent-encoded in a URL, escaped in JSON)."""
     if secret:
-        text = text.replace(secret, "[redacted]")
+        forms = {
+            secret,
+            quote(secret, safe=""),
+            quote(secret),
+            quote_plus(secret),
+            json.dumps(secret)[1:-1],
+            json.dumps(secret, ensure_ascii=False)[1:-1],
+        }
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "[redacted]")
     return text
 
 
@@ -134,6 +145,14 @@ def send_whatsapp_text(
     except requests.ConnectionError as exc:
         raise TransientSendError(
             redact(f"Could not connect to the CRM ({url}): {exc}", api_key)
+        ) from None
+    except (
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,
+    ) as exc:
+        # The answer broke off half-way (or the send deadline cut it): worth another try.
+        raise TransientSendError(
+            redact(f"The CRM's answer broke off ({url}): {exc}", api_key)
         ) from None
     except requests.exceptions.InvalidHeader:
         # Its message quotes the header value, i.e. the key: say what is wrong instead.

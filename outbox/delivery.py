@@ -171,11 +171,14 @@ def attempt(message: OutboundMessage) -> Outcome:
     except SkipMessage as exc:
         outcome = Outcome(MessageStatus.SKIPPED, error=str(exc))
     except PermanentSendError as exc:
-        outcome = Outcome(MessageStatus.FAILED, error=str(exc))
+        if current.expired:  # whatever the cut-off looked like, it was the deadline
+            outcome = _retry_or_fail(message, f"{_deadline_error(seconds)} {exc}")
+        else:
+            outcome = Outcome(MessageStatus.FAILED, error=str(exc))
     except TransientSendError as exc:
         error = str(exc)
         if current.expired:
-            error = f"No complete answer within the {seconds:g} s deadline. {error}"
+            error = f"{_deadline_error(seconds)} {error}"
         outcome = _retry_or_fail(message, error)
     except DatabaseError as exc:  # reading what to send hit a database blip
         outcome = _retry_or_fail(message, f"Database error while preparing: {exc}")
@@ -183,6 +186,10 @@ def attempt(message: OutboundMessage) -> Outcome:
         logger.exception("Channel %s crashed on message %s", message.channel, message.pk)
         outcome = Outcome(MessageStatus.FAILED, error=f"Unexpected error: {_describe(exc)}")
     return _finish(message, outcome, channel=channel)
+
+
+def _deadline_error(seconds: float) -> str:
+    return f"No complete answer within the {seconds:g} s deadline."
 
 
 def _retry_or_fail(message: OutboundMessage, error: str) -> Outcome:

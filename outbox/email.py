@@ -173,8 +173,14 @@ def classify_send_error(exc: BaseException) -> tuple[bool, str]:
 def _is_network_error(exc) -> bool:
     if exc is None:
         return False
-    if isinstance(exc, requests.ConnectionError | requests.Timeout):
-        return True
+    if isinstance(
+        exc,
+        requests.ConnectionError
+        | requests.Timeout
+        | requests.exceptions.ChunkedEncodingError
+        | requests.exceptions.ContentDecodingError,
+    ):
+        return True  # no answer, or one that broke off half-way
     if isinstance(exc, requests.RequestException):
         return False  # e.g. an HTTPError carrying a 4xx
     # socket.timeout, ConnectionRefusedError, gaierror, ...: all OSError.

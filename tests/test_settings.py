@@ -136,3 +136,17 @@ def test_deploy_check_refuses_development_secrets(settings):
     settings.SECRET_KEY = "a-real-secret-" + "x" * 50
     settings.CRM_ENCRYPTION_KEYS = ["lSwFB0uI8mL0eTgtJxlK3ZWd6i8m7x1YH4fdHqVjR1E="]
     call_command("check", "--deploy", "--tag", "security", "--fail-level", "ERROR")
+
+
+def test_a_send_deadline_that_could_outlive_its_lease_is_refused(settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    settings.OUTBOX_SEND_DEADLINE_SECONDS = 60
+    settings.OUTBOX_LEASE_SECONDS = 60
+    with pytest.raises(SystemCheckError) as excinfo:
+        call_command("check")
+    assert "handover.E010" in str(excinfo.value)
+
+    settings.OUTBOX_SEND_DEADLINE_SECONDS = 20
+    call_command("check")

@@ -1,525 +1,737 @@
-"""The handover's WhatsApp confirmation message, sent in the background through the CRM.
+"""The handover's WhatsApp confirmation ("Connecting you to an agent..."), end to end.
 
-The CRM is a real local HTTP server (pytest-httpserver); Celery runs the tasks in
-process (see tests/conftest.py), retries included.
+`POST /api/v1/handover` queues the message in the outbox, in the handover's own
+transaction; `deliver_outbox` does what the outbox worker does (send every due message,
+in this thread); the CRM is a real local HTTP server (pytest-httpserver). What the tests
+look at is what people see: the request the CRM receives, the session's
+`confirmationStatus` in the API, the message row the admin shows, the activity log and
+the operators' log lines.
 """
 
 import json
-import re
+import logging
+import socket
 import threading
 import time
-from contextlib import contextmanager
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
-import time_machine
-from celery.signals import task_failure
 from cryptography.fernet import Fernet
 from django.utils import timezone
-from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from audit.models import ActivityLog
-from config.celery import app as celery_app
-from inbox.confirmations import (
-    Delivery,
-    deliver_confirmation,
-    enqueue_confirmation,
-    requeue_stale_confirmations,
-    retry_countdown_seconds,
-)
-from inbox.models import ConfirmationStatus, InboxSession
-from tests.inbox.factories import (
-    CONFIRMATION_TEXT,
-    CRM_API_KEY,
-    CrmIntegrationFactory,
-    InboxSessionFactory,
-)
+from core.actor import Actor
+from inbox.models import InboxSession
+from inbox.whatsapp import crm_url_problems
+from outbox.delivery import attempt, claim_due
+from outbox.models import MessageStatus, OutboundMessage
+from outbox.services import send_again
+from tests.inbox.factories import CRM_API_KEY, CrmIntegrationFactory
 
+pytestmark = pytest.mark.django_db
+
+HANDOVER_URL = "/api/v1/handover"
 MESSAGES_PATH = "/api/meta/PN1/messages"
-FAILURE_LINE = re.compile(
-    r"^Handover confirmation message failed \(assignment already done\): \S.*$"
-)
-ASSIGNMENT_FIELDS = ("assigned_agent_id", "assigned_at", "strategy", "unassigned_reason", "status")
-
-
-@pytest.fixture(scope="module")
-def make_httpserver():
-    """pytest-httpserver's server, threaded: the timeout test's slow answers block no one."""
-    server = HTTPServer(host="localhost", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    if server.is_running():
-        server.stop()
+DEFAULT_TEXT = "Connecting you to an agent..."
+CONTACT = "+4915112345678"
+FAILURE_PREFIX = "Handover confirmation message failed (assignment already done): "
+ASSIGNMENT_FIELDS = ("status", "assigned_agent_id", "assigned_at", "strategy", "unassigned_reason")
 
 
 @pytest.fixture(autouse=True)
-def task_failures():
-    """Retries run, and a task that fails anyway fails the test.
-
-    Celery 5.7 in eager mode: with `task_eager_propagates` on (tests/conftest.py),
-    `self.retry()` raises `celery.exceptions.Retry` out of `apply_async()` and the retry
-    never runs; with it off (the embedded production mode's default), `Task.apply`
-    re-applies the task at once, in process, ignoring the countdown. These tests need the
-    retries, so propagation is off here; an error a task raises is collected through the
-    `task_failure` signal instead, and the test fails on it.
-    """
-    failures = []
-
-    def collect(sender=None, exception=None, **kwargs):
-        failures.append(f"{sender.name}: {exception!r}")
-
-    task_failure.connect(collect, weak=False)
-    previous = celery_app.conf.task_eager_propagates
-    celery_app.conf.task_eager_propagates = False
-    yield failures
-    celery_app.conf.task_eager_propagates = previous
-    task_failure.disconnect(collect)
-    assert failures == [], "a task failed"
-
-
-@pytest.fixture(autouse=True)
-def _crm_settings(settings):
+def _outbox_settings(settings, caplog):
     settings.CRM_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
-    settings.CRM_HTTP_TIMEOUT_SECONDS = 2
-    settings.CRM_MAX_RETRIES = 5
-    settings.CRM_RETRY_BACKOFF_SECONDS = 0
-    settings.CRM_ATTEMPT_LEASE_SECONDS = 60
+    settings.OUTBOX_MAX_ATTEMPTS = 3
+    settings.OUTBOX_RETRY_BASE_SECONDS = 5
+    settings.OUTBOX_RETRY_MAX_DELAY_SECONDS = 300
+    settings.OUTBOX_SEND_DEADLINE_SECONDS = 5
+    caplog.set_level(logging.INFO, logger="outbox")
 
 
 @pytest.fixture
 def crm(tenant, httpserver):
+    """The tenant's active, complete CRM integration: the local HTTP server."""
     return CrmIntegrationFactory(tenant=tenant, api_url=httpserver.url_for("/"))
 
 
 @pytest.fixture
-def session(tenant, teammate):
-    """A session the handover assigned to `teammate`, its confirmation just queued."""
-    return InboxSessionFactory(
-        tenant=tenant, assigned_agent=teammate, assigned_at=timezone.now(), strategy="round_robin"
-    )
+def refusing_url():
+    """A local port nobody listens on: connecting to it is refused at once."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound (so no one else takes it) but not listening
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    sock.close()
 
 
-def _fresh(session) -> InboxSession:
-    return InboxSession.all_tenants.get(pk=session.pk)
+# --- helpers -----------------------------------------------------------------------------
 
 
-def _assignment(session) -> dict:
-    row = _fresh(session)
+def handover(client, contact=CONTACT, **fields) -> dict:
+    response = client.post(HANDOVER_URL, {"contactId": contact, **fields}, format="json")
+    assert response.status_code in (200, 201), response.content
+    return response.json()
+
+
+def session_view(client, session_id) -> dict:
+    """The session as the API shows it."""
+    response = client.get(f"/api/v1/sessions/{session_id}")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def confirmation_of(session_id) -> OutboundMessage:
+    session = InboxSession.all_tenants.select_related("confirmation_message").get(pk=session_id)
+    assert session.confirmation_message is not None, "no confirmation was queued"
+    return session.confirmation_message
+
+
+def reload(message) -> OutboundMessage:
+    return OutboundMessage.all_tenants.get(pk=message.pk)
+
+
+def make_due(message) -> None:
+    """The worker would wait for the retry; the test does not."""
+    OutboundMessage.all_tenants.filter(pk=message.pk).update(next_attempt_at=timezone.now())
+
+
+def assignment(session_id) -> dict:
+    row = InboxSession.all_tenants.get(pk=session_id)
     return {field: getattr(row, field) for field in ASSIGNMENT_FIELDS}
 
 
-def _expected_body(session) -> dict:
-    return {
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        "to": session.contact_id,
-        "type": "text",
-        "text": {"preview_url": False, "body": CONFIRMATION_TEXT},
-    }
+def activities(tenant, action, message):
+    return ActivityLog.objects.for_tenant(tenant).filter(action=action, target_id=str(message.pk))
 
 
-def _activity(session, action):
-    return ActivityLog.all_tenants.filter(target_id=str(session.pk), action=action)
+def outbox_records(caplog, level):
+    return [r for r in caplog.records if r.name == "outbox" and r.levelno == level]
 
 
-def _failure_lines(caplog) -> list[str]:
+def failure_lines(caplog) -> list[str]:
+    """What operators see at WARNING (and above) from the outbox."""
+    records = caplog.records
+    return [r.getMessage() for r in records if r.name == "outbox" and r.levelno >= logging.WARNING]
+
+
+def retry_lines(caplog) -> list[str]:
     return [
-        record.getMessage()
-        for record in caplog.records
-        if record.name == "inbox.confirmations" and record.levelname == "WARNING"
+        r.getMessage()
+        for r in outbox_records(caplog, logging.INFO)
+        if "next try at" in r.getMessage()
     ]
 
 
-def _wait_for_requests(httpserver, count, within=5.0):
-    deadline = time.monotonic() + within
-    while len(httpserver.log) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
+def expected_failure_line(message, session_id) -> str:
+    return (
+        f"{FAILURE_PREFIX}{message.last_error} "
+        f"[session {session_id}, message {message.pk}, tenantId={message.tenant_id}]"
+    )
 
 
-# --- sending ---------------------------------------------------------------------------
+def idempotency_keys(httpserver) -> list[str]:
+    return [request.headers.get("Idempotency-Key") for request, _ in httpserver.log]
 
 
-def test_the_message_is_sent_in_the_documented_wire_format(httpserver, crm, session, tenant):
+def deliver_until_final(deliver_outbox, message, *, rounds) -> None:
+    """Run the worker `rounds` times, making the retry due in between."""
+    for _ in range(rounds):
+        make_due(message)
+        deliver_outbox()
+
+
+# --- sending -----------------------------------------------------------------------------
+
+
+def test_the_confirmation_goes_out_in_the_documented_wire_format(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox, caplog
+):
     httpserver.expect_oneshot_request(MESSAGES_PATH, method="POST").respond_with_json(
         {"messages": [{"id": "wamid.HBgM"}]}
     )
 
-    assert enqueue_confirmation(session.pk) is True
+    body = handover(tenant_client)
+
+    assert body["confirmationMessage"] == "queued"
+    assert body["assignedAgent"]["id"] == str(teammate.pk)
+    assert httpserver.log == [], "nothing is sent while the request runs"
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "pending"
+
+    assert deliver_outbox() == 1
 
     assert len(httpserver.log) == 1
-    request, _ = httpserver.log[0]
+    request, response = httpserver.log[0]
+    message = reload(confirmation_of(body["sessionId"]))
     assert request.method == "POST"
     assert request.path == MESSAGES_PATH
     assert request.headers["Authorization"] == f"Bearer {CRM_API_KEY}"
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["Accept"] == "application/json"
-    assert json.loads(request.get_data()) == _expected_body(session)
+    assert message.idempotency_key
+    assert request.headers["Idempotency-Key"] == message.idempotency_key
+    assert json.loads(request.get_data()) == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": CONTACT,
+        "type": "text",
+        "text": {"preview_url": False, "body": DEFAULT_TEXT},
+    }
+    assert response.status_code == 200
 
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.SENT
-    assert row.confirmation_attempts == 1
-    assert row.confirmation_last_error == ""
-    assert row.confirmation_finished_at is not None
-    activity = _activity(session, "session.confirmation_sent").get()
-    assert activity.tenant == tenant
-    assert activity.actor_label == "system"
-    assert activity.data["message_id"] == "wamid.HBgM"
-    assert activity.data["integration_id"] == str(crm.pk)
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "sent"
+    assert message.status == MessageStatus.SENT
+    assert (message.channel, message.kind, message.target) == (
+        "whatsapp",
+        "handover.confirmation",
+        CONTACT,
+    )
+    assert message.provider_message_id == "wamid.HBgM"
+    assert message.attempts == 1
+    assert message.last_error == ""
+    assert message.finished_at is not None
+    sent = activities(tenant, "message.sent", message).get()
+    assert sent.actor_label == "system"
+    assert sent.data["provider_message_id"] == "wamid.HBgM"
+    assert not activities(tenant, "message.failed", message).exists()
+    assert failure_lines(caplog) == []
+
+    # Sent is final: the worker never sends it again.
+    assert deliver_outbox() == 0
+    assert len(httpserver.log) == 1
+
+
+def test_the_handover_message_of_the_request_is_the_text_sent(
+    teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH, method="POST").respond_with_json({})
+
+    body = handover(tenant_client, handoverMessage="One moment, a sales expert is joining.")
+    deliver_outbox()
+
+    (request, _), *_ = httpserver.log
+    assert json.loads(request.get_data())["text"]["body"] == (
+        "One moment, a sales expert is joining."
+    )
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "sent"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [Response("{}", status=200, content_type="application/json"), Response(status=204)],
+    ids=["empty-json", "no-content"],
+)
+def test_a_success_without_a_message_id_is_sent_with_none_stored(
+    teammate, tenant_client, crm, httpserver, deliver_outbox, answer
+):
+    httpserver.expect_request(MESSAGES_PATH, method="POST").respond_with_response(answer)
+
+    body = handover(tenant_client)
+    deliver_outbox()
+
+    message = confirmation_of(body["sessionId"])
+    assert message.status == MessageStatus.SENT
+    assert message.provider_message_id == ""
+    assert len(httpserver.log) == 1
+
+
+def test_without_send_handover_message_nothing_is_queued_or_sent(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+
+    body = handover(tenant_client, sendHandoverMessage=False)
+
+    assert body["confirmationMessage"] == "skipped"
+    assert body["assignedAgent"]["id"] == str(teammate.pk)
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "skipped"
+    assert not OutboundMessage.objects.for_tenant(tenant).exists()
+    assert deliver_outbox() == 0
+    assert httpserver.log == []
+
+
+# --- transient errors: retried with the same Idempotency-Key -----------------------------
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
-def test_a_transient_error_is_retried_until_the_message_is_sent(httpserver, crm, session, status):
-    httpserver.expect_ordered_request(MESSAGES_PATH, method="POST").respond_with_data(
-        "busy", status=status
-    )
-    httpserver.expect_ordered_request(MESSAGES_PATH, method="POST").respond_with_json({})
-
-    enqueue_confirmation(session.pk)
-
-    assert len(httpserver.log) == 2
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.SENT
-    assert row.confirmation_attempts == 2
-    assert row.confirmation_last_error == ""  # cleared once sent
-    assert not _activity(session, "session.confirmation_failed").exists()
-
-
-def test_a_crm_that_never_answers_in_time_fails_after_the_last_retry(
-    httpserver, crm, session, settings, caplog
+def test_a_transient_error_is_retried_later_until_the_message_is_sent(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox, caplog, status
 ):
-    settings.CRM_HTTP_TIMEOUT_SECONDS = 0.5
-    settings.CRM_MAX_RETRIES = 2
-    release = threading.Event()
-
-    def too_slow(request):
-        release.wait(5)
-        return Response("{}", status=200, content_type="application/json")
-
-    httpserver.expect_request(MESSAGES_PATH, method="POST").respond_with_handler(too_slow)
-    assignment_before = _assignment(session)
-
-    started = time.monotonic()
-    enqueue_confirmation(session.pk)
-    elapsed = time.monotonic() - started
-    release.set()
-    _wait_for_requests(httpserver, 3)
-
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.FAILED
-    assert row.confirmation_attempts == 3  # CRM_MAX_RETRIES + 1
-    assert "timeout" in row.confirmation_last_error
-    assert "Gave up after 3 attempts" in row.confirmation_last_error
-    assert len(httpserver.log) == 3
-    assert elapsed < 3 * 0.5 + 2
-    assert _assignment(session) == assignment_before
-    assert _activity(session, "session.confirmation_failed").count() == 1
-    lines = _failure_lines(caplog)
-    assert len(lines) == 4  # each of the 3 attempts, then giving up
-    assert all(FAILURE_LINE.match(line) for line in lines)
-
-
-def test_a_refused_message_fails_at_once_without_retrying(httpserver, crm, session):
-    httpserver.expect_request(MESSAGES_PATH, method="POST").respond_with_json(
-        {"error": {"message": "Recipient phone number not in allowed list"}}, status=400
+    httpserver.expect_ordered_request(MESSAGES_PATH, method="POST").respond_with_data(
+        "busy, try later", status=status
     )
+    httpserver.expect_ordered_request(MESSAGES_PATH, method="POST").respond_with_json(
+        {"messages": [{"id": "wamid.second"}]}
+    )
+    body = handover(tenant_client)
 
-    enqueue_confirmation(session.pk)
+    assert deliver_outbox() == 1
 
+    message = confirmation_of(body["sessionId"])
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "pending"
+    assert message.status == MessageStatus.PENDING
+    assert message.attempts == 1
+    assert f"HTTP {status}" in message.last_error
+    assert "busy, try later" in message.last_error
+    # The first retry waits OUTBOX_RETRY_BASE_SECONDS, plus up to 10% jitter.
+    wait = (message.next_attempt_at - message.last_attempt_at).total_seconds()
+    assert 5 <= wait <= 5.5 + 2  # + the time the send itself took
+    assert deliver_outbox() == 0, "not due yet"
     assert len(httpserver.log) == 1
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.FAILED
-    assert row.confirmation_attempts == 1
-    assert "HTTP 400" in row.confirmation_last_error
-    assert "Recipient phone number not in allowed list" in row.confirmation_last_error
-    activity = _activity(session, "session.confirmation_failed").get()
-    assert activity.data["error"] == row.confirmation_last_error
+    [retry_line] = retry_lines(caplog)
+    assert "attempt 1 of 3" in retry_line
+    assert f"[session {body['sessionId']}, message {message.pk}" in retry_line
+    assert failure_lines(caplog) == []
+
+    make_due(message)
+    assert deliver_outbox() == 1
+
+    message = reload(message)
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "sent"
+    assert message.attempts == 2
+    assert message.last_error == "", "cleared once sent"
+    assert message.provider_message_id == "wamid.second"
+    keys = idempotency_keys(httpserver)
+    assert keys == [message.idempotency_key] * 2
+    assert activities(tenant, "message.sent", message).count() == 1
+    assert not activities(tenant, "message.failed", message).exists()
+    assert failure_lines(caplog) == []
 
 
-def test_an_unreachable_crm_is_retried_and_then_fails(tenant, session, settings):
-    settings.CRM_MAX_RETRIES = 1
-    CrmIntegrationFactory(tenant=tenant, api_url="http://127.0.0.1:1/")
+@pytest.mark.parametrize("crm_answer", [503, 429, "refused"])
+def test_a_crm_that_keeps_failing_is_given_up_after_the_budget(
+    tenant,
+    teammate,
+    tenant_client,
+    httpserver,
+    refusing_url,
+    deliver_outbox,
+    caplog,
+    crm_answer,
+):
+    if crm_answer == "refused":
+        CrmIntegrationFactory(tenant=tenant, api_url=refusing_url)
+    else:
+        CrmIntegrationFactory(tenant=tenant, api_url=httpserver.url_for("/"))
+        httpserver.expect_request(MESSAGES_PATH, method="POST").respond_with_data(
+            "overloaded", status=crm_answer
+        )
+    body = handover(tenant_client)
+    session_id = body["sessionId"]
+    before = assignment(session_id)
 
-    enqueue_confirmation(session.pk)
+    deliver_outbox()
+    first = confirmation_of(session_id)
+    assert first.status == MessageStatus.PENDING
+    deliver_until_final(deliver_outbox, first, rounds=2)
 
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.FAILED
-    assert row.confirmation_attempts == 2
-    assert "Could not connect to the CRM" in row.confirmation_last_error
+    message = reload(first)
+    assert session_view(tenant_client, session_id)["confirmationStatus"] == "failed"
+    assert message.status == MessageStatus.FAILED
+    assert message.attempts == 3  # OUTBOX_MAX_ATTEMPTS
+    assert message.last_error.endswith("Gave up after 3 attempts.")
+    if crm_answer == "refused":
+        assert "Could not connect to the CRM" in message.last_error
+    else:
+        assert f"HTTP {crm_answer}" in message.last_error
+        assert idempotency_keys(httpserver) == [message.idempotency_key] * 3
+    assert failure_lines(caplog) == [expected_failure_line(message, session_id)]
+    assert len(retry_lines(caplog)) == 2
+    failed = activities(tenant, "message.failed", message).get()
+    assert failed.data["error"] == message.last_error
+    assert failed.data["attempts"] == 3
+    assert assignment(session_id) == before
+    assert before["assigned_agent_id"] == teammate.pk
+
+    make_due(message)
+    assert deliver_outbox() == 0, "a failed message is not tried again by itself"
 
 
-# --- the integration must be complete ------------------------------------------------------
+# --- refusals: failed at once --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_a_refused_message_fails_at_once_without_retrying(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox, caplog, status
+):
+    httpserver.expect_request(MESSAGES_PATH, method="POST").respond_with_json(
+        {"error": {"message": "Recipient phone number not in allowed list"}}, status=status
+    )
+    body = handover(tenant_client)
+
+    deliver_outbox()
+
+    message = confirmation_of(body["sessionId"])
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "failed"
+    assert message.attempts == 1
+    assert f"HTTP {status}" in message.last_error
+    assert "Recipient phone number not in allowed list" in message.last_error
+    assert "Gave up" not in message.last_error
+    assert len(httpserver.log) == 1
+    assert retry_lines(caplog) == []
+    assert failure_lines(caplog) == [expected_failure_line(message, body["sessionId"])]
+    failed = activities(tenant, "message.failed", message).get()
+    assert failed.data["error"] == message.last_error
+    make_due(message)
+    assert deliver_outbox() == 0
+    assert len(httpserver.log) == 1
+
+
+def test_a_redirect_is_not_followed(teammate, tenant_client, crm, httpserver, deliver_outbox):
+    elsewhere = httpserver.url_for("/moved/api/meta/PN1/messages")
+    httpserver.expect_request(MESSAGES_PATH, method="POST").respond_with_response(
+        Response(status=302, headers={"Location": elsewhere})
+    )
+    httpserver.expect_request("/moved/api/meta/PN1/messages").respond_with_json({})
+    body = handover(tenant_client)
+
+    deliver_outbox()
+
+    message = confirmation_of(body["sessionId"])
+    assert message.status == MessageStatus.FAILED
+    assert message.attempts == 1
+    assert f"HTTP 302 (redirect to {elsewhere})" in message.last_error
+    assert "set apiUrl to the final address" in message.last_error
+    assert [request.path for request, _ in httpserver.log] == [MESSAGES_PATH]
+
+
+def test_a_failed_confirmation_leaves_the_assignment_alone(
+    teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_data("no", status=403)
+    body = handover(tenant_client)
+    before = assignment(body["sessionId"])
+
+    deliver_outbox()
+
+    view = session_view(tenant_client, body["sessionId"])
+    assert view["confirmationStatus"] == "failed"
+    assert view["status"] == "open"
+    assert view["assignedAgentId"] == str(teammate.pk)
+    assert view["unassignedReason"] == ""
+    assert assignment(body["sessionId"]) == before
+
+
+# --- the integration must be complete --------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("integration", "names"),
     [
         (None, "No CRM integration is set up for this tenant"),
-        ({"is_active": False}, "isActive is false"),
-        ({"api_key": ""}, "missing apiKey"),
-        ({"config": {}}, "missing config.phoneNumberId"),
-        ({"api_url": ""}, "missing apiUrl"),
-        ({"is_active": False, "api_key": ""}, "isActive is false; missing apiKey"),
+        ({"is_active": False}, "cannot send: isActive is false."),
+        ({"api_key": ""}, "cannot send: missing apiKey."),
+        ({"config": {}}, "cannot send: missing config.phoneNumberId."),
+        ({"api_url": ""}, "cannot send: missing apiUrl."),
+        ({"is_active": False, "api_key": ""}, "cannot send: isActive is false; missing apiKey."),
     ],
-    ids=["missing", "inactive", "no-key", "no-phone-number-id", "no-api-url", "several"],
+    ids=["none", "inactive", "no-key", "no-phone-number-id", "no-api-url", "several"],
 )
 def test_an_incomplete_integration_fails_without_any_request(
-    httpserver, tenant, session, integration, names
+    tenant, teammate, tenant_client, httpserver, deliver_outbox, caplog, integration, names
 ):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
     if integration is not None:
         CrmIntegrationFactory(
             **{"tenant": tenant, "api_url": httpserver.url_for("/"), **integration}
         )
+    body = handover(tenant_client)
 
-    enqueue_confirmation(session.pk)
+    deliver_outbox()
 
+    message = confirmation_of(body["sessionId"])
     assert httpserver.log == []
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.FAILED
-    assert names in row.confirmation_last_error
-    assert _activity(session, "session.confirmation_failed").count() == 1
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "failed"
+    assert names in message.last_error
+    assert message.attempts == 1
+    assert failure_lines(caplog) == [expected_failure_line(message, body["sessionId"])]
+    assert activities(tenant, "message.failed", message).count() == 1
 
 
-def test_another_tenants_integration_is_never_used(httpserver, session, other_tenant):
-    CrmIntegrationFactory(tenant=other_tenant, api_url=httpserver.url_for("/"))
-
-    enqueue_confirmation(session.pk)
-
-    assert httpserver.log == []
-    assert "No CRM integration" in _fresh(session).confirmation_last_error
-
-
-def test_a_key_encrypted_with_a_removed_key_fails_clearly(httpserver, crm, session, settings):
-    settings.CRM_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
-
-    enqueue_confirmation(session.pk)
-
-    assert httpserver.log == []
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.FAILED
-    assert "cannot be decrypted" in row.confirmation_last_error
-
-
-# --- what operators see ------------------------------------------------------------------
-
-
-def test_a_failure_logs_the_documented_warning_line(httpserver, crm, session, caplog):
-    httpserver.expect_request(MESSAGES_PATH).respond_with_data("bad token", status=401)
-
-    enqueue_confirmation(session.pk)
-
-    row = _fresh(session)
-    assert _failure_lines(caplog) == [
-        "Handover confirmation message failed (assignment already done): "
-        f"{row.confirmation_last_error} [session {row.pk}, tenantId={row.tenant_id}]"
-    ]
-    record = next(r for r in caplog.records if r.name == "inbox.confirmations")
-    assert record.levelname == "WARNING"
-
-
-@pytest.mark.parametrize("status", [400, 500])
-def test_the_api_key_never_reaches_logs_or_stored_errors(
-    httpserver, crm, session, settings, caplog, status
+def test_another_tenants_integration_is_never_used(
+    teammate, other_tenant, tenant_client, httpserver, deliver_outbox
 ):
-    settings.CRM_MAX_RETRIES = 1
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+    CrmIntegrationFactory(tenant=other_tenant, api_url=httpserver.url_for("/"))
+    body = handover(tenant_client)
 
-    def echo_authorization(request):
-        # A careless CRM that quotes the request's credentials in its error.
-        body = json.dumps({"error": f"rejected {request.headers['Authorization']}"})
+    deliver_outbox()
+
+    assert httpserver.log == []
+    message = confirmation_of(body["sessionId"])
+    assert message.status == MessageStatus.FAILED
+    assert "No CRM integration is set up for this tenant" in message.last_error
+
+
+def test_a_key_encrypted_with_a_removed_encryption_key_fails_clearly(
+    teammate, tenant_client, crm, httpserver, deliver_outbox, settings, caplog
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+    settings.CRM_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]  # the old one is gone
+    body = handover(tenant_client)
+
+    deliver_outbox()
+
+    assert httpserver.log == []
+    message = confirmation_of(body["sessionId"])
+    assert message.status == MessageStatus.FAILED
+    assert "cannot be decrypted" in message.last_error
+    assert "set the API key again" in message.last_error
+    assert len(failure_lines(caplog)) == 1
+
+
+def test_after_the_integration_is_fixed_send_again_delivers(
+    tenant, owner, teammate, tenant_client, httpserver, deliver_outbox
+):
+    """The integration is read at send time: an admin fixes it and sends the message again."""
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({"messages": [{"id": "wamid.X"}]})
+    body = handover(tenant_client)
+    deliver_outbox()
+    message = confirmation_of(body["sessionId"])
+    assert message.status == MessageStatus.FAILED
+
+    CrmIntegrationFactory(tenant=tenant, api_url=httpserver.url_for("/"))
+    assert send_again(tenant=tenant, message_ids=[message.pk], actor=Actor.for_membership(owner))
+    deliver_outbox()
+
+    message = reload(message)
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "sent"
+    assert message.provider_message_id == "wamid.X"
+    assert idempotency_keys(httpserver) == [message.idempotency_key]
+
+
+# --- the CRM API key stays secret --------------------------------------------------------
+
+
+def _echo_authorization(status):
+    def handler(request):
+        # A careless CRM that quotes the request's credentials back.
+        quoted = request.headers["Authorization"]
+        if status == 302:
+            return Response(status=302, headers={"Location": f"https://crm.example/?t={quoted}"})
+        body = json.dumps({"error": f"rejected {quoted}"})
         return Response(body, status=status, content_type="application/json")
 
-    httpserver.expect_request(MESSAGES_PATH).respond_with_handler(echo_authorization)
+    return handler
 
-    enqueue_confirmation(session.pk)
 
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.FAILED
-    assert "[redacted]" in row.confirmation_last_error
-    stored = row.confirmation_last_error + json.dumps(
-        list(_activity(session, "session.confirmation_failed").values_list("data", flat=True))
+@pytest.mark.parametrize("status", [400, 500, 302])
+def test_the_api_key_never_reaches_stored_errors_or_logs(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox, caplog, status
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_handler(_echo_authorization(status))
+    body = handover(tenant_client)
+
+    deliver_outbox()
+    message = confirmation_of(body["sessionId"])
+    deliver_until_final(deliver_outbox, message, rounds=2)  # 500 is retried; the rest are done
+
+    message = reload(message)
+    assert message.status == MessageStatus.FAILED
+    assert all(r.headers["Authorization"] == f"Bearer {CRM_API_KEY}" for r, _ in httpserver.log)
+    assert "[redacted]" in message.last_error
+    assert CRM_API_KEY not in message.last_error
+    stored = json.dumps(
+        list(ActivityLog.objects.for_tenant(tenant).values_list("data", "target_label"))
     )
     assert CRM_API_KEY not in stored
-    assert caplog.records
+    assert failure_lines(caplog)
     assert CRM_API_KEY not in caplog.text
 
 
-def test_a_failed_confirmation_leaves_the_assignment_alone(httpserver, crm, session, teammate):
-    httpserver.expect_request(MESSAGES_PATH).respond_with_data("no", status=403)
-    before = _assignment(session)
-
-    enqueue_confirmation(session.pk)
-
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.FAILED
-    assert _assignment(session) == before
-    assert row.assigned_agent == teammate
-
-
-# --- once, and not lost ------------------------------------------------------------------
-
-
-def test_a_confirmation_already_sent_is_not_sent_again(httpserver, crm, session):
-    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
-    enqueue_confirmation(session.pk)
-    assert _fresh(session).confirmation_status == ConfirmationStatus.SENT
-
-    assert deliver_confirmation(session_id=session.pk, attempt_number=1) == Delivery.NOT_PENDING
-    assert enqueue_confirmation(session.pk) is True
-
-    assert len(httpserver.log) == 1
-    assert _fresh(session).confirmation_attempts == 1
-    assert _activity(session, "session.confirmation_sent").count() == 1
-
-
-def test_a_duplicate_enqueue_waits_for_the_attempt_in_flight(httpserver, crm, session):
-    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
-    InboxSession.all_tenants.filter(pk=session.pk).update(
-        confirmation_attempts=1, confirmation_started_at=timezone.now()
-    )
-
-    assert deliver_confirmation(session_id=session.pk, attempt_number=1) == Delivery.IN_PROGRESS
-    assert httpserver.log == []
-
-    # The attempt in flight died without a word; once its lease is over, another may go.
-    with time_machine.travel(timezone.now() + timedelta(seconds=61)):
-        assert deliver_confirmation(session_id=session.pk, attempt_number=1) == Delivery.SENT
-    assert len(httpserver.log) == 1
-    assert _fresh(session).confirmation_attempts == 2
-
-
-@contextmanager
-def _broker_down():
-    """Tasks go to a broker that refuses connections, as when Redis is down."""
-    conf = celery_app.conf
-    previous = (conf.task_always_eager, conf.broker_url)
-    # The app caches its connection pools; drop them so the unreachable URL is used,
-    # and put the previous ones back afterwards.
-    pools = (celery_app._pool, celery_app.amqp._producer_pool)
-    conf.task_always_eager = False
-    conf.broker_url = "redis://127.0.0.1:1/0"
-    celery_app._pool = celery_app.amqp._producer_pool = None
-    try:
-        yield
-    finally:
-        if celery_app._pool is not None:
-            celery_app._pool.force_close_all()
-        celery_app._pool, celery_app.amqp._producer_pool = pools
-        conf.task_always_eager, conf.broker_url = previous
-
-
-def test_a_confirmation_that_could_not_be_enqueued_is_sent_by_the_periodic_requeue(
-    httpserver, crm, tenant, teammate, caplog
-):
-    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
-    # The handover happened ten minutes ago, while the broker was down.
-    with time_machine.travel(timezone.now() - timedelta(minutes=10)):
-        session = InboxSessionFactory(tenant=tenant, assigned_agent=teammate)
-        with _broker_down():
-            started = time.monotonic()
-            assert enqueue_confirmation(session.pk) is False
-            assert time.monotonic() - started < 5  # the broker settings fail fast
-
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.PENDING
-    assert row.confirmation_attempts == 0
-    assert httpserver.log == []
-    assert "could not be enqueued" in caplog.text
-
-    assert requeue_stale_confirmations(older_than_seconds=120) == 1
-
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.SENT
-    assert row.confirmation_attempts == 1
-    assert row.confirmation_queued_at > timezone.now() - timedelta(minutes=1)
-    assert len(httpserver.log) == 1
-
-
-def test_with_eager_propagation_a_retry_surfaces_and_the_row_waits_for_the_requeue(
-    httpserver, crm, session
-):
-    # Celery 5.7 raises Retry out of an eager apply_async() when propagation is on;
-    # enqueue_confirmation still never raises into the handover's on_commit.
-    celery_app.conf.task_eager_propagates = True  # the task_failures fixture restores it
-    httpserver.expect_request(MESSAGES_PATH).respond_with_data("busy", status=503)
-
-    assert enqueue_confirmation(session.pk) is False
-
-    assert len(httpserver.log) == 1
-    row = _fresh(session)
-    assert row.confirmation_status == ConfirmationStatus.PENDING
-    assert row.confirmation_attempts == 1
-    assert "HTTP 503" in row.confirmation_last_error
-
-
-def test_the_requeue_takes_only_stale_pending_confirmations_of_every_tenant(
-    httpserver, crm, tenant, other_tenant
-):
-    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
-    CrmIntegrationFactory(tenant=other_tenant, api_url=httpserver.url_for("/"))
-    now = timezone.now()
-    long_ago = now - timedelta(minutes=30)
-    stale = InboxSessionFactory(tenant=tenant, confirmation_queued_at=long_ago)
-    stale_elsewhere = InboxSessionFactory(tenant=other_tenant, confirmation_queued_at=None)
-    fresh = InboxSessionFactory(tenant=tenant, confirmation_queued_at=now)
-    attempted_recently = InboxSessionFactory(
-        tenant=tenant,
-        confirmation_queued_at=long_ago,
-        confirmation_attempts=1,
-        confirmation_started_at=now - timedelta(seconds=30),
-        confirmation_finished_at=now - timedelta(seconds=29),
-    )
-    done = [
-        InboxSessionFactory(tenant=tenant, confirmation_queued_at=long_ago, confirmation_status=s)
-        for s in (ConfirmationStatus.SENT, ConfirmationStatus.FAILED, ConfirmationStatus.SKIPPED)
-    ]
-
-    assert requeue_stale_confirmations(older_than_seconds=120) == 2
-
-    assert _fresh(stale).confirmation_status == ConfirmationStatus.SENT
-    assert _fresh(stale_elsewhere).confirmation_status == ConfirmationStatus.SENT
-    assert _fresh(fresh).confirmation_status == ConfirmationStatus.PENDING
-    assert _fresh(attempted_recently).confirmation_status == ConfirmationStatus.PENDING
-    assert [_fresh(s).confirmation_attempts for s in done] == [0, 0, 0]
-    assert len(httpserver.log) == 2
-    assert requeue_stale_confirmations(older_than_seconds=120) == 0
-
-
-def test_retry_backoff_grows_exponentially_and_is_capped(settings):
-    settings.CRM_RETRY_BACKOFF_SECONDS = 5
-    for retries, base in [(0, 5), (1, 10), (3, 40), (6, 300), (20, 300)]:
-        countdown = retry_countdown_seconds(retries)
-        assert base <= countdown <= base * 1.1
+# --- the SSRF guard ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("api_url", "problem"),
     [
-        ("http://crm.example.com", "must start with https://"),
-        ("https://127.0.0.1:8443", "non-public address"),
-        ("https://10.1.2.3", "non-public address"),
-        ("https://169.254.169.254", "non-public address"),
-        ("https://[::1]", "non-public address"),
-        ("https://crm.example.com/x?", "query string"),
-        ("https://user:pw@crm.example.com", "credentials"),
+        ("{local}", "apiUrl must start with https://"),
+        ("{local}", "non-public address (127.0.0.1)"),
+        ("https://127.0.0.1:{port}/", "non-public address (127.0.0.1)"),
+        ("https://10.1.2.3", "non-public address (10.1.2.3)"),
+        ("https://169.254.169.254", "non-public address (169.254.169.254)"),
+        ("https://[::1]:{port}", "non-public address (::1)"),
+        ("https://crm.example.com/x?to=internal", "query string"),
+        ("https://user:pw@crm.example.com", "must not contain credentials"),
+    ],
+    ids=[
+        "http",
+        "loopback-name",
+        "loopback",
+        "private",
+        "metadata",
+        "ipv6-loopback",
+        "query",
+        "credentials",
     ],
 )
-def test_crm_urls_that_could_reach_internal_services_are_refused(settings, api_url, problem):
-    from inbox.whatsapp import PermanentSendError, crm_url_problems, send_whatsapp_text
+def test_a_crm_url_that_could_reach_internal_services_is_refused_without_a_request(
+    tenant, teammate, tenant_client, httpserver, deliver_outbox, settings, api_url, problem
+):
+    settings.CRM_ALLOW_HTTP = False
+    settings.CRM_ALLOW_PRIVATE_NETWORKS = False
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+    local = httpserver.url_for("/").replace("localhost", "127.0.0.1")
+    url = api_url.format(local=local, port=httpserver.port)
+    CrmIntegrationFactory(tenant=tenant, api_url=url)
+    body = handover(tenant_client)
 
+    deliver_outbox()
+
+    message = confirmation_of(body["sessionId"])
+    assert message.status == MessageStatus.FAILED
+    assert message.attempts == 1
+    assert message.last_error.startswith("CRM integration refused: ")
+    assert problem in message.last_error
+    assert httpserver.log == []
+
+
+def test_a_public_https_crm_url_passes_the_guard(settings):
     settings.CRM_ALLOW_HTTP = False
     settings.CRM_ALLOW_PRIVATE_NETWORKS = False
 
-    assert any(problem in p for p in crm_url_problems(api_url))
-    with pytest.raises(PermanentSendError, match="refused"):
-        send_whatsapp_text(
-            api_url=api_url, api_key="k", phone_number_id="1", to="+1", text="hi", timeout=1
-        )
-
-
-def test_a_public_https_crm_url_is_accepted(settings):
-    from inbox.whatsapp import crm_url_problems
-
-    settings.CRM_ALLOW_HTTP = False
-    settings.CRM_ALLOW_PRIVATE_NETWORKS = False
     assert crm_url_problems("https://93.184.215.14") == []
+    assert crm_url_problems("https://93.184.215.14:8443/crm") == []
+
+
+# --- one confirmation per handover ------------------------------------------------------
+
+
+def test_a_second_handover_while_the_first_confirmation_waits_sends_one_message(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+
+    first = handover(tenant_client)
+    second = handover(tenant_client)
+
+    assert second["sessionCreated"] is False
+    assert second["sessionId"] == first["sessionId"]
+    assert OutboundMessage.objects.for_tenant(tenant).count() == 1
+    assert deliver_outbox() == 1
+    assert len(httpserver.log) == 1
+    assert session_view(tenant_client, first["sessionId"])["confirmationStatus"] == "sent"
+
+
+def test_a_second_handover_while_the_first_is_being_sent_sends_one_message(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+    first = handover(tenant_client)
+    [claimed] = claim_due(limit=10)  # a worker took it and is about to send
+    assert session_view(tenant_client, first["sessionId"])["confirmationStatus"] == "sending"
+
+    second = handover(tenant_client)
+    attempt(claimed)
+
+    assert second["sessionId"] == first["sessionId"]
+    assert OutboundMessage.objects.for_tenant(tenant).count() == 1
+    assert deliver_outbox() == 0
+    assert len(httpserver.log) == 1
+    assert session_view(tenant_client, first["sessionId"])["confirmationStatus"] == "sent"
+
+
+def test_a_handover_after_the_confirmation_went_out_confirms_again(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+    first = handover(tenant_client)
+    deliver_outbox()
+    first_message = confirmation_of(first["sessionId"])
+
+    second = handover(tenant_client)
+    deliver_outbox()
+
+    assert second["sessionId"] == first["sessionId"]
+    second_message = confirmation_of(second["sessionId"])
+    assert second_message.pk != first_message.pk
+    assert reload(first_message).status == MessageStatus.SENT
+    assert second_message.status == MessageStatus.SENT
+    keys = idempotency_keys(httpserver)
+    assert keys == [first_message.idempotency_key, second_message.idempotency_key]
+    assert keys[0] != keys[1], "a new message is a new send for the CRM"
+
+
+# --- a CRM that trickles its answer ------------------------------------------------------
+
+
+def _read_request(conn) -> dict:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    length = int(headers.get("Content-Length", 0))
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return {"request_line": lines[0], "headers": headers, "body": body}
+
+
+@pytest.fixture
+def trickling_crm():
+    """A CRM that sends its headers at once, then one body byte every 0.5 s: each read
+    gets data in time, so only a deadline for the whole send can end it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    received = []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                received.append(_read_request(conn))
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{"
+                )
+                while not stop.wait(0.5):
+                    try:
+                        conn.sendall(b" ")
+                    except OSError:
+                        break
+
+    thread = threading.Thread(target=serve, name="trickling-crm", daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", received=received)
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+def test_a_trickling_answer_is_cut_at_the_deadline_and_retried_later(
+    tenant, teammate, tenant_client, trickling_crm, deliver_outbox, settings, caplog
+):
+    settings.OUTBOX_SEND_DEADLINE_SECONDS = 1.5
+    CrmIntegrationFactory(tenant=tenant, api_url=trickling_crm.url)
+    body = handover(tenant_client)
+
+    started = time.monotonic()
+    deliver_outbox()
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 5, f"the send took {elapsed:.1f} s"
+    message = confirmation_of(body["sessionId"])
+    [request] = trickling_crm.received
+    assert request["request_line"].startswith(f"POST {MESSAGES_PATH} ")
+    assert request["headers"]["Idempotency-Key"] == message.idempotency_key
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "pending"
+    assert message.attempts == 1
+    assert message.last_error.startswith("No complete answer within the 1.5 s deadline")
+    assert message.next_attempt_at > timezone.now() + timedelta(seconds=4)
+    assert failure_lines(caplog) == []
+    assert len(retry_lines(caplog)) == 1

@@ -2,7 +2,9 @@
 
 import base64
 import hashlib
+import json
 from io import StringIO
+from urllib.parse import quote, quote_plus
 
 import pytest
 from cryptography.fernet import Fernet
@@ -160,3 +162,24 @@ def test_rotate_crm_keys_reports_keys_it_cannot_decrypt_and_rotates_the_rest(
     assert CRM_API_KEY not in out.getvalue() + err.getvalue()
     settings.CRM_ENCRYPTION_KEYS = [KEY_B]
     assert decrypt_secret(_stored_key(readable)) == CRM_API_KEY
+
+
+SECRET_WITH_SPECIALS = 'tok"en\\é/+ &x'
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda k: k,
+        lambda k: quote(k, safe=""),  # percent-encoded in a query or path segment
+        lambda k: quote(k),  # percent-encoded in a URL path
+        lambda k: quote_plus(k),  # a form-encoded body
+        lambda k: json.dumps(k)[1:-1],  # escaped in a JSON body
+        lambda k: json.dumps(k, ensure_ascii=False)[1:-1],
+    ],
+)
+def test_a_crm_key_echoed_in_any_encoding_is_redacted(encode):
+    from inbox.whatsapp import redact
+
+    echoed = f"the CRM said: {encode(SECRET_WITH_SPECIALS)} is wrong"
+    assert redact(echoed, SECRET_WITH_SPECIALS) == "the CRM said: [redacted] is wrong"

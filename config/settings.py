@@ -200,7 +200,7 @@ OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=90)
 # The first key encrypts; every key decrypts. To rotate: put a new key first, run
 # `manage.py rotate_crm_keys`, then remove the old key. Generate one with
 #   python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
-# Unset, a development key is derived from SECRET_KEY (see inbox/crypto.py): production
+# Unset, a development key is derived from SECRET_KEY (see core/crypto.py): production
 # must set this, or changing SECRET_KEY makes every stored CRM API key unreadable.
 CRM_ENCRYPTION_KEYS = env.list("CRM_ENCRYPTION_KEYS", default=[])
 # A tenant's CRM apiUrl must be https and public; these open it up for local testing.

@@ -6,7 +6,7 @@ broken integration and pressing "Send again" in the admin works. Nothing here lo
 stores the CRM API key.
 """
 
-from inbox.crypto import SecretDecryptionError, decrypt_secret
+from core.crypto import SecretDecryptionError, decrypt_secret
 from inbox.models import CrmIntegration
 from inbox.whatsapp import send_whatsapp_text
 from outbox.channels import Channel, Delivered, PermanentSendError, register

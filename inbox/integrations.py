@@ -1,6 +1,6 @@
 """Services for a tenant's CRM integration."""
 
-from inbox.crypto import encrypt_secret
+from core.crypto import encrypt_secret
 from inbox.models import CrmIntegration
 
 

@@ -139,7 +139,7 @@ class HandoverRequest(TenantOwnedModel):
 class CrmIntegration(TenantOwnedModel):
     """The tenant's CRM, through which WhatsApp confirmation messages are sent.
 
-    The CRM API key is stored encrypted (see `inbox.crypto`); `config` holds the
+    The CRM API key is stored encrypted (see `core.crypto`); `config` holds the
     WhatsApp `phoneNumberId`.
     """
 

@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 
-from inbox.crypto import SecretDecryptionError, decrypt_secret, encrypt_secret, rotate_secret
+from core.crypto import SecretDecryptionError, decrypt_secret, encrypt_secret, rotate_secret
 from inbox.integrations import set_crm_api_key
 from inbox.models import CrmIntegration
 from tests.inbox.factories import CRM_API_KEY, CrmIntegrationFactory

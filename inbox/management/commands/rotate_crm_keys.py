@@ -7,7 +7,7 @@ run this command, then remove the old key.
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from inbox.crypto import SecretDecryptionError, rotate_secret
+from core.crypto import SecretDecryptionError, rotate_secret
 from inbox.models import CrmIntegration
 
 

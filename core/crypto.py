@@ -1,4 +1,4 @@
-"""Encryption at rest for the tenants' CRM API keys.
+"""Encryption at rest for tenants' secrets: CRM API keys and webhook signing secrets.
 
 The keys are encrypted with `cryptography.fernet.MultiFernet` (AES-128-CBC + HMAC-SHA256,
 authenticated, with a timestamp), using the Fernet keys in ``settings.CRM_ENCRYPTION_KEYS``:

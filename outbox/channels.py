@@ -45,6 +45,10 @@ class Channel:
     label: str = ""
     # Tries in all (first attempt included); None: OUTBOX_MAX_ATTEMPTS.
     max_attempts: int | None = None
+    # The backoff policy's parameters; None: OUTBOX_RETRY_BASE_SECONDS and
+    # OUTBOX_RETRY_MAX_DELAY_SECONDS.
+    retry_base_seconds: float | None = None
+    retry_max_delay_seconds: float | None = None
     # The line logged once, when a message has finally failed ("%s": what and why).
     failure_log_line = "Outbound message failed: %s"
 

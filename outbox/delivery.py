@@ -43,6 +43,7 @@ from outbox.channels import (
     get_channel,
 )
 from outbox.models import MessageStatus, OutboundMessage
+from outbox.signals import message_failed
 
 logger = logging.getLogger("outbox")
 
@@ -52,7 +53,8 @@ LAST_ERROR_LIMIT = 1000
 CLAIM_LOCK_ID = 0x6F7574626F78  # "outbox"
 CANDIDATES_PER_CLAIM = 500
 # Due rows, oldest first, skipping endpoints whose slots are all taken and giving each
-# endpoint only the slots it has left (OUTBOX_ENDPOINT_CONCURRENCY).
+# endpoint only the slots it has left (OUTBOX_ENDPOINT_CONCURRENCY); a row waits while an
+# older row of its ordering key is still pending or being sent.
 CLAIM_SQL = """
     WITH in_flight AS (
         SELECT endpoint_key, COUNT(*) AS busy FROM outbox_outboundmessage
@@ -64,6 +66,11 @@ CLAIM_SQL = """
         WHERE ((m.status = 'pending' AND m.next_attempt_at <= %(now)s)
                OR (m.status = 'sending' AND m.lease_expires_at <= %(now)s))
           AND m.endpoint_key NOT IN (SELECT endpoint_key FROM in_flight WHERE busy >= %(cap)s)
+          AND (m.ordering_key = '' OR NOT EXISTS (
+              SELECT 1 FROM outbox_outboundmessage older
+              WHERE older.ordering_key = m.ordering_key
+                AND older.status IN ('pending', 'sending')
+                AND older.created_at < m.created_at))
         ORDER BY m.next_attempt_at
         LIMIT %(candidates)s
     ),
@@ -78,14 +85,16 @@ CLAIM_SQL = """
 """
 
 
-def retry_delay_seconds(attempts: int) -> float:
-    """The one backoff policy: OUTBOX_RETRY_BASE_SECONDS * 2**(attempts-1), capped at
-    OUTBOX_RETRY_MAX_DELAY_SECONDS, plus up to 10% jitter so that messages that failed
-    together (a provider outage) do not all come back at once."""
-    wait = min(
-        float(settings.OUTBOX_RETRY_BASE_SECONDS) * 2 ** max(0, attempts - 1),
-        float(settings.OUTBOX_RETRY_MAX_DELAY_SECONDS),
+def retry_delay_seconds(attempts: int, channel=None) -> float:
+    """The one backoff policy: base * 2**(attempts-1), capped, plus up to 10% jitter so
+    that messages that failed together (a provider outage) do not all come back at once.
+    Base and cap are OUTBOX_RETRY_BASE_SECONDS and OUTBOX_RETRY_MAX_DELAY_SECONDS unless
+    the channel sets its own (webhooks retry for a day)."""
+    base = getattr(channel, "retry_base_seconds", None) or settings.OUTBOX_RETRY_BASE_SECONDS
+    cap = (
+        getattr(channel, "retry_max_delay_seconds", None) or settings.OUTBOX_RETRY_MAX_DELAY_SECONDS
     )
+    wait = min(float(base) * 2 ** max(0, attempts - 1), float(cap))
     return wait + random.uniform(0, wait * 0.1)
 
 
@@ -208,7 +217,7 @@ def _finish(message: OutboundMessage, outcome: Outcome, *, channel) -> Outcome:
     error = _clip(outcome.error)
     fields = {"last_error": error, "updated_at": now, "lease_expires_at": None}
     if outcome.status == "retry":
-        next_at = now + timedelta(seconds=retry_delay_seconds(message.attempts))
+        next_at = now + timedelta(seconds=retry_delay_seconds(message.attempts, channel))
         fields.update(status=MessageStatus.PENDING, next_attempt_at=next_at, claim_token=None)
     else:
         fields.update(status=outcome.status, finished_at=now, claim_token=None)
@@ -247,6 +256,10 @@ def _store_with_retries(message: OutboundMessage, fields: dict, outcome: Outcome
                 updated = OutboundMessage.all_tenants.filter(
                     pk=message.pk, status=MessageStatus.SENDING, claim_token=message.claim_token
                 ).update(**fields)
+                if updated and outcome.status == MessageStatus.FAILED:
+                    message_failed.send(
+                        sender=OutboundMessage, message=message, error=fields["last_error"]
+                    )
                 if updated and outcome.status != "retry":
                     record_activity(
                         tenant=message.tenant,

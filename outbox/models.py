@@ -33,6 +33,11 @@ class OutboundMessage(TenantOwnedModel):
     kind = models.CharField(max_length=64, blank=True, help_text="What the message is about.")
     target = models.CharField(max_length=2048, help_text="Phone number, address or URL.")
     endpoint_key = models.CharField(max_length=255, blank=True)
+    ordering_key = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Messages with the same key are delivered one at a time, oldest first.",
+    )
     payload = models.JSONField(default=dict, blank=True)
     idempotency_key = models.CharField(
         max_length=255, unique=True, help_text="Sent to the provider with every attempt."
@@ -75,6 +80,12 @@ class OutboundMessage(TenantOwnedModel):
                 fields=["lease_expires_at"],
                 condition=Q(status="sending"),
                 name="outbox_in_flight",
+            ),
+            # "Is an older message of the same ordering key still on its way?"
+            models.Index(
+                fields=["ordering_key", "created_at"],
+                condition=Q(status__in=["pending", "sending"]) & ~Q(ordering_key=""),
+                name="outbox_ordered_open",
             ),
             models.Index(fields=["tenant", "-created_at"], name="outbox_tenant_recent"),
             models.Index(fields=["status", "-created_at"], name="outbox_status_recent"),

@@ -31,9 +31,14 @@ def build_message(
     payload: dict,
     kind: str = "",
     idempotency_key: str | None = None,
+    ordering_key: str = "",
     now=None,
 ) -> OutboundMessage:
-    """An unsaved message; save it with `queue_messages` (several at once) or `.save()`."""
+    """An unsaved message; save it with `queue_messages` (several at once).
+
+    Messages sharing an `ordering_key` are delivered one at a time, oldest first: a
+    message waits while an older one of its key is pending or being sent.
+    """
     channel_obj = get_channel(channel)
     message_id = uuid.uuid4()
     tenant_id = getattr(tenant, "pk", tenant)
@@ -47,6 +52,7 @@ def build_message(
             :255
         ],
         payload=payload,
+        ordering_key=ordering_key[:255],
         idempotency_key=idempotency_key or f"{channel}/{message_id}",
         status=MessageStatus.PENDING,
         max_attempts=channel_obj.max_attempts or settings.OUTBOX_MAX_ATTEMPTS,

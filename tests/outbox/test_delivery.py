@@ -253,3 +253,45 @@ def test_send_again_ignores_other_tenants_and_messages_that_did_not_fail(
         )
     assert count == 0
     assert _reload(theirs).status == MessageStatus.FAILED
+
+
+def test_messages_of_one_ordering_key_go_one_at_a_time_oldest_first(tenant):
+    def queue(behave):
+        with transaction.atomic():
+            return queue_message(
+                tenant=tenant,
+                channel="probe",
+                target="x",
+                payload={"behave": behave},
+                ordering_key="lead-1",
+            )
+
+    first, second, third = queue("transient"), queue("ok"), queue("ok")
+    unrelated = _queue(tenant)
+
+    deliver_due()
+    # The first failed for now: the later ones of its key wait, the unrelated one went.
+    assert [m for m, _ in SENT] == [str(first.pk), str(unrelated.pk)]
+    assert _reload(second).status == MessageStatus.PENDING
+
+    OutboundMessage.all_tenants.filter(pk=first.pk).update(payload={"behave": "ok"})
+    _make_due(first)
+    deliver_due()
+    assert [m for m, _ in SENT][2:] == [str(first.pk), str(second.pk), str(third.pk)]
+
+
+def test_a_message_finally_failing_tells_whoever_listens_in_its_transaction(tenant):
+    from outbox.signals import message_failed
+
+    heard = []
+
+    def listener(sender, message, error, **kwargs):
+        heard.append((message.pk, error, transaction.get_connection().in_atomic_block))
+
+    message_failed.connect(listener)
+    try:
+        message = _queue(tenant, behave="permanent")
+        deliver_due()
+    finally:
+        message_failed.disconnect(listener)
+    assert heard == [(message.pk, "provider answered HTTP 400", True)]

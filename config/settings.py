@@ -203,9 +203,13 @@ OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=90)
 # Unset, a development key is derived from SECRET_KEY (see core/crypto.py): production
 # must set this, or changing SECRET_KEY makes every stored CRM API key unreadable.
 CRM_ENCRYPTION_KEYS = env.list("CRM_ENCRYPTION_KEYS", default=[])
-# A tenant's CRM apiUrl must be https and public; these open it up for local testing.
-CRM_ALLOW_HTTP = env.bool("CRM_ALLOW_HTTP", default=False)
-CRM_ALLOW_PRIVATE_NETWORKS = env.bool("CRM_ALLOW_PRIVATE_NETWORKS", default=False)
+# Tenant-given addresses must be public https; these open them up for local testing.
+# Applies to every address we call for a tenant (CRM apiUrl, webhook endpoints); the
+# older CRM_ALLOW_HTTP and CRM_ALLOW_PRIVATE_NETWORKS are read as aliases.
+OUTBOUND_ALLOW_HTTP = env.bool("OUTBOUND_ALLOW_HTTP", default=env.bool("CRM_ALLOW_HTTP", False))
+OUTBOUND_ALLOW_PRIVATE_NETWORKS = env.bool(
+    "OUTBOUND_ALLOW_PRIVATE_NETWORKS", default=env.bool("CRM_ALLOW_PRIVATE_NETWORKS", False)
+)
 
 # --- Internationalisation -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

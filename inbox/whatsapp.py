@@ -29,14 +29,12 @@ Error messages carry the status and the start of the response body; never the AP
 (it is redacted even if the CRM echoes it back).
 """
 
-import ipaddress
 import json
-import socket
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus
 
 import requests
-from django.conf import settings
 
+from core.outbound import outbound_url_problems
 from outbox.channels import PermanentSendError, TransientSendError
 
 RESPONSE_BODY_LIMIT = 300
@@ -60,36 +58,8 @@ def redact(text: str, secret: str | None) -> str:
 
 
 def crm_url_problems(api_url: str) -> list[str]:
-    """Why a CRM base URL may not be called, or []: the URL is tenant-supplied, so it must
-    not aim the worker at internal services (SSRF).
-
-    https only (CRM_ALLOW_HTTP for local testing), no credentials, query or fragment, and
-    no loopback, private, link-local or reserved address (CRM_ALLOW_PRIVATE_NETWORKS).
-    """
-    parts = urlsplit(api_url or "")
-    problems = []
-    allowed_schemes = {"https", "http"} if settings.CRM_ALLOW_HTTP else {"https"}
-    if parts.scheme not in allowed_schemes:
-        problems.append(f"apiUrl must start with {' or '.join(sorted(allowed_schemes))}://")
-    if parts.username or parts.password:
-        problems.append("apiUrl must not contain credentials")
-    if "?" in (api_url or "") or "#" in (api_url or ""):
-        problems.append("apiUrl must not have a query string or fragment")
-    if not parts.hostname:
-        problems.append("apiUrl has no host")
-    elif not settings.CRM_ALLOW_PRIVATE_NETWORKS:
-        try:
-            addresses = {
-                info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)
-            }
-        except (socket.gaierror, UnicodeError):
-            addresses = set()  # unresolvable now: the send fails as a connection error
-        for address in addresses:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-            if not ip.is_global:
-                problems.append(f"apiUrl resolves to a non-public address ({ip})")
-                break
-    return problems
+    """Why a CRM base URL may not be called, or [] (see `core.outbound`)."""
+    return outbound_url_problems(api_url, field="apiUrl")
 
 
 def messages_url(*, api_url: str, phone_number_id: str) -> str:

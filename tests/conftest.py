@@ -67,8 +67,8 @@ def _fast_password_hashing_and_foreground_tasks(settings):
     # Eager tasks run in the test's own thread, so their effects can be asserted.
     settings.EMBEDDED_TASKS_IN_BACKGROUND = False
     # Fake CRMs in tests are local http servers (tests of the guard switch it back on).
-    settings.CRM_ALLOW_HTTP = True
-    settings.CRM_ALLOW_PRIVATE_NETWORKS = True
+    settings.OUTBOUND_ALLOW_HTTP = True
+    settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS = True
 
 
 @pytest.fixture(autouse=True)

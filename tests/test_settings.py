@@ -20,6 +20,10 @@ _CONFIG_VARS = (
     "CELERY_TASK_ALWAYS_EAGER",
     "DB_CONN_MAX_AGE",
     "DJANGO_SETTINGS_MODULE",
+    "OUTBOUND_ALLOW_HTTP",
+    "OUTBOUND_ALLOW_PRIVATE_NETWORKS",
+    "CRM_ALLOW_HTTP",
+    "CRM_ALLOW_PRIVATE_NETWORKS",
 )
 
 _DUMP_SETTINGS = """
@@ -47,6 +51,8 @@ print(json.dumps({
     "celery_always_eager": app.conf.task_always_eager,
     "cache_backend": settings.CACHES["default"]["BACKEND"],
     "cache_location": settings.CACHES["default"].get("LOCATION", ""),
+    "outbound_allow_http": settings.OUTBOUND_ALLOW_HTTP,
+    "outbound_allow_private_networks": settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS,
 }))
 """
 
@@ -150,3 +156,18 @@ def test_a_send_deadline_that_could_outlive_its_lease_is_refused(settings):
 
     settings.OUTBOX_SEND_DEADLINE_SECONDS = 20
     call_command("check")
+
+
+@pytest.mark.parametrize(
+    ("env_vars", "expected"),
+    [
+        ({}, (False, False)),
+        ({"OUTBOUND_ALLOW_HTTP": "1", "OUTBOUND_ALLOW_PRIVATE_NETWORKS": "1"}, (True, True)),
+        # The CRM-only names of earlier releases keep working.
+        ({"CRM_ALLOW_HTTP": "true", "CRM_ALLOW_PRIVATE_NETWORKS": "true"}, (True, True)),
+        ({"CRM_ALLOW_HTTP": "true", "OUTBOUND_ALLOW_HTTP": "false"}, (False, False)),
+    ],
+)
+def test_outbound_guards_open_only_when_asked(env_vars, expected):
+    loaded = _load_settings(**env_vars)
+    assert (loaded["outbound_allow_http"], loaded["outbound_allow_private_networks"]) == expected

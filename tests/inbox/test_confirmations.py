@@ -568,8 +568,8 @@ def test_the_api_key_never_reaches_stored_errors_or_logs(
 def test_a_crm_url_that_could_reach_internal_services_is_refused_without_a_request(
     tenant, teammate, tenant_client, httpserver, deliver_outbox, settings, api_url, problem
 ):
-    settings.CRM_ALLOW_HTTP = False
-    settings.CRM_ALLOW_PRIVATE_NETWORKS = False
+    settings.OUTBOUND_ALLOW_HTTP = False
+    settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS = False
     httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
     local = httpserver.url_for("/").replace("localhost", "127.0.0.1")
     url = api_url.format(local=local, port=httpserver.port)
@@ -587,8 +587,8 @@ def test_a_crm_url_that_could_reach_internal_services_is_refused_without_a_reque
 
 
 def test_a_public_https_crm_url_passes_the_guard(settings):
-    settings.CRM_ALLOW_HTTP = False
-    settings.CRM_ALLOW_PRIVATE_NETWORKS = False
+    settings.OUTBOUND_ALLOW_HTTP = False
+    settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS = False
 
     assert crm_url_problems("https://93.184.215.14") == []
     assert crm_url_problems("https://93.184.215.14:8443/crm") == []

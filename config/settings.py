@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "audit",
     "inbox",
     "leads",
+    "webhooks",
     "outbox",
 ]
 
@@ -161,6 +162,10 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": 3600.0,
     },
     "outbox-purge-old-messages": {"task": "outbox.tasks.purge_old_messages", "schedule": 3600.0},
+    "webhooks-disable-failing-endpoints": {
+        "task": "webhooks.tasks.disable_failing_endpoints",
+        "schedule": 3600.0,
+    },
 }
 # Periodic jobs have a queue (and a worker: `periodic` in the Procfile) of their own, so
 # that nothing else can delay the SLA clock. Everything else goes to `default`.
@@ -191,6 +196,13 @@ OUTBOX_RETRY_BASE_SECONDS = env.float("OUTBOX_RETRY_BASE_SECONDS", default=5.0)
 OUTBOX_RETRY_MAX_DELAY_SECONDS = env.float("OUTBOX_RETRY_MAX_DELAY_SECONDS", default=300.0)
 # Messages of one endpoint (one tenant's CRM, the mail provider) in flight at once.
 OUTBOX_ENDPOINT_CONCURRENCY = env.int("OUTBOX_ENDPOINT_CONCURRENCY", default=2)
+# Webhooks retry for about a day: the first retry after WEBHOOK_RETRY_BASE_SECONDS, then
+# doubling up to WEBHOOK_RETRY_MAX_DELAY_SECONDS, WEBHOOK_MAX_ATTEMPTS tries in all.
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=16)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=15.0)
+WEBHOOK_RETRY_MAX_DELAY_SECONDS = env.float("WEBHOOK_RETRY_MAX_DELAY_SECONDS", default=14400.0)
+# An endpoint with no successful delivery for this long is turned off (admins are told).
+WEBHOOK_DISABLE_AFTER_HOURS = env.float("WEBHOOK_DISABLE_AFTER_HOURS", default=72.0)
 # Sent, failed and skipped messages are deleted after this many days (sessions and
 # notices then no longer show how their message went).
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=90)
@@ -213,6 +225,8 @@ OUTBOUND_ALLOW_PRIVATE_NETWORKS = env.bool(
 
 # --- Internationalisation -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
+# URL fields in forms (CRM apiUrl, webhook URLs) assume https when no scheme is typed.
+FORMS_URLFIELD_ASSUME_HTTPS = True
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -18,6 +18,7 @@ urlpatterns = [
     path("api/v1/", include("teams.urls")),
     path("api/v1/", include("inbox.urls")),
     path("api/v1/", include("leads.urls")),
+    path("api/v1/", include("webhooks.urls")),
     path("", leads_views.my_leads, name="home"),
     path("leads/", leads_views.my_leads, name="my-leads"),
     path("leads/<uuid:lead_id>/", leads_views.lead_page, name="lead-page"),

@@ -25,6 +25,8 @@ from outbox.services import build_message, queue_messages
 from teams.models import Membership, Strategy, Team, Tenant
 from teams.routing import RoutingDecision, UnassignedReason, route
 from teams.selectors import team_for_routing
+from webhooks import events
+from webhooks.events import Event, emit
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +193,36 @@ def _warn_unassigned(session: InboxSession, decision: RoutingDecision, requested
     )
 
 
+def session_event(session: InboxSession, event_type: str, **extra) -> Event:
+    """A webhook event about a session: the session as the handover answer shows it, plus
+    its contact, channel and state, plus the event's own fields."""
+    data = handover_body(
+        session,
+        created=event_type == events.SESSION_CREATED,
+        confirmation="queued" if session.confirmation_message_id else "skipped",
+    )
+    data.update(
+        contactId=session.contact_id,
+        channel=session.channel,
+        sessionStatus=session.status,
+        closedAt=session.closed_at.isoformat() if session.closed_at else None,
+        **extra,
+    )
+    return Event(
+        tenant_id=session.tenant_id,
+        type=event_type,
+        data=data,
+        subject_id=str(session.pk),
+        tenant=session.tenant if InboxSession.tenant.is_cached(session) else None,
+    )
+
+
+def _routing_event(session: InboxSession, decision: RoutingDecision) -> Event:
+    if decision.agent is not None:
+        return session_event(session, events.SESSION_ASSIGNED, tier=decision.tier)
+    return session_event(session, events.SESSION_UNASSIGNED)
+
+
 def handover_body(session: InboxSession, *, created: bool, confirmation: str) -> dict:
     agent = session.assigned_agent
     return {
@@ -267,6 +299,7 @@ def handover(
             session.context = context
             changed.append("context")
 
+    routed = None
     if session.assigned_agent_id is None:
         if team is not None and session.team_id != team.pk:
             session.team = team
@@ -274,6 +307,7 @@ def handover(
         decision = route(
             tenant=tenant, team=routing_team, load=open_sessions_per_agent(tenant), work="sessions"
         )
+        routed = decision
         changed += _apply_decision(session, decision, now)
         activities.append(_assignment_activity(session, decision, actor))
         if decision.agent is None:
@@ -304,6 +338,10 @@ def handover(
         session.updated_at = now
         session.save(update_fields=sorted({*changed, "updated_at"}))
     record_activities(activities)
+    webhook_events = [session_event(session, events.SESSION_CREATED)] if created else []
+    if routed is not None:
+        webhook_events.append(_routing_event(session, routed))
+    emit(webhook_events)
 
     outcome = HandoverOutcome(
         status_code=201 if created else 200,
@@ -336,6 +374,7 @@ def run_session_assignment(
     )
     if session is None:
         return None
+    session.tenant = tenant
     decision = route(
         tenant=tenant, team=session.team, load=open_sessions_per_agent(tenant), work="sessions"
     )
@@ -346,6 +385,7 @@ def run_session_assignment(
         activity = _assignment_activity(session, decision, actor)
         activity.data["trigger"] = trigger
         record_activities([activity])
+        emit([_routing_event(session, decision)])
     return session
 
 
@@ -364,6 +404,7 @@ def assign_session_to(
     )
     if session is None:
         raise NotFound(code="session_not_found", message="Open session not found.")
+    session.tenant = tenant
     previous = session.assigned_agent_id
     now = timezone.now()
     session.assigned_agent = agent
@@ -396,6 +437,15 @@ def assign_session_to(
             )
         ]
     )
+    emit(
+        [
+            session_event(
+                session,
+                events.SESSION_ASSIGNED,
+                previousAgentId=str(previous) if previous else None,
+            )
+        ]
+    )
     return session
 
 
@@ -406,6 +456,7 @@ def close_session(*, tenant: Tenant, session_id, actor: Actor) -> InboxSession:
     )
     if session is None:
         raise NotFound(code="session_not_found", message="Session not found.")
+    session.tenant = tenant
     if session.status == SessionStatus.OPEN:
         session.status = SessionStatus.CLOSED
         session.closed_at = timezone.now()
@@ -413,6 +464,7 @@ def close_session(*, tenant: Tenant, session_id, actor: Actor) -> InboxSession:
         record_activities(
             [build_activity(tenant=tenant, action="session.closed", actor=actor, target=session)]
         )
+        emit([session_event(session, events.SESSION_CLOSED)])
     return session
 
 

@@ -2,18 +2,16 @@
 
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import exceptions, serializers
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.utils.urls import remove_query_param
 from rest_framework.views import APIView
 
 from core.actor import Actor
 from core.errors import Forbidden, NotFound
 from core.fields import StrictCharField
-from leads.formatting import lead_url
 from leads.models import LeadStatus, ReassignmentReason
 from leads.selectors import active_admin, lead_for_tenant, leads_for_tenant, membership_for_lead
+from leads.serializers import LeadDetailOutput, LeadOutput, ReassignmentOutput
 from leads.services import (
     claim_lead,
     close_lead,
@@ -21,63 +19,12 @@ from leads.services import (
     mark_lead_contacted,
     reassign_lead,
 )
-from teams.api_base import TenantApiView
+from teams.api_base import TenantApiPagination, TenantApiView
 from teams.authentication import (
-    API_KEY_QUERY_PARAM,
     ApiKeyClient,
     SessionAuthentication401,
     TenantApiKeyAuthentication,
 )
-
-
-class AgentOutput(serializers.Serializer):
-    id = serializers.UUIDField()
-    name = serializers.CharField(source="display_name")
-    email = serializers.EmailField(source="user.email")
-
-
-class LeadOutput(serializers.Serializer):
-    id = serializers.UUIDField()
-    name = serializers.CharField()
-    phone = serializers.CharField()
-    email = serializers.CharField()
-    source = serializers.CharField()
-    status = serializers.CharField()
-    team_id = serializers.UUIDField(allow_null=True)
-    assigned_agent = AgentOutput(allow_null=True)
-    assigned_at = serializers.DateTimeField(allow_null=True)
-    unassigned_reason = serializers.CharField()
-    previous_agent_id = serializers.UUIDField(allow_null=True)
-    reassignment_count = serializers.IntegerField()
-    reassignment_reason = serializers.CharField()
-    reassigned_at = serializers.DateTimeField(allow_null=True)
-    claim_deadline = serializers.DateTimeField(allow_null=True)
-    claimed_at = serializers.DateTimeField(allow_null=True)
-    claim_sla_breached_at = serializers.DateTimeField(allow_null=True)
-    contact_deadline = serializers.DateTimeField(allow_null=True)
-    contacted_at = serializers.DateTimeField(allow_null=True)
-    contact_sla_breached_at = serializers.DateTimeField(allow_null=True)
-    created_at = serializers.DateTimeField()
-    url = serializers.SerializerMethodField()
-
-    def get_url(self, lead) -> str:
-        return lead_url(lead)
-
-
-class ReassignmentOutput(serializers.Serializer):
-    id = serializers.UUIDField()
-    lead_id = serializers.UUIDField()
-    from_agent_id = serializers.UUIDField(allow_null=True)
-    to_agent_id = serializers.UUIDField()
-    reassigned_by_id = serializers.UUIDField(allow_null=True)
-    reason = serializers.CharField()
-    stage = serializers.CharField()
-    notes = serializers.CharField()
-    created_at = serializers.DateTimeField()
-
-
-class LeadDetailOutput(LeadOutput):
-    reassignments = ReassignmentOutput(many=True)
 
 
 class LeadInput(serializers.Serializer):
@@ -103,21 +50,6 @@ class LeadFilters(serializers.Serializer):
     search = serializers.CharField(required=False, max_length=100)
 
 
-class LeadPagination(LimitOffsetPagination):
-    """limit/offset pages whose next/previous links never repeat an `apiKey` back."""
-
-    default_limit = 50
-    max_limit = 500
-
-    def get_next_link(self):
-        link = super().get_next_link()
-        return remove_query_param(link, API_KEY_QUERY_PARAM) if link else link
-
-    def get_previous_link(self):
-        link = super().get_previous_link()
-        return remove_query_param(link, API_KEY_QUERY_PARAM) if link else link
-
-
 class LeadsApi(TenantApiView):
     @extend_schema(
         summary="List leads",
@@ -127,7 +59,7 @@ class LeadsApi(TenantApiView):
     def get(self, request):
         filters = LeadFilters(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = LeadPagination()
+        paginator = TenantApiPagination()
         page = paginator.paginate_queryset(
             leads_for_tenant(tenant=self.tenant, filters=filters.validated_data), request, view=self
         )

@@ -222,7 +222,7 @@ class Notification(TenantOwnedModel):
         on_delete=models.SET_NULL,
         null=True,
         blank=True,
-        related_name="+",
+        related_name="email_of",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

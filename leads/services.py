@@ -31,10 +31,13 @@ from leads.models import (
     ReassignmentReason,
     ReassignmentStage,
 )
+from leads.serializers import LeadOutput
 from outbox.services import queue_messages
 from teams.models import ADMIN_ROLES, Membership, Tenant
 from teams.routing import route
 from teams.selectors import team_for_routing
+from webhooks import events
+from webhooks.events import Event, emit
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +138,20 @@ def _notify(notifications: list[Notification], *, ignore_conflicts: bool = False
 # --- intake ----------------------------------------------------------------------------
 
 
+def lead_event(lead: Lead, event_type: str, **extra) -> Event:
+    """A webhook event about a lead: the lead as the leads API shows it, plus the event's
+    own fields."""
+    data = dict(LeadOutput(lead).data)
+    data.update(extra)
+    return Event(
+        tenant_id=lead.tenant_id,
+        type=event_type,
+        data=data,
+        subject_id=str(lead.pk),
+        tenant=lead.tenant if Lead.tenant.is_cached(lead) else None,
+    )
+
+
 def _start_claim_window(lead: Lead, agent: Membership, now) -> None:
     lead.assigned_agent = agent
     lead.assigned_at = now
@@ -181,11 +198,14 @@ def create_lead(
     record_activities(
         [build_activity(tenant=tenant, action="lead.created", actor=actor, target=lead, data=data)]
     )
+    webhook_events = [lead_event(lead, events.LEAD_CREATED)]
     if agent is not None:
         _bump_counter(tenant=tenant, agent_id=agent.pk, delta=+1)
         _notify(
             [_new_agent_notification(lead=lead, agent=agent, kind=NotificationKind.LEAD_ASSIGNED)]
         )
+        webhook_events.append(lead_event(lead, events.LEAD_ASSIGNED))
+    emit(webhook_events)
     return lead
 
 
@@ -237,6 +257,7 @@ def route_unassigned_lead(*, tenant: Tenant, lead_id, actor: Actor) -> Lead | No
             )
         ]
     )
+    emit([lead_event(lead, events.LEAD_ASSIGNED)])
     return lead
 
 
@@ -294,6 +315,7 @@ def claim_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
             )
         ]
     )
+    emit([lead_event(lead, events.LEAD_CLAIMED)])
     return lead
 
 
@@ -318,6 +340,7 @@ def mark_lead_contacted(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
             )
         ]
     )
+    emit([lead_event(lead, events.LEAD_CONTACTED)])
     return lead
 
 
@@ -344,6 +367,7 @@ def close_lead(*, tenant: Tenant, lead_id, actor: Actor, outcome: str = "") -> L
             )
         ]
     )
+    emit([lead_event(lead, events.LEAD_CLOSED, outcome=outcome)])
     return lead
 
 
@@ -501,6 +525,19 @@ def reassign_lead(
             )
         ]
     )
+    emit(
+        [
+            lead_event(
+                lead,
+                events.LEAD_REASSIGNED,
+                previousAgentId=str(old_agent_id) if old_agent_id else None,
+                reason=reason,
+                stage=reassignment.stage,
+                notes=notes,
+                reassignedById=str(reassigned_by.pk) if reassigned_by else None,
+            )
+        ]
+    )
     return ReassignmentResult(lead=lead, reassignment=reassignment)
 
 
@@ -635,6 +672,17 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
                     "agent_id": str(lead.assigned_agent_id) if lead.assigned_agent_id else None,
                     "admins_notified": len(admins.get(lead.tenant_id, [])),
                 },
+            )
+            for lead in leads
+        ]
+    )
+    emit(
+        [
+            lead_event(
+                lead,
+                events.LEAD_SLA_BREACHED,
+                stage=str(stage.name),
+                deadline=getattr(lead, stage.deadline).isoformat(),
             )
             for lead in leads
         ]

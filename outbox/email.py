@@ -11,7 +11,7 @@ import contextlib
 import smtplib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import requests
 from anymail.exceptions import AnymailError, AnymailRecipientsRefused
@@ -110,7 +110,7 @@ class EmailChannel(Channel):
             raise PermanentSendError(f"The email has no {exc.args[0]}.") from None
 
     def send(self, message, *, deadline) -> Delivered:
-        content = self.content(message)
+        content = self._frozen_content(message)
         address = (content.to or message.target or "").strip()
         if not address:
             raise PermanentSendError("The recipient has no email address.")
@@ -119,7 +119,6 @@ class EmailChannel(Channel):
             body=content.text,
             from_email=settings.DEFAULT_FROM_EMAIL,
             to=[address],
-            connection=_connection(),
         )
         if content.html:
             email.attach_alternative(content.html, "text/html")
@@ -129,6 +128,8 @@ class EmailChannel(Channel):
         email.idempotency_key = message.idempotency_key
         email.extra_headers["Resend-Idempotency-Key"] = message.idempotency_key
         try:
+            # Opening may already talk to the server (SMTP connects and logs in here).
+            email.connection = _connection()
             email.send(fail_silently=False)
         except Exception as exc:
             _drop_connection()
@@ -138,6 +139,19 @@ class EmailChannel(Channel):
             raise PermanentSendError(description) from None
         status = getattr(email, "anymail_status", None)
         return Delivered(provider_message_id=str(getattr(status, "message_id", "") or ""))
+
+    def _frozen_content(self, message) -> EmailContent:
+        """What the email says, rendered at its first attempt and kept on the message: a
+        retry sends the very same email (a provider refuses an idempotency key reused
+        with another body), and skip rules are not asked again once it may have gone."""
+        frozen = message.payload.get("rendered")
+        if frozen:
+            return EmailContent(**frozen)
+        content = self.content(message)
+        payload = {**message.payload, "rendered": asdict(content)}
+        type(message).all_tenants.filter(pk=message.pk).update(payload=payload)
+        message.payload = payload
+        return content
 
 
 def classify_send_error(exc: BaseException) -> tuple[bool, str]:
@@ -153,6 +167,8 @@ def classify_send_error(exc: BaseException) -> tuple[bool, str]:
         return False, description
     if isinstance(exc, AnymailError):
         status = exc.status_code
+        if status == 409 and "concurrent_idempotent_requests" in description:
+            return True, description  # Resend: the first request is still being processed
         if status is not None:
             return (status == 429 or status >= 500), description
         # No answer at all: anymail wraps the requests error (and is also an instance

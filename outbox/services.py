@@ -109,9 +109,12 @@ def send_again(*, tenant, message_ids, actor: Actor) -> int:
 
 def purge_finished_messages(*, older_than_days: int) -> int:
     """System job across tenants: delete sent, failed and skipped messages older than
-    `older_than_days` (sessions and notices keep their rows, without a message)."""
+    `older_than_days`, except those a row still shows as its own (a session's
+    confirmation, a notice's email): they live as long as that row."""
     cutoff = timezone.now() - timedelta(days=max(1, int(older_than_days)))
-    deleted, _ = OutboundMessage.all_tenants.filter(
-        status__in=FINAL_STATUSES, finished_at__lt=cutoff
-    ).delete()
+    old = OutboundMessage.all_tenants.filter(status__in=FINAL_STATUSES, finished_at__lt=cutoff)
+    for relation in OutboundMessage._meta.related_objects:
+        if relation.one_to_one:
+            old = old.filter(**{f"{relation.name}__isnull": True})
+    deleted, _ = old.delete()
     return deleted

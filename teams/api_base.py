@@ -1,7 +1,9 @@
 from rest_framework import exceptions
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.utils.urls import remove_query_param
 from rest_framework.views import APIView
 
-from teams.authentication import TenantApiKeyAuthentication
+from teams.authentication import API_KEY_QUERY_PARAM, TenantApiKeyAuthentication
 from teams.permissions import HasTenantApiKey
 
 
@@ -26,3 +28,18 @@ class TenantApiView(APIView):
                 code="api_key_missing",
             )
         super().permission_denied(request, message=message, code=code)
+
+
+class TenantApiPagination(LimitOffsetPagination):
+    """limit/offset pages whose next/previous links never repeat an `apiKey` back."""
+
+    default_limit = 50
+    max_limit = 500
+
+    def get_next_link(self):
+        link = super().get_next_link()
+        return remove_query_param(link, API_KEY_QUERY_PARAM) if link else link
+
+    def get_previous_link(self):
+        link = super().get_previous_link()
+        return remove_query_param(link, API_KEY_QUERY_PARAM) if link else link

@@ -94,6 +94,9 @@ class Tenant(models.Model):
         help_text="When a lead breaches its claim or contact window, route it to another agent.",
     )
     is_active = models.BooleanField(default=True)
+    # Kept by the webhooks app in the transaction that changes an endpoint, so that
+    # changes of tenants without webhooks skip looking for endpoints.
+    has_active_webhooks = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

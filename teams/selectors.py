@@ -39,3 +39,14 @@ def administered_tenant_ids(user) -> list:
     # Deliberately cross-tenant: one user's memberships in every tenant.
     memberships = Membership.all_tenants.filter(user=user, role__in=ADMIN_ROLES, is_active=True)
     return list(memberships.values_list("tenant_id", flat=True))
+
+
+def tenant_admin_emails(tenant_id) -> list[str]:
+    """Addresses of the tenant's active admins and super admins (who get told of trouble)."""
+    return list(
+        Membership.objects.for_tenant(tenant_id)
+        .filter(role__in=ADMIN_ROLES, is_active=True, user__is_active=True)
+        .exclude(user__email="")
+        .order_by("user__email")
+        .values_list("user__email", flat=True)
+    )

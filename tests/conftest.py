@@ -139,3 +139,14 @@ def tenant_client(api_key):
     client = APIClient()
     client.credentials(HTTP_X_API_KEY=api_key[1])
     return client
+
+
+@pytest.fixture(autouse=True)
+def _fresh_email_connection():
+    """The email channel keeps one connection per thread; a test that switches
+    EMAIL_BACKEND must not inherit the previous test's."""
+    from outbox.email import _drop_connection
+
+    _drop_connection()
+    yield
+    _drop_connection()

@@ -18,7 +18,6 @@ from audit.models import ActivityLog
 from core.actor import Actor
 from leads.formatting import lead_url
 from leads.models import (
-    EmailStatus,
     Lead,
     LeadReassignment,
     LeadStatus,
@@ -26,6 +25,7 @@ from leads.models import (
     NotificationKind,
 )
 from leads.services import create_lead, reassign_lead, sweep_sla_breaches
+from outbox.models import OutboundMessage
 from teams.models import Membership, Role, Strategy
 from tests.factories import AssignmentConfigFactory, MembershipFactory
 
@@ -196,7 +196,7 @@ def test_seed_verification_steps_via_the_api_key(
     # The new agent is told (in-app; the email is covered below)
     [notice] = unread(bob, lead)
     assert notice.kind == NotificationKind.LEAD_REASSIGNED
-    assert notice.email_status == EmailStatus.PENDING
+    assert notice.email_status == "pending"
 
 
 def test_the_response_has_the_lead_and_the_reassignment(
@@ -237,28 +237,56 @@ def test_the_response_has_the_lead_and_the_reassignment(
     assert reassignment["id"] == str(LeadReassignment.all_tenants.get().pk)
 
 
-def test_the_new_agents_email_is_enqueued_only_after_commit(
-    tenant_client, owner, bob, lead, clock, django_capture_on_commit_callbacks, mailoutbox
+def test_the_new_agents_email_waits_in_the_outbox_until_after_the_request(
+    tenant_client,
+    owner,
+    alice,
+    bob,
+    lead,
+    clock,
+    django_capture_on_commit_callbacks,
+    mailoutbox,
+    deliver_outbox,
 ):
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+    with django_capture_on_commit_callbacks(execute=True):
         response = post(tenant_client, body_for(lead, bob, "manual", by=owner))
 
     assert response.status_code == 200
-    assert len(callbacks) == 1, "one email job, registered to run on commit"
-    assert mailoutbox == [], "nothing is sent inside the transaction"
+    assert mailoutbox == [], "nothing is sent by the request, even after its commit"
+    notice = unread(bob, lead).select_related("email_message").get()
+    message = notice.email_message
+    assert (message.status, message.attempts) == ("pending", 0)
+    assert (message.channel, message.kind, message.target) == (
+        "email",
+        "lead.lead_reassigned",
+        bob.user.email,
+    )
+
+    # The worker: Bob's email goes out; Alice's "new lead" email, still waiting, is
+    # skipped, since the lead is no longer hers.
+    assert deliver_outbox() == 2
+
+    assert [m.to for m in mailoutbox] == [[bob.user.email]]
+    assert mailoutbox[0].subject == "Lead reassigned to you: Jane Roe"
+    message.refresh_from_db()
+    assert (message.status, message.attempts) == ("sent", 1)
+    alices = Notification.all_tenants.select_related("email_message").get(recipient=alice)
+    assert alices.email_status == "skipped"
+    assert alices.email_message.last_error == "The lead has since been given to another agent."
 
 
 def test_new_agent_receives_email(
-    tenant_client, owner, bob, lead, clock, django_capture_on_commit_callbacks, mailoutbox
+    tenant_client, owner, bob, lead, clock, mailoutbox, deliver_outbox
 ):
     """The new agent receives an email, with a direct link to the lead."""
     clock.move_to(T0 + minutes(7))
 
-    with django_capture_on_commit_callbacks(execute=True):
-        response = post(tenant_client, body_for(lead, bob, "unclaimed", by=owner))
+    response = post(tenant_client, body_for(lead, bob, "unclaimed", by=owner))
+    deliver_outbox()
 
     assert response.status_code == 200
-    [email] = [m for m in mailoutbox if bob.user.email in m.to]
+    [email] = mailoutbox
+    assert email.to == [bob.user.email]
     assert "Jane Roe" in email.subject
     # The email: lead details, the reason, the timer warning, a direct link.
     for detail in ("Jane Roe", "+4915112345678", "jane@example.test", "website"):
@@ -268,7 +296,7 @@ def test_new_agent_receives_email(
     assert "2026-11-23 10:12" in email.body
     assert lead_url(lead) in email.body
     notice = unread(bob, lead).get()
-    assert notice.email_status == EmailStatus.SENT
+    assert notice.email_status == "sent"
 
 
 # --- timers by reason ------------------------------------------------------------------
@@ -901,12 +929,20 @@ def _snapshot(tenant, lead, agents) -> dict:
             Notification.all_tenants.values_list("pk", "recipient_id", "is_read", "read_at")
         ),
         "activity": ActivityLog.objects.for_tenant(tenant).count(),
+        "outbox": sorted(OutboundMessage.all_tenants.values_list("pk", "status", "target")),
     }
 
 
 # Each of the service's writes, failing in turn: the first (the lead), one in the
-# middle (the history row) and the last two.
-FAILING_TABLES = ["leads_lead", "leads_leadreassignment", "audit_activitylog", "leads_notification"]
+# middle (the history row) and the last three (the new agent's email in the outbox is
+# written just before the notice).
+FAILING_TABLES = [
+    "leads_lead",
+    "leads_leadreassignment",
+    "audit_activitylog",
+    "outbox_outboundmessage",
+    "leads_notification",
+]
 
 
 @contextmanager
@@ -944,42 +980,47 @@ def failing_trigger(table: str):
 
 @pytest.mark.parametrize("table", FAILING_TABLES)
 def test_a_database_failure_inside_the_request_rolls_the_service_back(
-    tenant, tenant_client, owner, alice, bob, lead, clock, table, django_capture_on_commit_callbacks
+    tenant,
+    tenant_client,
+    owner,
+    alice,
+    bob,
+    lead,
+    clock,
+    table,
+    django_capture_on_commit_callbacks,
+    mailoutbox,
+    deliver_outbox,
 ):
     """Inside the test transaction the service's atomic block is a savepoint."""
     clock.move_to(T0 + minutes(7))
     before = _snapshot(tenant, lead, [alice, bob, owner])
-    with (
-        failing_trigger(table),
-        django_capture_on_commit_callbacks(execute=False) as callbacks,
-    ):
+    with failing_trigger(table), django_capture_on_commit_callbacks(execute=True):
         response = post(tenant_client, body_for(lead, bob, "unclaimed", by=owner))
 
     assert response.status_code == 500
     assert error(response)["code"] == "database_error"
+    # "outbox" in the snapshot: no email queued for a change that did not happen.
     assert _snapshot(tenant, lead, [alice, bob, owner]) == before
-    assert callbacks == [], "no email for a change that did not happen"
+    deliver_outbox()
+    assert [m.to for m in mailoutbox] == [[alice.user.email]], "only Alice's, from before"
 
 
-@pytest.fixture
-def enqueued_emails(monkeypatch):
-    """Outside a test transaction the on-commit hook really runs: record what would be
-    handed to the broker instead of sending (the request path ends there)."""
-    batches: list[list[str]] = []
-    monkeypatch.setattr("leads.services.enqueue_notification_emails", batches.append)
-    return batches
+def _queued_emails(agent) -> list:
+    return list(
+        OutboundMessage.all_tenants.filter(target=agent.user.email).values_list("kind", "status")
+    )
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("table", FAILING_TABLES)
 @pytest.mark.django_db(transaction=True)
 def test_a_database_failure_is_a_json_500_and_changes_nothing(
-    tenant, tenant_client, owner, alice, bob, clock, enqueued_emails, table
+    tenant, tenant_client, owner, alice, bob, clock, table, mailoutbox, deliver_outbox
 ):
     lead = new_lead(tenant, alice)  # with Alice's unread notice, which a success marks read
     clock.move_to(T0 + minutes(7))
     before = _snapshot(tenant, lead, [alice, bob, owner])
-    enqueued_emails.clear()
     with failing_trigger(table):
         response = post(tenant_client, body_for(lead, bob, "unclaimed", by=owner))
 
@@ -992,7 +1033,11 @@ def test_a_database_failure_is_a_json_500_and_changes_nothing(
         }
     }
     assert _snapshot(tenant, lead, [alice, bob, owner]) == before
-    assert enqueued_emails == [], "no email for a change that did not happen"
-    # The connection is healthy afterwards: the same call succeeds.
+    assert _queued_emails(bob) == [], "no email for a change that did not happen"
+    # The connection is healthy afterwards: the same call succeeds, and its email,
+    # committed with it, is there for the worker.
     assert post(tenant_client, body_for(lead, bob, "unclaimed", by=owner)).status_code == 200
-    assert len(enqueued_emails) == 1
+    assert _queued_emails(bob) == [("lead.lead_reassigned", "pending")]
+    deliver_outbox()
+    assert [m.to for m in mailoutbox] == [[bob.user.email]]
+    assert _queued_emails(bob) == [("lead.lead_reassigned", "sent")]

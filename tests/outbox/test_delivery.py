@@ -295,3 +295,19 @@ def test_a_message_finally_failing_tells_whoever_listens_in_its_transaction(tena
     finally:
         message_failed.disconnect(listener)
     assert heard == [(message.pk, "provider answered HTTP 400", True)]
+
+
+def test_the_purge_keeps_messages_a_session_still_shows(tenant):
+    from outbox.services import purge_finished_messages
+    from tests.inbox.factories import InboxSessionFactory
+
+    session = InboxSessionFactory(tenant=tenant)
+    loose = _queue(tenant)
+    long_ago = timezone.now() - timedelta(days=400)
+    OutboundMessage.all_tenants.update(status=MessageStatus.SENT, finished_at=long_ago)
+
+    assert purge_finished_messages(older_than_days=90) == 1
+
+    assert not OutboundMessage.all_tenants.filter(pk=loose.pk).exists()
+    session.refresh_from_db()
+    assert session.confirmation_status == "sent"

@@ -1,0 +1,120 @@
+"""Event types, and how an event becomes outbox messages.
+
+Callers (the services of inbox and leads, and the outbox's `message_failed` signal) call
+`emit()` inside the transaction of the change, so an event exists exactly when its change
+does. Each active endpoint of the tenant that wants the type gets one outbox message on
+the `webhook` channel, whose body is fixed now: every retry sends the same bytes with the
+same `webhook-id`. Events about one object reach one endpoint in order (ordering key).
+"""
+
+import json
+import uuid
+from dataclasses import dataclass, field
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
+
+from outbox.services import build_message, queue_messages
+from webhooks.models import WebhookEndpoint
+
+SESSION_CREATED = "session.created"
+SESSION_ASSIGNED = "session.assigned"
+SESSION_UNASSIGNED = "session.unassigned"
+SESSION_CLOSED = "session.closed"
+LEAD_CREATED = "lead.created"
+LEAD_ASSIGNED = "lead.assigned"
+LEAD_CLAIMED = "lead.claimed"
+LEAD_CONTACTED = "lead.contacted"
+LEAD_SLA_BREACHED = "lead.sla_breached"
+LEAD_REASSIGNED = "lead.reassigned"
+LEAD_CLOSED = "lead.closed"
+MESSAGE_FAILED = "message.failed"
+WEBHOOK_TEST = "webhook.test"  # sent on request to one endpoint, whatever it subscribed to
+
+EVENT_TYPES = {
+    SESSION_CREATED: "A handover opened a new session for a contact.",
+    SESSION_ASSIGNED: "A session got an agent (handover, retry job, an admin, a transfer).",
+    SESSION_UNASSIGNED: "Routing left a session without an agent; `unassignedReason` says why.",
+    SESSION_CLOSED: "The conversation is over: the bot may take over again.",
+    LEAD_CREATED: "A lead came in.",
+    LEAD_ASSIGNED: "A lead got its first agent.",
+    LEAD_CLAIMED: "The agent claimed the lead.",
+    LEAD_CONTACTED: "The agent contacted the lead.",
+    LEAD_SLA_BREACHED: "A claim or contact window ran out; `stage` is `claim` or `contact`.",
+    LEAD_REASSIGNED: "A lead moved to another agent; `previousAgentId`, `reason`, `notes`.",
+    LEAD_CLOSED: "A lead was closed.",
+    MESSAGE_FAILED: "A WhatsApp confirmation or an email finally failed.",
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    tenant_id: object
+    type: str
+    data: dict
+    # The object the event is about: its events reach each endpoint in order.
+    subject_id: str = ""
+    timestamp: object = field(default_factory=timezone.now)
+    # The tenant, when the caller has it loaded: a tenant without active endpoints then
+    # costs no query at all.
+    tenant: object = None
+
+
+def event_body(event: Event) -> str:
+    return json.dumps(
+        {"type": event.type, "timestamp": event.timestamp.isoformat(), "data": event.data},
+        cls=DjangoJSONEncoder,
+        separators=(",", ":"),
+    )
+
+
+def new_webhook_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def message_for(endpoint: WebhookEndpoint, event: Event, *, webhook_id: str | None = None):
+    webhook_id = webhook_id or new_webhook_id()
+    return build_message(
+        tenant=endpoint.tenant_id,
+        channel="webhook",
+        kind=event.type,
+        target=endpoint.url,
+        payload={
+            "endpoint_id": str(endpoint.pk),
+            "webhook_id": webhook_id,
+            "type": event.type,
+            "body": event_body(event),
+        },
+        idempotency_key=webhook_id,
+        ordering_key=f"{endpoint.pk}:{event.subject_id}" if event.subject_id else "",
+    )
+
+
+def emit(events: list[Event]) -> int:
+    """Queue each event for every active endpoint of its tenant that wants it, in the
+    caller's transaction (one query for the endpoints, one insert); how many messages."""
+    events = [
+        event
+        for event in events
+        if event.tenant is None or getattr(event.tenant, "has_active_webhooks", True)
+    ]
+    if not events:
+        return 0
+    tenant_ids = {event.tenant_id for event in events}
+    # Deliberately across the events' tenants (a sweep covers many); each event is then
+    # matched only with endpoints of its own tenant.
+    endpoints = list(
+        WebhookEndpoint.all_tenants.filter(tenant_id__in=tenant_ids, is_active=True).order_by(
+            "created_at"
+        )
+    )
+    if not endpoints:
+        return 0
+    messages = [
+        message_for(endpoint, event)
+        for event in events
+        for endpoint in endpoints
+        if endpoint.tenant_id == event.tenant_id and endpoint.wants(event.type)
+    ]
+    queue_messages(messages)
+    return len(messages)

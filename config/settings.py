@@ -195,7 +195,7 @@ OUTBOX_MAX_ATTEMPTS = env.int("OUTBOX_MAX_ATTEMPTS", default=6)
 OUTBOX_RETRY_BASE_SECONDS = env.float("OUTBOX_RETRY_BASE_SECONDS", default=5.0)
 OUTBOX_RETRY_MAX_DELAY_SECONDS = env.float("OUTBOX_RETRY_MAX_DELAY_SECONDS", default=300.0)
 # Messages of one endpoint (one tenant's CRM, the mail provider) in flight at once.
-OUTBOX_ENDPOINT_CONCURRENCY = env.int("OUTBOX_ENDPOINT_CONCURRENCY", default=2)
+OUTBOX_ENDPOINT_CONCURRENCY = env.int("OUTBOX_ENDPOINT_CONCURRENCY", default=4)
 # Webhooks retry for about a day: the first retry after WEBHOOK_RETRY_BASE_SECONDS, then
 # doubling up to WEBHOOK_RETRY_MAX_DELAY_SECONDS, WEBHOOK_MAX_ATTEMPTS tries in all.
 WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=16)
@@ -225,8 +225,6 @@ OUTBOUND_ALLOW_PRIVATE_NETWORKS = env.bool(
 
 # --- Internationalisation -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
-# URL fields in forms (CRM apiUrl, webhook URLs) assume https when no scheme is typed.
-FORMS_URLFIELD_ASSUME_HTTPS = True
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -282,6 +280,25 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # 3.1 for `webhooks`: every event we POST to tenants, with an example.
+    "OAS_VERSION": "3.1.0",
+    "WEBHOOKS": [
+        f"webhooks.schema.{name.replace('.', '_')}"
+        for name in (
+            "session.created",
+            "session.assigned",
+            "session.unassigned",
+            "session.closed",
+            "lead.created",
+            "lead.assigned",
+            "lead.claimed",
+            "lead.contacted",
+            "lead.sla_breached",
+            "lead.reassigned",
+            "lead.closed",
+            "message.failed",
+        )
+    ],
 }
 # Requests larger than this are refused before parsing (413 on the API).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=64 * 1024)

@@ -20,6 +20,7 @@ One state machine for every channel::
   or hung endpoint (one tenant's CRM) holds a few slots, never all of them.
 """
 
+import contextlib
 import logging
 import random
 import time
@@ -29,7 +30,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Min, Q
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from audit.services import record_activity
@@ -51,38 +52,72 @@ LAST_ERROR_LIMIT = 1000
 # Serialises claims across workers (a claim takes milliseconds), which makes the
 # per-endpoint cap exact; SKIP LOCKED still passes over rows locked for other reasons.
 CLAIM_LOCK_ID = 0x6F7574626F78  # "outbox"
-CANDIDATES_PER_CLAIM = 500
-# Due rows, oldest first, skipping endpoints whose slots are all taken and giving each
-# endpoint only the slots it has left (OUTBOX_ENDPOINT_CONCURRENCY); a row waits while an
-# older row of its ordering key is still pending or being sent.
+# Due rows are looked at in two index-ordered runs (due pending rows; sends whose lease
+# ran out), each stopping after this many rows per claimed message: a backlog of a
+# million rows costs a claim no more than a backlog of a hundred.
+CANDIDATES_PER_SLOT = 8
+# The claim, one statement: due rows, oldest first, skipping endpoints whose slots are all
+# taken, giving each endpoint only the slots it has left (OUTBOX_ENDPOINT_CONCURRENCY),
+# and skipping a row while an older row of its ordering key is pending or being sent.
+# The chosen rows are locked (SKIP LOCKED on PostgreSQL), marked sending, their attempt
+# counted and their lease set, and returned.
 CLAIM_SQL = """
     WITH in_flight AS (
         SELECT endpoint_key, COUNT(*) AS busy FROM outbox_outboundmessage
         WHERE status = 'sending' AND lease_expires_at > %(now)s
         GROUP BY endpoint_key
     ),
+    due AS (
+        SELECT * FROM (
+            SELECT m.id, m.endpoint_key, m.ordering_key, m.created_at, m.next_attempt_at
+            FROM outbox_outboundmessage m
+            WHERE m.status = 'pending' AND m.next_attempt_at <= %(now)s
+              AND m.endpoint_key NOT IN (
+                  SELECT endpoint_key FROM in_flight WHERE busy >= %(cap)s)
+            ORDER BY m.next_attempt_at
+            LIMIT %(candidates)s
+        ) AS pending_rows
+        UNION ALL
+        SELECT * FROM (
+            SELECT m.id, m.endpoint_key, m.ordering_key, m.created_at, m.lease_expires_at
+            FROM outbox_outboundmessage m
+            WHERE m.status = 'sending' AND m.lease_expires_at <= %(now)s
+            ORDER BY m.lease_expires_at
+            LIMIT %(candidates)s
+        ) AS abandoned_rows
+    ),
     candidates AS (
-        SELECT m.id, m.endpoint_key, m.next_attempt_at FROM outbox_outboundmessage m
-        WHERE ((m.status = 'pending' AND m.next_attempt_at <= %(now)s)
-               OR (m.status = 'sending' AND m.lease_expires_at <= %(now)s))
-          AND m.endpoint_key NOT IN (SELECT endpoint_key FROM in_flight WHERE busy >= %(cap)s)
-          AND (m.ordering_key = '' OR NOT EXISTS (
-              SELECT 1 FROM outbox_outboundmessage older
-              WHERE older.ordering_key = m.ordering_key
-                AND older.status IN ('pending', 'sending')
-                AND older.created_at < m.created_at))
-        ORDER BY m.next_attempt_at
-        LIMIT %(candidates)s
+        SELECT d.* FROM due d
+        WHERE d.ordering_key = '' OR NOT EXISTS (
+            SELECT 1 FROM outbox_outboundmessage older
+            WHERE older.ordering_key = d.ordering_key
+              AND older.status IN ('pending', 'sending')
+              AND older.created_at < d.created_at)
     ),
     ranked AS (
         SELECT c.id, c.next_attempt_at,
                ROW_NUMBER() OVER (PARTITION BY c.endpoint_key ORDER BY c.next_attempt_at, c.id)
                + COALESCE(f.busy, 0) AS slot
         FROM candidates c LEFT JOIN in_flight f ON f.endpoint_key = c.endpoint_key
+    ),
+    chosen AS (
+        SELECT id FROM ranked WHERE slot <= %(cap)s ORDER BY next_attempt_at LIMIT %(limit)s
     )
-    SELECT id FROM ranked WHERE slot <= %(cap)s
-    ORDER BY next_attempt_at LIMIT %(limit)s
+    UPDATE outbox_outboundmessage
+    SET status = 'sending', attempts = attempts + 1, lease_expires_at = %(lease)s,
+        claim_token = %(token)s, last_attempt_at = %(now)s, updated_at = %(now)s
+    WHERE id IN ({locked_ids})
+      AND ((status = 'pending' AND next_attempt_at <= %(now)s)
+           OR (status = 'sending' AND lease_expires_at <= %(now)s))
+    RETURNING *
 """
+POSTGRES_CLAIM_SQL = CLAIM_SQL.replace(
+    "{locked_ids}",
+    "SELECT id FROM outbox_outboundmessage WHERE id IN (SELECT id FROM chosen) "
+    "FOR UPDATE SKIP LOCKED",
+)
+# SQLite has no row locks: its writers take turns (transactions begin IMMEDIATE).
+SQLITE_CLAIM_SQL = CLAIM_SQL.replace("{locked_ids}", "SELECT id FROM chosen")
 
 
 def retry_delay_seconds(attempts: int, channel=None) -> float:
@@ -112,35 +147,23 @@ def claim_due(*, limit: int) -> list[OutboundMessage]:
     lease taken. Oldest first, at most OUTBOX_ENDPOINT_CONCURRENCY in flight per endpoint."""
     if limit <= 0:
         return []
-    cap = max(1, int(settings.OUTBOX_ENDPOINT_CONCURRENCY))
     postgres = connection.vendor == "postgresql"
+    now = timezone.now()
+    token = uuid.uuid4()
+    params = {
+        "now": now,
+        "cap": max(1, int(settings.OUTBOX_ENDPOINT_CONCURRENCY)),
+        "candidates": max(limit, 1) * CANDIDATES_PER_SLOT,
+        "limit": limit,
+        "lease": now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS),
+        "token": token if postgres else token.hex,
+    }
     with transaction.atomic():
-        now = timezone.now()
-        with connection.cursor() as cursor:
-            if postgres:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIM_LOCK_ID])
-            cursor.execute(
-                CLAIM_SQL,
-                {"now": now, "cap": cap, "candidates": CANDIDATES_PER_CLAIM, "limit": limit},
-            )
-            ids = [row[0] for row in cursor.fetchall()]
-        if not ids:
-            return []
-        rows = OutboundMessage.all_tenants.filter(_due_filter(now), pk__in=ids)
         if postgres:
-            rows = rows.select_for_update(skip_locked=True)
-        ids = list(rows.values_list("pk", flat=True))
-        token = uuid.uuid4()
-        lease = now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
-        OutboundMessage.all_tenants.filter(pk__in=ids).update(
-            status=MessageStatus.SENDING,
-            attempts=F("attempts") + 1,
-            lease_expires_at=lease,
-            claim_token=token,
-            last_attempt_at=now,
-            updated_at=now,
-        )
-        claimed = list(OutboundMessage.all_tenants.select_related("tenant").filter(pk__in=ids))
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIM_LOCK_ID])
+        sql = POSTGRES_CLAIM_SQL if postgres else SQLITE_CLAIM_SQL
+        claimed = list(OutboundMessage.all_tenants.raw(sql, params))
     claimed.sort(key=lambda m: m.next_attempt_at)
     return claimed
 
@@ -252,7 +275,10 @@ def _store_with_retries(message: OutboundMessage, fields: dict, outcome: Outcome
     pause = 0.05
     while True:
         try:
-            with transaction.atomic():
+            needs_attention = outcome.status in (MessageStatus.FAILED, MessageStatus.SKIPPED)
+            # A sent message or a retry is one UPDATE (atomic by itself); a failure or a
+            # skip also writes an audit row and tells listeners, in one transaction.
+            with transaction.atomic() if needs_attention else contextlib.nullcontext():
                 updated = OutboundMessage.all_tenants.filter(
                     pk=message.pk, status=MessageStatus.SENDING, claim_token=message.claim_token
                 ).update(**fields)
@@ -260,7 +286,9 @@ def _store_with_retries(message: OutboundMessage, fields: dict, outcome: Outcome
                     message_failed.send(
                         sender=OutboundMessage, message=message, error=fields["last_error"]
                     )
-                if updated and outcome.status != "retry":
+                # A sent message is visible on its own row; the audit log records what
+                # needs a person's attention (failed, skipped).
+                if updated and needs_attention:
                     record_activity(
                         tenant=message.tenant,
                         action=f"message.{outcome.status}",

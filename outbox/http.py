@@ -16,6 +16,7 @@ import itertools
 import socket
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager
 
 import requests
@@ -182,5 +183,9 @@ def thread_session() -> requests.Session:
     session = getattr(_local, "session", None)
     if session is None:
         session = mount_deadline_adapter(requests.Session())
+        # Proxies from the environment are read once, here, rather than on every request
+        # (with trust_env, requests scans the environment and ~/.netrc each time).
+        session.proxies.update(urllib.request.getproxies())
+        session.trust_env = False
         _local.session = session
     return session

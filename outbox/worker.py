@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection, connections
+from django.db import DatabaseError, connection, connections
 
 from outbox.delivery import attempt, claim_due
 
@@ -67,13 +67,13 @@ def _psycopg_params() -> dict:
 
 
 def _attempt_in_thread(message) -> None:
-    close_old_connections()
+    # No health check per message (it would cost a `SELECT 1` each time): a broken
+    # connection fails the outcome write, which reconnects and retries.
     try:
         attempt(message)
     except Exception:  # attempt() stores every outcome; this is a last resort
         logger.exception("Outbound message %s: attempt crashed", message.pk)
-    finally:
-        connection.close_if_unusable_or_obsolete()
+        connection.close()
 
 
 class OutboxWorker:
@@ -125,11 +125,9 @@ class OutboxWorker:
                     future.add_done_callback(lambda _: self.wake.set())
                     in_flight.add(future)
                     self.sent_attempts += 1
-                if claimed and len(claimed) == free:
-                    # Maybe more is due: claim again as soon as a thread is free.
-                    self.wake.wait(self.poll_seconds)
-                elif not claimed:
-                    self.wake.wait(self.poll_seconds)
+                # Sleep until a send ends, a message is written (NOTIFY) or the poll is due;
+                # claiming again at once would mostly find nothing.
+                self.wake.wait(self.poll_seconds)
                 self.wake.clear()
             logger.info("Outbox worker stopping: waiting for %d sends", len(in_flight))
         connections.close_all()

@@ -44,3 +44,20 @@ def test_swagger_ui_is_served_from_local_static_files(client):
 def test_schema_generation_has_no_warnings(tmp_path, capsys):
     call_command("spectacular", "--file", str(tmp_path / "schema.yml"), "--fail-on-warn")
     assert (tmp_path / "schema.yml").read_text().startswith("openapi:")
+
+
+@pytest.mark.django_db
+def test_every_webhook_event_is_documented_with_an_example(client):
+    from webhooks.events import EVENT_TYPES
+
+    schema = client.get("/api/schema/?format=json").json()
+
+    assert set(schema["webhooks"]) == set(EVENT_TYPES)
+    for event_type, item in schema["webhooks"].items():
+        content = item["post"]["requestBody"]["content"]["application/json"]
+        [example] = content["examples"].values()
+        assert example["value"]["type"] == event_type
+        assert example["value"]["data"]
+    operations = schema["paths"]
+    assert {"post", "get"} <= set(operations["/api/v1/webhooks"])
+    assert "/api/v1/webhooks/{endpoint_id}/rotate-secret" in operations

@@ -32,6 +32,7 @@ def _show_secret_once(request, secret: str) -> None:
 
 
 class EndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=2048, assume_scheme="https")
     events = forms.MultipleChoiceField(
         choices=[(name, f"{name}: {text}") for name, text in EVENT_TYPES.items()],
         widget=forms.CheckboxSelectMultiple,

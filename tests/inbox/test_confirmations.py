@@ -190,9 +190,8 @@ def test_the_confirmation_goes_out_in_the_documented_wire_format(
     assert message.attempts == 1
     assert message.last_error == ""
     assert message.finished_at is not None
-    sent = activities(tenant, "message.sent", message).get()
-    assert sent.actor_label == "system"
-    assert sent.data["provider_message_id"] == "wamid.HBgM"
+    # A sent message shows on its row; the audit log keeps what needs attention.
+    assert not activities(tenant, "message.sent", message).exists()
     assert not activities(tenant, "message.failed", message).exists()
     assert failure_lines(caplog) == []
 
@@ -293,7 +292,6 @@ def test_a_transient_error_is_retried_later_until_the_message_is_sent(
     assert message.provider_message_id == "wamid.second"
     keys = idempotency_keys(httpserver)
     assert keys == [message.idempotency_key] * 2
-    assert activities(tenant, "message.sent", message).count() == 1
     assert not activities(tenant, "message.failed", message).exists()
     assert failure_lines(caplog) == []
 

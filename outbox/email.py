@@ -123,7 +123,9 @@ class EmailChannel(Channel):
         if content.html:
             email.attach_alternative(content.html, "text/html")
         # Anymail sends metadata along (Resend: X-Metadata); other backends ignore it.
-        email.metadata = {"message_id": str(message.pk), **content.metadata}
+        # Sorted: the kept content comes back from the database with its keys reordered,
+        # and a retry must send the very same bytes.
+        email.metadata = dict(sorted({"message_id": str(message.pk), **content.metadata}.items()))
         # Read by outbox.email_backends.ResendEmailBackend (the Idempotency-Key header).
         email.idempotency_key = message.idempotency_key
         email.extra_headers["Resend-Idempotency-Key"] = message.idempotency_key

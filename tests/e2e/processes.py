@@ -35,7 +35,7 @@ OUTPUT_TAIL = 80  # lines of each process's output printed after a test
 # --- the test database --------------------------------------------------------------------
 
 
-def test_database_url(*, application_name: str | None = None) -> str:
+def database_url_for_tests(*, application_name: str | None = None) -> str:
     """DATABASE_URL of the database pytest-django created for this run; with
     `application_name`, every connection of the process shows it in pg_stat_activity."""
     db = settings.DATABASES["default"]
@@ -111,7 +111,7 @@ def base_env(**extra: str) -> dict[str, str]:
     """The environment of a subprocess of ours: the test database, the local CRM allowed."""
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url_for_tests(),
         "PYTHONUNBUFFERED": "1",
         # The local CRM is plain http on a loopback address (CRM_* are the older names).
         "OUTBOUND_ALLOW_HTTP": "true",
@@ -225,7 +225,7 @@ class Processes:
         args = [sys.executable, "manage.py", "outbox_worker", "--threads", str(threads)]
         args += ["--poll", str(poll)]
         environment = base_env(**env)
-        environment["DATABASE_URL"] = test_database_url(application_name=application_name)
+        environment["DATABASE_URL"] = database_url_for_tests(application_name=application_name)
         worker = OutboxWorker(name, args, env=environment)
         worker.application_name = application_name
         self.started.append(worker)

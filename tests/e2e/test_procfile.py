@@ -9,22 +9,20 @@ own on a spare port, so no other test's workers can take its tasks.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import requests
 from cryptography.fernet import Fernet
-from django.conf import settings
 
 from core.actor import Actor
 from teams.services import create_api_key
+from tests.e2e.processes import database_url_for_tests, free_port, processes
 from tests.factories import MembershipFactory
 from tests.inbox.factories import CrmIntegrationFactory
 
@@ -36,22 +34,6 @@ pytestmark = [
 
 PROCESSES = ("web", "outbox", "worker", "periodic", "beat")
 START_TIMEOUT = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    user = quote(db.get("USER") or "", safe="")
-    password = db.get("PASSWORD") or ""
-    credentials = f"{user}:{quote(password, safe='')}@" if password else f"{user}@"
-    host = db.get("HOST") or "127.0.0.1"
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    return f"postgres://{credentials}{host}{port}/{quote(db['NAME'], safe='')}"
 
 
 class _Crm(BaseHTTPRequestHandler):
@@ -75,32 +57,9 @@ class _Crm(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def redis_url(tmp_path):
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            tmp_path,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
+def redis_url():
+    with processes() as group:
+        yield group.redis().url
 
 
 @pytest.fixture
@@ -122,12 +81,12 @@ def test_honcho_starts_every_process_and_a_handover_reaches_the_crm(
     CrmIntegrationFactory(tenant=tenant, api_url=crm_url)
     _, api_key = create_api_key(tenant=tenant, name="stack", actor=Actor.system())
 
-    port = _free_port()
+    port = free_port()
     venv_bin = str(Path(sys.executable).parent)
     env = {
         **os.environ,
         "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url_for_tests(),
         "REDIS_URL": redis_url,
         "SECRET_KEY": "stack-test-" + "s" * 50,
         "CRM_ENCRYPTION_KEYS": encryption_key,

@@ -167,12 +167,12 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": 3600.0,
     },
 }
-# Periodic jobs have a queue (and a worker: `periodic` in the Procfile) of their own, so
-# that nothing else can delay the SLA clock. Everything else goes to `default`.
+# The periodic runs have a queue (and a worker: `periodic` in the Procfile) of their own,
+# so that nothing else can delay the SLA clock. On-demand calls of the same tasks (an agent
+# is back: route their waiting work now) go to `default`, the Procfile's `worker`.
+for _entry in CELERY_BEAT_SCHEDULE.values():
+    _entry["options"] = {"queue": "periodic"}
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {
-    entry["task"]: {"queue": "periodic"} for entry in CELERY_BEAT_SCHEDULE.values()
-}
 # Every task has a time limit: the soft one raises inside the task (which then rolls its
 # transaction back), the hard one kills the worker child.
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=120)

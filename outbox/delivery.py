@@ -69,36 +69,30 @@ CLAIM_SQL = """
     ),
     due AS (
         SELECT * FROM (
-            SELECT m.id, m.endpoint_key, m.ordering_key, m.created_at, m.next_attempt_at
+            SELECT m.id, m.endpoint_key, m.created_at, m.next_attempt_at
             FROM outbox_outboundmessage m
             WHERE m.status = 'pending' AND m.next_attempt_at <= %(now)s
               AND m.endpoint_key NOT IN (
                   SELECT endpoint_key FROM in_flight WHERE busy >= %(cap)s)
+              AND {head_of_its_order}
             ORDER BY m.next_attempt_at
             LIMIT %(candidates)s
         ) AS pending_rows
         UNION ALL
         SELECT * FROM (
-            SELECT m.id, m.endpoint_key, m.ordering_key, m.created_at, m.lease_expires_at
+            SELECT m.id, m.endpoint_key, m.created_at, m.lease_expires_at
             FROM outbox_outboundmessage m
             WHERE m.status = 'sending' AND m.lease_expires_at <= %(now)s
+              AND {head_of_its_order}
             ORDER BY m.lease_expires_at
             LIMIT %(candidates)s
         ) AS abandoned_rows
-    ),
-    candidates AS (
-        SELECT d.* FROM due d
-        WHERE d.ordering_key = '' OR NOT EXISTS (
-            SELECT 1 FROM outbox_outboundmessage older
-            WHERE older.ordering_key = d.ordering_key
-              AND older.status IN ('pending', 'sending')
-              AND older.created_at < d.created_at)
     ),
     ranked AS (
         SELECT c.id, c.next_attempt_at,
                ROW_NUMBER() OVER (PARTITION BY c.endpoint_key ORDER BY c.next_attempt_at, c.id)
                + COALESCE(f.busy, 0) AS slot
-        FROM candidates c LEFT JOIN in_flight f ON f.endpoint_key = c.endpoint_key
+        FROM due c LEFT JOIN in_flight f ON f.endpoint_key = c.endpoint_key
     ),
     chosen AS (
         SELECT id FROM ranked WHERE slot <= %(cap)s ORDER BY next_attempt_at LIMIT %(limit)s
@@ -110,7 +104,16 @@ CLAIM_SQL = """
       AND ((status = 'pending' AND next_attempt_at <= %(now)s)
            OR (status = 'sending' AND lease_expires_at <= %(now)s))
     RETURNING *
-"""
+""".replace(
+    # Checked before the LIMIT: rows waiting behind the head of their ordering key must
+    # not fill the candidates and starve everybody else.
+    "{head_of_its_order}",
+    """(m.ordering_key = '' OR NOT EXISTS (
+        SELECT 1 FROM outbox_outboundmessage older
+        WHERE older.ordering_key = m.ordering_key
+          AND older.status IN ('pending', 'sending')
+          AND older.created_at < m.created_at))""",
+)
 POSTGRES_CLAIM_SQL = CLAIM_SQL.replace(
     "{locked_ids}",
     "SELECT id FROM outbox_outboundmessage WHERE id IN (SELECT id FROM chosen) "

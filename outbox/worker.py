@@ -15,13 +15,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import DatabaseError, connection, connections
+from django.db import DatabaseError, close_old_connections, connection, connections
 
 from outbox.delivery import attempt, claim_due
 
 logger = logging.getLogger("outbox.worker")
 
 NOTIFY_CHANNEL = "outbox"
+IDLE_CHECK_SECONDS = 10.0
+_thread_state = threading.local()
 
 
 class _Listener(threading.Thread):
@@ -67,8 +69,12 @@ def _psycopg_params() -> dict:
 
 
 def _attempt_in_thread(message) -> None:
-    # No health check per message (it would cost a `SELECT 1` each time): a broken
-    # connection fails the outcome write, which reconnects and retries.
+    # A health check (`SELECT 1`) only after the thread sat idle: per message it would
+    # cost a round trip each time, and a connection in steady use is known to be good.
+    now = time.monotonic()
+    if now - getattr(_thread_state, "last_used", 0.0) > IDLE_CHECK_SECONDS:
+        close_old_connections()
+    _thread_state.last_used = now
     try:
         attempt(message)
     except Exception:  # attempt() stores every outcome; this is a last resort

@@ -7,10 +7,11 @@ logged (`WebhookAttempt`: time, status, duration, first KB of the answer, error)
 """
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import requests
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -154,11 +155,18 @@ def _ms(started: float) -> int:
 
 
 def _record(attempt: WebhookAttempt, endpoint: WebhookEndpoint, *, succeeded: bool) -> None:
+    """Log the attempt, and keep the endpoint's health: a success clears the run of
+    failures (and refreshes `last_success_at` at most once a minute, so that a busy
+    endpoint's row is not written for every event); a failure starts a run."""
     attempt.succeeded = succeeded
     attempt.save(force_insert=True)
+    now = attempt.attempted_at
     endpoints = WebhookEndpoint.objects.for_tenant(endpoint.tenant_id).filter(pk=endpoint.pk)
     if succeeded:
-        endpoints.exclude(failing_since=None).update(failing_since=None)
-        endpoints.update(last_success_at=attempt.attempted_at)
+        endpoints.filter(
+            Q(failing_since__isnull=False)
+            | Q(last_success_at__isnull=True)
+            | Q(last_success_at__lt=now - timedelta(minutes=1))
+        ).update(failing_since=None, last_success_at=now)
     else:
-        endpoints.filter(failing_since=None).update(failing_since=attempt.attempted_at)
+        endpoints.filter(failing_since=None).update(failing_since=now)

@@ -3,13 +3,13 @@ in the same run, on PostgreSQL.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \\
         .venv/bin/python -m tests.benchmarks.bench_outbox [--messages N] [--rounds R]
-        [--threads T] [--concurrency C] [--timeout S]
+        [--threads T] [--concurrency C] [--timeout S] [--skip-webhooks]
 
 DATABASE_URL names the PostgreSQL server (and a database there to connect to for
 CREATE DATABASE): the script creates a database of its own (outbox_bench_<random>),
 migrates it, measures, and drops it again, even when interrupted. It also starts, and
-stops, a redis-server of its own on a free port (the Celery broker), a local CRM and the
-two workers. Not a pytest test (pytest collects only test_*.py).
+stops, a redis-server of its own on a free port (the Celery broker), a local CRM, a local
+webhook receiver and the two workers. Not a pytest test (pytest collects only test_*.py).
 
 a. Celery baseline: a real `celery -A config worker` (prefork, --concurrency C, default
    2 as in the Procfile; a queue of its own; --loglevel WARNING, so it logs nothing per
@@ -20,12 +20,21 @@ b. Outbox delivery: N WhatsApp messages (outbox.services.build_message/queue_mes
    answers 200 at once (a ThreadingHTTPServer, HTTP/1.1 keep-alive, in a process of its
    own), sent by one `manage.py outbox_worker` (T sending threads, default
    OUTBOX_WORKER_THREADS). Timed from the commit until the last `finished_at`.
+c. Webhook delivery (unless --skip-webhooks): N events (`webhooks.events.emit`, one
+   transaction, `lead.claimed`, each about a subject of its own, so that no ordering key
+   holds one back) for a second tenant with one webhook endpoint
+   (`webhooks.services.create_endpoint`) at a local receiver (the same kind of server as
+   the CRM, in a process of its own, counting requests), sent, signed, by the same
+   `outbox_worker`. Timed from the commit until the last `finished_at`; every message of
+   channel "webhook" must be `sent`, with one request and one successful
+   `WebhookAttempt` per event (no duplicates).
 
-Both workers are started and warmed up first; then the R rounds alternate a then b, so
-that a change in the machine's load hits both alike. Latency is per message, from its
-publish (a) or from the commit (b) until it ran or was finished. CPU seconds are read
+Both workers are started and warmed up first; then the R rounds run a, b, c in turn, so
+that a change in the machine's load hits all alike. Latency is per message, from its
+publish (a) or from the commit (b, c) until it ran or was finished. CPU seconds are read
 from /proc: the worker with its children, and the other side of each run (the Redis
-broker for a; the PostgreSQL backends serving the bench database for b).
+broker for a; the PostgreSQL backends serving the bench database for b and c). The
+"requests" column is what the local server received (CRM for b, receiver for c).
 """
 
 import argparse
@@ -86,6 +95,7 @@ class Run:
     latencies: list[float] = field(default_factory=list)  # seconds
     worker_cpu: float | None = None  # CPU seconds of the worker and its children
     other_cpu: float | None = None  # CPU seconds of the broker / the database backends
+    requests: int | None = None  # HTTP requests the local CRM / receiver got
 
     @property
     def seconds(self) -> float:
@@ -223,7 +233,8 @@ def _serve_crm(server: ThreadingHTTPServer, counter) -> None:
 
 
 def start_crm():
-    """The CRM in a forked process (its own GIL): (process, base URL, request counter)."""
+    """The CRM in a forked process (its own GIL): (process, base URL, request counter).
+    Answers 200 to a POST on any path, so a second one serves as the webhook receiver."""
     context = multiprocessing.get_context("fork")
     counter = context.Value("q", 0)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _CrmHandler)
@@ -428,7 +439,8 @@ class OutboxDelivery:
         self._wait(ids, self.args.timeout)
         run = Run(self.label(), started=committed)
         run.worker_cpu, run.other_cpu = worker_cpu.used(), database_cpu.used()
-        self.crm_requests += self.crm_counter.value - requests_before
+        run.requests = self.crm_counter.value - requests_before
+        self.crm_requests += run.requests
 
         rows = OutboundMessage.all_tenants.filter(pk__in=ids)
         statuses = dict(rows.values_list("status").annotate(n=Count("pk")))
@@ -444,10 +456,126 @@ class OutboxDelivery:
         stop_process(self.worker)
 
 
+# --- (c) webhook delivery --------------------------------------------------------------
+
+
+class WebhookDelivery:
+    """Webhook events of a tenant with one endpoint, sent by the outbox worker of b."""
+
+    def __init__(self, args, outbox: OutboxDelivery, receiver_url: str, receiver_counter):
+        from core.actor import Actor
+        from core.crypto import decrypt_secret
+        from teams.models import Tenant
+        from webhooks.services import create_endpoint
+
+        self.args, self.outbox, self.receiver_counter = args, outbox, receiver_counter
+        run_id = uuid.uuid4().hex[:10]
+        self.tenant = Tenant.objects.create(name=f"Webhook bench {run_id}", slug=f"w-{run_id}")
+        self.endpoint, secret = create_endpoint(
+            tenant=self.tenant,
+            actor=Actor.system(),
+            url=f"{receiver_url}webhooks/bench",
+            description="Benchmark receiver",
+        )
+        # The worker decrypts with the CRM_ENCRYPTION_KEYS / SECRET_KEY that setup_django
+        # passed on; a mismatch would fail the warm-up ("cannot be decrypted").
+        assert decrypt_secret(self.endpoint.secret_encrypted) == secret
+        self.requests = 0
+        self.duplicates = 0  # requests beyond one per event, over all measured runs
+
+    def label(self) -> str:
+        return f"outbox_worker ({self.outbox.threads} threads), webhooks to local receiver"
+
+    def _queue(self, count: int) -> tuple[list, float]:
+        """`count` events in one transaction, each about a subject of its own; (the ids
+        of their outbox messages, time.time() right after the commit)."""
+        from django.db import transaction
+
+        from outbox.models import OutboundMessage
+        from webhooks.events import LEAD_CLAIMED, Event, emit
+
+        subjects = [str(uuid.uuid4()) for _ in range(count)]
+        with transaction.atomic():
+            queued = emit(
+                [
+                    Event(
+                        tenant_id=self.tenant.pk,
+                        type=LEAD_CLAIMED,
+                        data={"leadId": subject, "agentId": "bench-agent", "index": index},
+                        subject_id=subject,
+                    )
+                    for index, subject in enumerate(subjects)
+                ]
+            )
+            keys = [f"{self.endpoint.pk}:{subject}" for subject in subjects]
+            ids = list(
+                OutboundMessage.all_tenants.filter(
+                    tenant=self.tenant, channel="webhook", ordering_key__in=keys
+                ).values_list("pk", flat=True)
+            )
+        committed = time.time()
+        if queued != count or len(ids) != count:
+            raise RuntimeError(f"{count} events queued {queued} messages ({len(ids)} found)")
+        return ids, committed
+
+    def _check(self, ids, what: str) -> None:
+        """Every message sent, with exactly one successful attempt, each its own webhook-id."""
+        from django.db.models import Count
+
+        from outbox.models import MessageStatus, OutboundMessage
+        from webhooks.models import WebhookAttempt
+
+        rows = OutboundMessage.all_tenants.filter(pk__in=ids)
+        statuses = dict(rows.values_list("status").annotate(n=Count("pk")))
+        if statuses != {MessageStatus.SENT: len(ids)}:
+            errors = rows.exclude(status=MessageStatus.SENT).values_list("last_error", flat=True)
+            raise RuntimeError(f"{what} ended with {statuses}; e.g. {list(errors[:3])}")
+        attempts = WebhookAttempt.all_tenants.filter(message_id__in=ids)
+        succeeded = attempts.filter(succeeded=True)
+        distinct = succeeded.values("webhook_id").distinct().count()
+        if attempts.count() != len(ids) or succeeded.count() != len(ids) or distinct != len(ids):
+            raise RuntimeError(
+                f"{what}: {attempts.count()} attempts, {succeeded.count()} succeeded, "
+                f"{distinct} webhook-ids for {len(ids)} events"
+            )
+
+    def warm_up(self) -> None:
+        ids, _ = self._queue(20)
+        self.outbox._wait(ids, timeout=60)
+        self._check(ids, "Webhook warm-up")
+
+    def run(self) -> Run:
+        from outbox.models import OutboundMessage
+
+        requests_before = self.receiver_counter.value
+        worker_cpu = CpuMeter(lambda: _process_tree(self.outbox.worker.pid))
+        database_cpu = CpuMeter(database_backends)
+        ids, committed = self._queue(self.args.messages)
+        self.outbox._wait(ids, self.args.timeout)
+        run = Run(self.label(), started=committed)
+        run.worker_cpu, run.other_cpu = worker_cpu.used(), database_cpu.used()
+        # A request is counted after its answer is written: let the last ones land.
+        wait_for(
+            lambda: self.receiver_counter.value - requests_before >= len(ids),
+            timeout=5,
+            what="Webhook receiver count",
+            progress=lambda: f"{self.receiver_counter.value - requests_before} requests",
+        )
+        run.requests = self.receiver_counter.value - requests_before
+        self.requests += run.requests
+        self.duplicates += max(0, run.requests - len(ids))
+        self._check(ids, "Webhook run")
+        rows = OutboundMessage.all_tenants.filter(pk__in=ids)
+        for finished_at in rows.values_list("finished_at", flat=True):
+            run.done.append(finished_at.timestamp())
+            run.latencies.append(finished_at.timestamp() - committed)
+        return run
+
+
 # --- printing ------------------------------------------------------------------------
 
-HEADERS = ["run", "messages", "seconds", "msg/s", "p50 ms", "p95 ms", "mean ms",
-           "worker CPU s", "Redis/PG CPU s", "vs Celery"]  # fmt: skip
+HEADERS = ["run", "messages", "requests", "seconds", "msg/s", "p50 ms", "p95 ms",
+           "mean ms", "worker CPU s", "Redis/PG CPU s", "vs Celery"]  # fmt: skip
 
 
 def row(label: str, runs: list[Run], baseline: float) -> list[str]:
@@ -456,6 +584,7 @@ def row(label: str, runs: list[Run], baseline: float) -> list[str]:
     latencies = [latency for run in runs for latency in run.latencies]
     worker_cpu = [run.worker_cpu for run in runs]
     other_cpu = [run.other_cpu for run in runs]
+    requests = [run.requests for run in runs]
 
     def cpu(values):
         return "n/a" if None in values else f"{sum(values):.2f}"
@@ -463,6 +592,7 @@ def row(label: str, runs: list[Run], baseline: float) -> list[str]:
     return [
         label,
         str(count),
+        "-" if None in requests else str(sum(requests)),
         f"{seconds:.2f}",
         f"{count / seconds:.0f}",
         f"{percentile(latencies, 50) * 1000:.0f}",
@@ -494,6 +624,9 @@ def parse_args(argv):
         "--concurrency", type=int, default=2, help="Celery worker (default 2, as the Procfile)"
     )
     parser.add_argument("--timeout", type=float, default=90.0, help="per run (default 90 s)")
+    parser.add_argument(
+        "--skip-webhooks", action="store_true", help="no webhook run (c), only a and b"
+    )
     args = parser.parse_args(argv)
     if min(args.messages, args.rounds, args.concurrency, args.threads or 1) < 1:
         parser.error("--messages, --rounds, --threads and --concurrency must be at least 1")
@@ -509,6 +642,8 @@ def setup_django(bench_url: str, redis_url: str) -> dict:
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "CRM_ALLOW_HTTP": "1",
         "CRM_ALLOW_PRIVATE_NETWORKS": "1",
+        "OUTBOUND_ALLOW_HTTP": "1",
+        "OUTBOUND_ALLOW_PRIVATE_NETWORKS": "1",
     }
     os.environ.update(env)
     import django
@@ -519,11 +654,16 @@ def setup_django(bench_url: str, redis_url: str) -> dict:
 
     if not settings.DATABASE_IS_POSTGRES:
         sys.exit("The benchmark needs PostgreSQL: DATABASE_URL=postgres://…")
+    # The worker must decrypt the webhook secret this process encrypts (core/crypto.py):
+    # the same CRM_ENCRYPTION_KEYS, or none and the same SECRET_KEY, whatever .env says.
+    env["SECRET_KEY"] = settings.SECRET_KEY
+    env["CRM_ENCRYPTION_KEYS"] = ",".join(settings.CRM_ENCRYPTION_KEYS or [])
     call_command("migrate", verbosity=0, interactive=False)
     return env
 
 
-def measure(args, env: dict, workdir: Path, redis_server, crm_url: str, crm_counter) -> None:
+def measure(args, env: dict, workdir: Path, redis_server, crm, receiver) -> None:
+    """`crm` and `receiver`: (base URL, request counter); receiver None: no webhook run."""
     from django.conf import settings
     from django.db import connection
 
@@ -536,20 +676,28 @@ def measure(args, env: dict, workdir: Path, redis_server, crm_url: str, crm_coun
         f"Outbox benchmark: PostgreSQL {pg_version} at {db['HOST']}:{db['PORT']}/{db['NAME']}, "
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs (load average {load}), "
         f"{args.messages} messages per run, {args.rounds} round(s)"
+        + ("" if receiver else ", no webhook run")
     )
 
-    celery = outbox = None
+    celery = outbox = webhooks = None
     try:
         celery = CeleryBaseline(args, env, workdir, redis_server)
-        outbox = OutboxDelivery(args, env, workdir, crm_url, crm_counter)
+        outbox = OutboxDelivery(args, env, workdir, *crm)
+        if receiver:
+            webhooks = WebhookDelivery(args, outbox, *receiver)
         celery.warm_up()
         outbox.warm_up()
-        celery_runs, outbox_runs = [], []
+        if webhooks:
+            webhooks.warm_up()
+        celery_runs, outbox_runs, webhook_runs = [], [], []
         for _ in range(args.rounds):
             celery_runs.append(celery.run())
             outbox_runs.append(outbox.run())
+            if webhooks:
+                webhook_runs.append(webhooks.run())
         # Read before the workers stop (the outbox worker's log gives its thread count).
         celery_label, outbox_label = celery.label(), outbox.label()
+        webhook_label = webhooks.label() if webhooks else ""
         publish = statistics.fmean(celery.publish_seconds)
     finally:
         for worker in (celery, outbox):
@@ -558,25 +706,43 @@ def measure(args, env: dict, workdir: Path, redis_server, crm_url: str, crm_coun
 
     baseline = throughput(celery_runs)
     rows = [row(celery_label, celery_runs, baseline), row(outbox_label, outbox_runs, baseline)]
+    if webhooks:
+        rows.append(row(webhook_label, webhook_runs, baseline))
     if args.rounds > 1:
-        for number, (a, b) in enumerate(zip(celery_runs, outbox_runs, strict=True), 1):
-            rows.append(row(f"  round {number}: Celery", [a], baseline))
-            rows.append(row(f"  round {number}: outbox", [b], baseline))
+        for number in range(args.rounds):
+            rows.append(row(f"  round {number + 1}: Celery", [celery_runs[number]], baseline))
+            rows.append(row(f"  round {number + 1}: outbox", [outbox_runs[number]], baseline))
+            if webhooks:
+                rows.append(
+                    row(f"  round {number + 1}: webhooks", [webhook_runs[number]], baseline)
+                )
+    total = args.messages * args.rounds
+    webhook_note = (
+        f"Webhooks: one endpoint, {webhooks.requests} receiver requests for {total} events "
+        f"({webhooks.duplicates} duplicates), each `sent` with one successful attempt. "
+        if webhooks
+        else ""
+    )
     print(
         f"outbox_worker: {outbox.threads} sending threads, OUTBOX_ENDPOINT_CONCURRENCY="
         f"{settings.OUTBOX_ENDPOINT_CONCURRENCY} (one tenant: one endpoint), poll "
         f"{settings.OUTBOX_POLL_SECONDS:g} s, {outbox.crm_requests} CRM requests for "
-        f"{args.messages * args.rounds} messages. Celery: prefork, concurrency "
+        f"{total} messages. {webhook_note}Celery: prefork, concurrency "
         f"{args.concurrency}, publishing {args.messages} tasks took {publish:.2f} s. "
         f"CPUs: {os.cpu_count()}.\n"
     )
     print(table(HEADERS, rows))
     ratio = throughput(outbox_runs) / baseline
+    webhook_ratio = (
+        f"; webhooks/baseline = {throughput(webhook_runs) / baseline:.2f}x" if webhooks else ""
+    )
+    outbox_runs_named = "outbox and webhooks" if webhooks else "outbox"
     print(
         f"    delivery/baseline throughput = {ratio:.2f}x "
-        f"({'meets' if ratio >= GOAL else 'misses'} the {GOAL}x goal). Latency: Celery from "
-        "each publish, outbox from the commit. Redis/PG CPU: the Redis broker (Celery), the "
-        "PostgreSQL backends of the bench database (outbox)."
+        f"({'meets' if ratio >= GOAL else 'misses'} the {GOAL}x goal){webhook_ratio}. "
+        f"Latency: Celery from each publish, {outbox_runs_named} from the commit. Redis/PG "
+        "CPU: the Redis broker (Celery), the PostgreSQL backends of the bench database "
+        f"({outbox_runs_named})."
     )
 
 
@@ -594,6 +760,9 @@ def main(argv=None) -> int:
 
     # Forked before anything opens a connection or starts a thread.
     crm, crm_url, crm_counter = start_crm()
+    receiver = receiver_url = receiver_counter = None
+    if not args.skip_webhooks:
+        receiver, receiver_url, receiver_counter = start_crm()
     redis_server, created = None, False
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
         try:
@@ -603,7 +772,14 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             env = setup_django(bench_url, redis_url)
             print(f"Created and migrated database {name} in {time.perf_counter() - started:.1f}s.")
-            measure(args, env, Path(tmp), redis_server, crm_url, crm_counter)
+            measure(
+                args,
+                env,
+                Path(tmp),
+                redis_server,
+                (crm_url, crm_counter),
+                (receiver_url, receiver_counter) if receiver else None,
+            )
         finally:
             started = time.perf_counter()
             if created:
@@ -614,8 +790,10 @@ def main(argv=None) -> int:
                 drop_database(maintenance_url, name)
                 print(f"\nDropped database {name} in {time.perf_counter() - started:.1f}s.")
             stop_process(redis_server)
-            crm.terminate()
-            crm.join(5)
+            for server in (crm, receiver):
+                if server is not None:
+                    server.terminate()
+                    server.join(5)
     return 0
 
 

@@ -549,12 +549,6 @@ def test_an_idle_worker_sends_a_new_confirmation_within_a_second(procs, crm, pg)
 # --- 8. an ordered backlog -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="outbox/delivery.py CLAIM_SQL takes the limit*CANDIDATES_PER_SLOT oldest due "
-    "rows first and drops rows blocked by an older row of their ordering key afterwards: "
-    "more blocked rows than that starve every other message",
-)
 def test_an_ordered_backlog_waiting_for_its_head_holds_up_no_other_message(procs, crm, pg):
     waiting, _ = tenant_with_crm(crm, "waiting")
     other, _ = tenant_with_crm(crm, "other")

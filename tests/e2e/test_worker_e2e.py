@@ -4,9 +4,9 @@ process, a Redis broker of our own and the test database.
 Confirmations no longer go through Celery (they are outbox messages, sent by `manage.py
 outbox_worker`: tests/e2e/test_outbox_faults.py). What Celery still runs are the periodic
 jobs and their on-demand calls, e.g. "route this tenant's waiting sessions again" when an
-agent is back. Those are routed to the `periodic` queue (CELERY_TASK_ROUTES), which the
-Procfile's `periodic` worker consumes; this test publishes one the way the app does and
-checks that such a worker process runs it.
+agent is back. Beat sends the periodic runs to the `periodic` queue; on-demand calls go to
+`default`, which the Procfile's `worker` consumes. This test publishes one the way the
+app does and checks that such a worker process runs it.
 """
 
 import shutil
@@ -33,24 +33,26 @@ pytestmark = [
 TASK_DONE = r"Task inbox\.tasks\.retry_unassigned_sessions\[[^\]]+\] succeeded"
 
 
-def test_the_periodic_worker_process_runs_an_on_demand_retry_of_waiting_sessions(tenant):
+def test_the_default_worker_process_runs_an_on_demand_retry_of_waiting_sessions(tenant):
     agent = MembershipFactory(tenant=tenant)
     session = InboxSessionFactory(tenant=tenant, confirmation=False)  # open, nobody on it
     assert session.assigned_agent_id is None
     queue = celery_app.amqp.router.route({}, retry_unassigned_sessions.name)["queue"].name
-    assert queue == "periodic", "on-demand retries go where the Procfile runs a worker"
-    assert "--queues periodic" in (settings.BASE_DIR / "Procfile").read_text()
+    assert queue == "default", "on-demand retries go where the Procfile runs a worker"
+    assert "--queues default" in (settings.BASE_DIR / "Procfile").read_text()
+    beat_queues = {e["options"]["queue"] for e in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert beat_queues == {"periodic"}, "periodic runs keep a worker of their own"
 
     with processes() as group:
         redis = group.redis()
         worker = group.celery(
-            "celery-periodic",
+            "celery-default",
             [
                 "worker",
                 "--queues",
                 queue,
                 "--hostname",
-                f"periodic-{uuid.uuid4().hex[:8]}@%h",
+                f"default-{uuid.uuid4().hex[:8]}@%h",
                 "--loglevel=INFO",
                 "--concurrency=1",
                 "--without-gossip",

@@ -61,3 +61,25 @@ def test_every_webhook_event_is_documented_with_an_example(client):
     operations = schema["paths"]
     assert {"post", "get"} <= set(operations["/api/v1/webhooks"])
     assert "/api/v1/webhooks/{endpoint_id}/rotate-secret" in operations
+
+
+def test_the_readme_shows_every_webhook_event_as_the_schema_does():
+    import json
+    import re
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from webhooks.events import EVENT_TYPES
+    from webhooks.schema import example_body
+
+    readme = (Path(settings.BASE_DIR) / "README.md").read_text()
+    shown = {
+        match.group(1): json.loads(match.group(2))
+        for match in re.finditer(
+            r"<summary><code>([a-z_.]+)</code>.*?</summary>\s*```json\n(.*?)\n```", readme, re.S
+        )
+    }
+    assert set(shown) == set(EVENT_TYPES)
+    for event_type, body in shown.items():
+        assert body == example_body(event_type), event_type

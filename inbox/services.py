@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
+from rest_framework import serializers
 
 from audit.services import build_activity, record_activities
 from core.actor import Actor
@@ -193,6 +194,9 @@ def _warn_unassigned(session: InboxSession, decision: RoutingDecision, requested
     )
 
 
+_API_DATETIME = serializers.DateTimeField()  # "…Z", as the sessions API writes times
+
+
 def session_event(session: InboxSession, event_type: str, **extra) -> Event:
     """A webhook event about a session: the session as the handover answer shows it, plus
     its contact, channel and state, plus the event's own fields."""
@@ -205,7 +209,7 @@ def session_event(session: InboxSession, event_type: str, **extra) -> Event:
         contactId=session.contact_id,
         channel=session.channel,
         sessionStatus=session.status,
-        closedAt=session.closed_at.isoformat() if session.closed_at else None,
+        closedAt=_API_DATETIME.to_representation(session.closed_at) if session.closed_at else None,
         **extra,
     )
     return Event(

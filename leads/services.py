@@ -525,8 +525,11 @@ def reassign_lead(
             )
         ]
     )
+    # A lead nobody had is given its first agent here (manual strategy): say so too.
+    first_agent = [lead_event(lead, events.LEAD_ASSIGNED)] if old_agent_id is None else []
     emit(
         [
+            *first_agent,
             lead_event(
                 lead,
                 events.LEAD_REASSIGNED,
@@ -535,7 +538,7 @@ def reassign_lead(
                 stage=reassignment.stage,
                 notes=notes,
                 reassignedById=str(reassigned_by.pk) if reassigned_by else None,
-            )
+            ),
         ]
     )
     return ReassignmentResult(lead=lead, reassignment=reassignment)

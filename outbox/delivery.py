@@ -112,7 +112,8 @@ CLAIM_SQL = """
         SELECT 1 FROM outbox_outboundmessage older
         WHERE older.ordering_key = m.ordering_key
           AND older.status IN ('pending', 'sending')
-          AND older.created_at < m.created_at))""",
+          AND (older.created_at < m.created_at
+               OR (older.created_at = m.created_at AND older.id < m.id))))""",
 )
 POSTGRES_CLAIM_SQL = CLAIM_SQL.replace(
     "{locked_ids}",

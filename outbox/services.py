@@ -6,6 +6,7 @@ is published anywhere during the request: the worker finds the row (PostgreSQL w
 with NOTIFY from a trigger on insert; otherwise it polls).
 """
 
+import threading
 import uuid
 from datetime import timedelta
 
@@ -17,6 +18,22 @@ from audit.services import record_activity
 from core.actor import Actor
 from outbox.channels import get_channel
 from outbox.models import FINAL_STATUSES, MessageStatus, OutboundMessage
+
+_clock_lock = threading.Lock()
+_last_created_at = None
+
+
+def _strictly_later_now():
+    """timezone.now(), but always later than the previous call in this process: the order
+    of messages that share an ordering key is their creation order, and two made in the
+    same microsecond (a coarse or stepped clock) must still have one."""
+    global _last_created_at
+    with _clock_lock:
+        now = timezone.now()
+        if _last_created_at is not None and now <= _last_created_at:
+            now = _last_created_at + timedelta(microseconds=1)
+        _last_created_at = now
+        return now
 
 
 class OutboxUsageError(RuntimeError):
@@ -57,6 +74,7 @@ def build_message(
         status=MessageStatus.PENDING,
         max_attempts=channel_obj.max_attempts or settings.OUTBOX_MAX_ATTEMPTS,
         next_attempt_at=now or timezone.now(),
+        created_at=_strictly_later_now(),
     )
 
 

@@ -61,6 +61,15 @@ class TenantAdmin(TenantScopedAdmin):
     tenant_path = "pk"
     tenant_admins_may_add = False
     tenant_admins_may_delete = False
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # Only the fields of the form: `has_active_webhooks` belongs to the webhooks app,
+        # and a page opened before an endpoint changed must not write back a stale flag.
+        obj.save(update_fields=form.changed_data)
+
     list_display = [
         "name",
         "slug",

@@ -110,6 +110,7 @@ class WebhookEndpointAdmin(TenantScopedAdmin):
             url=data["url"],
             events=data["events"],
             description=data["description"],
+            is_active=data["is_active"],
         )
         obj.pk = endpoint.pk
         _show_secret_once(request, secret)

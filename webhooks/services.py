@@ -68,15 +68,25 @@ def _endpoint(tenant, endpoint_id, *, lock: bool = False) -> WebhookEndpoint:
 
 @transaction.atomic
 def create_endpoint(
-    *, tenant, actor: Actor, url: str, events=None, description: str = ""
+    *,
+    tenant,
+    actor: Actor,
+    url: str,
+    events=None,
+    description: str = "",
+    is_active: bool = True,
 ) -> tuple[WebhookEndpoint, str]:
-    """A new active endpoint and its secret (shown to the caller once, stored encrypted)."""
+    """A new endpoint (active unless asked otherwise) and its secret, shown to the caller
+    once and stored encrypted."""
     secret = new_secret()
     endpoint = WebhookEndpoint.objects.for_tenant(tenant).create(
         url=clean_url(url),
         events=clean_events(events),
         description=description,
         secret_encrypted=encrypt_secret(secret),
+        is_active=is_active,
+        disabled_reason="" if is_active else f"Added switched off by {actor.label}.",
+        disabled_at=None if is_active else timezone.now(),
     )
     record_activity(
         tenant=tenant,

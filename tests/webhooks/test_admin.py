@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from core.actor import Actor
 from outbox.models import OutboundMessage
+from tests.factories import UserFactory
 from webhooks.models import WebhookAttempt, WebhookEndpoint
 from webhooks.services import create_endpoint, send_test_event
 
@@ -96,3 +97,25 @@ def test_resend_queues_the_event_again_with_a_new_webhook_id(
     ids = [request.headers["webhook-id"] for request, _ in httpserver.log]
     assert len(ids) == 2
     assert ids[0] == first.payload["webhook_id"] != ids[1]
+
+
+def test_saving_a_tenant_page_opened_earlier_keeps_its_webhooks_on(tenant, rf):
+    from types import SimpleNamespace
+
+    from django.contrib import admin
+
+    from teams.models import Tenant
+
+    stale = Tenant.objects.get(pk=tenant.pk)  # the admin page was opened now...
+    create_endpoint(tenant=tenant, actor=Actor.system(), url="https://hooks.example.com/in")
+    stale.name = "Acme Renamed"  # ...and saved after an endpoint was added
+    request = rf.post("/")
+    request.user = UserFactory(is_staff=True, is_superuser=True)
+
+    admin.site._registry[Tenant].save_model(
+        request, stale, SimpleNamespace(changed_data=["name"]), change=True
+    )
+
+    tenant = Tenant.objects.get(pk=tenant.pk)
+    assert tenant.name == "Acme Renamed"
+    assert tenant.has_active_webhooks is True

@@ -111,6 +111,7 @@ CLAIM_SQL = """
     """(m.ordering_key = '' OR NOT EXISTS (
         SELECT 1 FROM outbox_outboundmessage older
         WHERE older.ordering_key = m.ordering_key
+          AND older.ordering_key <> ''  -- lets PostgreSQL use the partial index
           AND older.status IN ('pending', 'sending')
           AND (older.created_at < m.created_at
                OR (older.created_at = m.created_at AND older.id < m.id))))""",

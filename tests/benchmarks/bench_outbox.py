@@ -18,7 +18,8 @@ a. Celery baseline: a real `celery -A config worker` (prefork, --concurrency C, 
 b. Outbox delivery: N WhatsApp messages (outbox.services.build_message/queue_messages,
    one transaction, one tenant with an active CRM integration) to a local CRM that
    answers 200 at once (a ThreadingHTTPServer, HTTP/1.1 keep-alive, in a process of its
-   own), sent by one `manage.py outbox_worker` (T sending threads, default
+   own), sent by `manage.py outbox_worker` processes (--workers, default as many as
+   Celery gets; T sending threads each, default
    OUTBOX_WORKER_THREADS). Timed from the commit until the last `finished_at`.
 c. Webhook delivery (unless --skip-webhooks): N events (`webhooks.events.emit`, one
    transaction, `lead.claimed`, each about a subject of its own, so that no ordering key
@@ -374,9 +375,22 @@ class OutboxDelivery:
         command = [sys.executable, "manage.py", "outbox_worker"]
         if args.threads:
             command += ["--threads", str(args.threads)]
-        self.worker = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT
-        )
+        # As many worker processes as Celery gets (--workers, default --concurrency): the
+        # same number of CPUs' worth of Python on each side.
+        self.workers = [
+            subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=(self.log if n == 0 else workdir / f"outbox-{n}.log").open("w"),
+                stderr=subprocess.STDOUT,
+            )
+            for n in range(args.workers or args.concurrency)
+        ]
+        self.worker = self.workers[0]
+
+    def worker_pids(self) -> list[int]:
+        return [pid for worker in self.workers for pid in _process_tree(worker.pid)]
 
     @property
     def threads(self) -> str:
@@ -384,7 +398,7 @@ class OutboxDelivery:
         return started.group(1) if started else "?"
 
     def label(self) -> str:
-        return f"outbox_worker ({self.threads} threads), WhatsApp to local CRM"
+        return f"{len(self.workers)} outbox_worker x {self.threads} threads, WhatsApp to local CRM"
 
     def _queue(self, kind: str, count: int) -> tuple[list, float]:
         """`count` messages in one transaction, as a handover queues its confirmation;
@@ -433,7 +447,7 @@ class OutboxDelivery:
         from outbox.models import MessageStatus, OutboundMessage
 
         requests_before = self.crm_counter.value
-        worker_cpu = CpuMeter(lambda: _process_tree(self.worker.pid))
+        worker_cpu = CpuMeter(self.worker_pids)
         database_cpu = CpuMeter(database_backends)
         ids, committed = self._queue(MEASURED, self.args.messages)
         self._wait(ids, self.args.timeout)
@@ -453,7 +467,8 @@ class OutboxDelivery:
         return run
 
     def stop(self) -> None:
-        stop_process(self.worker)
+        for worker in self.workers:
+            stop_process(worker)
 
 
 # --- (c) webhook delivery --------------------------------------------------------------
@@ -484,7 +499,10 @@ class WebhookDelivery:
         self.duplicates = 0  # requests beyond one per event, over all measured runs
 
     def label(self) -> str:
-        return f"outbox_worker ({self.outbox.threads} threads), webhooks to local receiver"
+        return (
+            f"{len(self.outbox.workers)} outbox_worker x {self.outbox.threads} threads, "
+            "webhooks to local receiver"
+        )
 
     def _queue(self, count: int) -> tuple[list, float]:
         """`count` events in one transaction, each about a subject of its own; (the ids
@@ -548,7 +566,7 @@ class WebhookDelivery:
         from outbox.models import OutboundMessage
 
         requests_before = self.receiver_counter.value
-        worker_cpu = CpuMeter(lambda: _process_tree(self.outbox.worker.pid))
+        worker_cpu = CpuMeter(self.outbox.worker_pids)
         database_cpu = CpuMeter(database_backends)
         ids, committed = self._queue(self.args.messages)
         self.outbox._wait(ids, self.args.timeout)
@@ -622,6 +640,12 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--concurrency", type=int, default=2, help="Celery worker (default 2, as the Procfile)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="outbox_worker processes (default: as many as --concurrency)",
     )
     parser.add_argument("--timeout", type=float, default=90.0, help="per run (default 90 s)")
     parser.add_argument(

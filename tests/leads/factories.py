@@ -83,6 +83,7 @@ class NotificationFactory(DjangoModelFactory):
 
     class Meta:
         model = Notification
+        skip_postgeneration_save = True
 
     tenant = factory.SubFactory(TenantFactory)
     recipient = factory.SubFactory(MembershipFactory, tenant=factory.SelfAttribute("..tenant"))

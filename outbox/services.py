@@ -30,7 +30,9 @@ def _strictly_later_now():
     global _last_created_at
     with _clock_lock:
         now = timezone.now()
-        if _last_created_at is not None and now <= _last_created_at:
+        # Ties and tiny steps back are nudged forward; a clock set back further than a
+        # second (or a test that travelled in time) starts again from the clock.
+        if _last_created_at is not None and now <= _last_created_at < now + timedelta(seconds=1):
             now = _last_created_at + timedelta(microseconds=1)
         _last_created_at = now
         return now

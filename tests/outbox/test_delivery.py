@@ -313,3 +313,13 @@ def test_the_purge_keeps_messages_a_session_still_shows(tenant):
     assert not OutboundMessage.all_tenants.filter(pk=loose.pk).exists()
     session.refresh_from_db()
     assert session.confirmation_status == "sent"
+
+
+def test_messages_are_created_in_order_even_on_a_clock_that_does_not_move(tenant):
+    import time_machine
+
+    with time_machine.travel("2030-01-01 00:00:00", tick=False):
+        first, second = _queue(tenant), _queue(tenant)
+    assert first.created_at < second.created_at
+    # Back in the present, a message is stamped with the present again.
+    assert abs((_queue(tenant).created_at - timezone.now()).total_seconds()) < 5

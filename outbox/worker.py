@@ -115,6 +115,9 @@ class OutboxWorker:
         in_flight: set = set()
         with ThreadPoolExecutor(self.threads, thread_name_prefix="outbox-send") as pool:
             while not self.stop_event.is_set():
+                # Cleared before looking, so a send that ends while we claim wakes the
+                # wait below at once instead of being lost until the next poll.
+                self.wake.clear()
                 in_flight = {future for future in in_flight if not future.done()}
                 free = self.threads - len(in_flight)
                 claimed = []
@@ -134,7 +137,6 @@ class OutboxWorker:
                 # Sleep until a send ends, a message is written (NOTIFY) or the poll is due;
                 # claiming again at once would mostly find nothing.
                 self.wake.wait(self.poll_seconds)
-                self.wake.clear()
             logger.info("Outbox worker stopping: waiting for %d sends", len(in_flight))
         connections.close_all()
 

@@ -43,7 +43,6 @@ def sending_integration(tenant_id) -> tuple[CrmIntegration | None, str | None]:
 @register
 class WhatsAppChannel(Channel):
     name = "whatsapp"
-    label = "WhatsApp (CRM)"
     failure_log_line = FAILURE_LOG_MESSAGE
 
     def endpoint_key(self, *, tenant_id, target: str, payload: dict) -> str:

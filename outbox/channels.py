@@ -42,7 +42,6 @@ class Channel:
     """Base class: subclasses set `name` and implement `send()`."""
 
     name: str = ""
-    label: str = ""
     # Tries in all (first attempt included); None: OUTBOX_MAX_ATTEMPTS.
     max_attempts: int | None = None
     # The backoff policy's parameters; None: OUTBOX_RETRY_BASE_SECONDS and

@@ -30,7 +30,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Min, Q
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from audit.services import record_activity
@@ -367,28 +367,13 @@ def deliver_due(*, limit: int = 100) -> int:
     return handled
 
 
-def seconds_until_next_due() -> float | None:
-    """How long until the next pending message is due (0 if one is), or None."""
-    now = timezone.now()
-    earliest = OutboundMessage.all_tenants.filter(status=MessageStatus.PENDING).aggregate(
-        at=Min("next_attempt_at")
-    )["at"]
-    lease = OutboundMessage.all_tenants.filter(status=MessageStatus.SENDING).aggregate(
-        at=Min("lease_expires_at")
-    )["at"]
-    moments = [m for m in (earliest, lease) if m is not None]
-    if not moments:
-        return None
-    return max(0.0, (min(moments) - now).total_seconds())
-
-
 def backlog() -> dict:
     """What /healthz reports: how many messages are due and how long the oldest waited."""
     now = timezone.now()
-    due = OutboundMessage.all_tenants.filter(_due_filter(now))
-    summary = due.aggregate(oldest=Min("next_attempt_at"))
-    count = due.count()
-    oldest = summary["oldest"]
+    summary = OutboundMessage.all_tenants.filter(_due_filter(now)).aggregate(
+        count=Count("pk"), oldest=Min("next_attempt_at")
+    )
+    count, oldest = summary["count"], summary["oldest"]
     return {
         "due": count,
         "oldest_due_seconds": round((now - oldest).total_seconds(), 1) if oldest else 0.0,

@@ -83,7 +83,6 @@ def _drop_connection() -> None:
 @register
 class EmailChannel(Channel):
     name = "email"
-    label = "Email"
     failure_log_line = "Email failed: %s"
 
     def endpoint_key(self, *, tenant_id, target: str, payload: dict) -> str:

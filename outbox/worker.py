@@ -97,7 +97,6 @@ class OutboxWorker:
         self.listen = listen
         self.stop_event = threading.Event()
         self.wake = threading.Event()
-        self.sent_attempts = 0
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -133,26 +132,8 @@ class OutboxWorker:
                     future = pool.submit(_attempt_in_thread, message)
                     future.add_done_callback(lambda _: self.wake.set())
                     in_flight.add(future)
-                    self.sent_attempts += 1
                 # Sleep until a send ends, a message is written (NOTIFY) or the poll is due;
                 # claiming again at once would mostly find nothing.
                 self.wake.wait(self.poll_seconds)
             logger.info("Outbox worker stopping: waiting for %d sends", len(in_flight))
         connections.close_all()
-
-
-def run_until_idle(*, timeout: float = 30.0) -> None:
-    """Tests and commands: send everything due now with a real worker, then stop."""
-    from outbox.delivery import seconds_until_next_due
-
-    worker = OutboxWorker(listen=False, poll_seconds=0.05)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        pending = seconds_until_next_due()
-        if pending is None or pending > 0:
-            break
-        time.sleep(0.05)
-    worker.stop()
-    thread.join(timeout)

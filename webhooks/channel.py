@@ -35,7 +35,6 @@ RESPONSE_LOG_LIMIT = 1024
 @register
 class WebhookChannel(Channel):
     name = "webhook"
-    label = "Webhook"
     failure_log_line = "Webhook delivery failed: %s"
 
     @property

@@ -66,7 +66,6 @@ def _endpoint(tenant, endpoint_id, *, lock: bool = False) -> WebhookEndpoint:
     return endpoint
 
 
-@transaction.atomic
 def create_endpoint(
     *,
     tenant,
@@ -78,10 +77,24 @@ def create_endpoint(
 ) -> tuple[WebhookEndpoint, str]:
     """A new endpoint (active unless asked otherwise) and its secret, shown to the caller
     once and stored encrypted."""
+    # Checked before the transaction: the URL check resolves the host (DNS may be slow).
+    url, events = clean_url(url), clean_events(events)
+    with transaction.atomic():
+        return _create_endpoint(
+            tenant=tenant,
+            actor=actor,
+            url=url,
+            events=events,
+            description=description,
+            is_active=is_active,
+        )
+
+
+def _create_endpoint(*, tenant, actor, url, events, description, is_active):
     secret = new_secret()
     endpoint = WebhookEndpoint.objects.for_tenant(tenant).create(
-        url=clean_url(url),
-        events=clean_events(events),
+        url=url,
+        events=events,
         description=description,
         secret_encrypted=encrypt_secret(secret),
         is_active=is_active,
@@ -99,16 +112,25 @@ def create_endpoint(
     return endpoint, secret
 
 
-@transaction.atomic
 def update_endpoint(*, tenant, actor: Actor, endpoint_id, **changes) -> WebhookEndpoint:
     """Change url, events, description or isActive; turning an endpoint back on clears why
     it was disabled and its run of failures."""
+    # Checked before the transaction: the URL check resolves the host (DNS may be slow).
+    if "url" in changes:
+        changes["url"] = clean_url(changes["url"])
+    if "events" in changes:
+        changes["events"] = clean_events(changes["events"])
+    with transaction.atomic():
+        return _update_endpoint(tenant=tenant, actor=actor, endpoint_id=endpoint_id, **changes)
+
+
+def _update_endpoint(*, tenant, actor: Actor, endpoint_id, **changes) -> WebhookEndpoint:
     endpoint = _endpoint(tenant, endpoint_id, lock=True)
     before = {"url": endpoint.url, "events": endpoint.events, "is_active": endpoint.is_active}
     if "url" in changes:
-        endpoint.url = clean_url(changes["url"])
+        endpoint.url = changes["url"]
     if "events" in changes:
-        endpoint.events = clean_events(changes["events"])
+        endpoint.events = changes["events"]
     if "description" in changes:
         endpoint.description = changes["description"]
     if "is_active" in changes:

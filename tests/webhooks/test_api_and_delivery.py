@@ -316,3 +316,21 @@ def test_an_endpoint_failing_for_three_days_is_turned_off_and_admins_are_told(
     deliver_outbox()
     [email] = [m for m in mailoutbox if owner.user.email in m.to]
     assert endpoint.url in email.body
+
+
+@pytest.mark.parametrize("change", ["turned off", "deleted"])
+def test_events_queued_before_an_endpoint_was_turned_off_or_deleted_are_skipped(
+    tenant, receiver, deliver_outbox, change
+):
+    endpoint, _ = create_endpoint(tenant=tenant, actor=Actor.system(), url=receiver.url)
+    send_event(tenant)
+    if change == "deleted":
+        WebhookEndpoint.objects.for_tenant(tenant).filter(pk=endpoint.pk).delete()
+    else:
+        WebhookEndpoint.objects.for_tenant(tenant).filter(pk=endpoint.pk).update(is_active=False)
+
+    deliver_outbox()
+
+    message = OutboundMessage.all_tenants.get(channel="webhook")
+    assert message.status == MessageStatus.SKIPPED
+    assert receiver.received == []

@@ -93,6 +93,22 @@ class Tenant(models.Model):
         default=False,
         help_text="When a lead breaches its claim or contact window, route it to another agent.",
     )
+    confirmation_quiet_period_seconds = models.PositiveIntegerField(
+        default=600,
+        help_text=(
+            "A handover to a conversation that is already open sends the customer the "
+            "\"Connecting you to an agent...\" message again only when its agent changed or "
+            "this many seconds passed since the last one. 0 sends it on every handover."
+        ),
+    )
+    api_rate_limit_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Requests per minute allowed for each of this tenant's API keys; beyond it the "
+            "API answers 429. Empty: no limit."
+        ),
+    )
     is_active = models.BooleanField(default=True)
     # Kept by the webhooks app in the transaction that changes an endpoint, so that
     # changes of tenants without webhooks skip looking for endpoints.
@@ -107,6 +123,11 @@ class Tenant(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(contact_window_minutes__gte=1), name="tenant_contact_window_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(api_rate_limit_per_minute__isnull=True)
+                | Q(api_rate_limit_per_minute__gte=1),
+                name="tenant_api_rate_limit_positive",
             ),
         ]
 

@@ -423,7 +423,7 @@ def test_two_sweeps_at_once_record_and_announce_each_breach_once(tenant, owner, 
 # Two admins, so a batch inserts 2 * BATCH notices in one statement. SQLite caps a
 # statement at 999 parameters (66 notices) and Django splits bigger inserts there, so on
 # SQLite the batch is sized to fit; PostgreSQL has no such cap.
-BATCH = 50 if ON_POSTGRES else 30
+BATCH = 50 if ON_POSTGRES else 20
 # One batch, in its own transaction: BEGIN, lock the due ids, stamp them, read them, read
 # the admins, insert the notices' emails into the outbox, insert the notices, insert the
 # activity rows, COMMIT (9). A stage with nothing (more) due: BEGIN, one look, COMMIT (3).

@@ -97,7 +97,7 @@ class Tenant(models.Model):
         default=600,
         help_text=(
             "A handover to a conversation that is already open sends the customer the "
-            "\"Connecting you to an agent...\" message again only when its agent changed or "
+            '"Connecting you to an agent..." message again only when its agent changed or '
             "this many seconds passed since the last one. 0 sends it on every handover."
         ),
     )

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from config.health import healthz
 from leads import views as leads_views
@@ -14,7 +14,11 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view serves Swagger UI's start-up script as a file, not inline, so that
+    # it runs under our Content-Security-Policy.
+    path(
+        "api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"
+    ),
     path("api/v1/", include("teams.urls")),
     path("api/v1/", include("inbox.urls")),
     path("api/v1/", include("leads.urls")),
@@ -26,5 +30,6 @@ urlpatterns = [
     path("leads/<uuid:lead_id>/contacted/", leads_views.contacted, name="lead-contacted"),
 ]
 
+handler400 = "core.api.json_or_html_400"
 handler404 = "core.api.json_or_html_404"
 handler500 = "core.api.json_or_html_500"

@@ -208,3 +208,82 @@ def test_tenant_a_admin_is_refused_tenant_b_lead(page, live_server, tenant, owne
     assert response.status == 404
     foreign.refresh_from_db()
     assert foreign.reassignment_count == 0
+
+
+# --- under the Content-Security-Policy ------------------------------------------------
+
+
+@pytest.fixture
+def csp_violations(page):
+    """What Chromium refused because of the CSP (it says so on the console)."""
+    refused = []
+    page.on(
+        "console",
+        lambda message: (
+            refused.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    return refused
+
+
+def test_the_admin_works_under_the_content_security_policy(
+    page, live_server, csp_violations, tenant, owner
+):
+    superuser = MembershipFactory(tenant=tenant, role=Role.SUPER_ADMIN).user
+    superuser.is_superuser = superuser.is_staff = True
+    superuser.save()
+    admin_login(page, live_server, superuser)
+    assert "content-security-policy" in page.goto(f"{live_server.url}/admin/").headers
+
+    # The slug fills itself from the name: the admin's own scripts run.
+    page.goto(f"{live_server.url}/admin/teams/tenant/add/")
+    page.fill("#id_name", "Acme Widgets")
+    page.locator("#id_slug").click()
+    assert page.input_value("#id_slug") == "acme-widgets"
+    shot(page, "csp-admin-tenant-add")
+
+    # The changelist's select-all box and action bar are scripted too.
+    page.goto(f"{live_server.url}/admin/teams/tenant/")
+    page.check("#action-toggle")
+    page.wait_for_selector(".action-counter:has-text('selected')")
+    assert "1 of 1 selected" in page.locator(".action-counter").inner_text() or (
+        "selected" in page.locator(".action-counter").inner_text()
+    )
+
+    assert csp_violations == []
+
+
+def test_swagger_ui_renders_the_api_under_the_content_security_policy(
+    page, live_server, csp_violations
+):
+    response = page.goto(f"{live_server.url}/api/docs/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+
+    page.wait_for_selector(".opblock-summary-path", timeout=20_000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/api/v1/handover" in p for p in paths), paths
+    shot(page, "csp-swagger-ui")
+
+    assert csp_violations == []
+
+
+def test_the_agent_countdown_ticks_under_the_content_security_policy(
+    page, live_server, csp_violations, tenant
+):
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    lead = create_lead(
+        tenant=tenant, actor=Actor.system(), name="Ada", phone="+44", assigned_agent_id=agent.pk
+    )
+    page.goto(f"{live_server.url}/leads/{lead.pk}/")
+    page.fill("#id_username", agent.user.email)
+    page.fill("#id_password", TEST_PASSWORD)
+    page.click("button[type=submit]")
+
+    countdown = page.locator("[data-testid=countdown]")
+    first = countdown.inner_text()
+    page.wait_for_function(
+        "(first) => document.querySelector('[data-testid=countdown]').textContent !== first",
+        arg=first,
+    )
+    assert re.fullmatch(r"[45]:\d\d", countdown.inner_text())
+    assert csp_violations == []

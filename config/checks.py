@@ -44,3 +44,22 @@ def outbox_timing(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def login_throttling(app_configs, **kwargs):
+    """A limit of 0 would lock every login; a cool-off of 0 would never lock one."""
+    errors = []
+    for name in ("AXES_FAILURE_LIMIT", "AXES_COOLOFF_MINUTES"):
+        if getattr(settings, name) < 1:
+            variable = {"AXES_FAILURE_LIMIT": "LOGIN_FAILURE_LIMIT"}.get(
+                name, "LOGIN_COOLOFF_MINUTES"
+            )
+            errors.append(
+                Error(
+                    f"{variable} must be at least 1 (it is {getattr(settings, name)}).",
+                    hint="Set LOGIN_THROTTLING_ENABLED=false to turn login throttling off.",
+                    id="handover.E020",
+                )
+            )
+    return errors

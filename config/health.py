@@ -4,9 +4,11 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
+from django.utils.log import log_response
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from core.api import retry_after_seconds
 from outbox.delivery import backlog
 
 logger = logging.getLogger(__name__)
@@ -18,7 +20,6 @@ def database_state() -> dict:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except DatabaseError as exc:
-        logger.warning("Health check: database unreachable: %s", exc.__class__.__name__)
         return {"ok": False, "engine": connection.vendor, "error": exc.__class__.__name__}
     return {"ok": True, "engine": connection.vendor}
 
@@ -60,7 +61,20 @@ def healthz(request):
         status, http_status = "degraded", 200
     else:
         status, http_status = "ok", 200
-    return JsonResponse(
+    response = JsonResponse(
         {"status": status, "database": database, "broker": broker, "outbox": outbox},
         status=http_status,
     )
+    if http_status == 503:
+        # What the API answers meanwhile too (core.api): a load balancer may honour it.
+        response["Retry-After"] = str(retry_after_seconds())
+        # One warning line per probe, as for any outage answer, not Django's error line.
+        log_response(
+            "Health check: database unreachable (%s)",
+            database["error"],
+            response=response,
+            request=request,
+            logger=logger,
+            level="warning",
+        )
+    return response

@@ -7,6 +7,7 @@ switches to the production shape; nothing else has to change. See README.md for 
 full list of variables.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -53,6 +54,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # 503 with Retry-After, not 500, when a view meets an outage (database, broker);
+    # outages raised in the middleware below reach handler400/handler500 (core.api).
+    "core.middleware.ServiceUnavailableMiddleware",
     "django_permissions_policy.PermissionsPolicyMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -280,12 +284,18 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Handover <noreply@localh
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 
 # --- API ------------------------------------------------------------------------------
+# While the database or the broker cannot be reached, every page answers 503
+# `service_unavailable` with this Retry-After (seconds).
+SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = env.int(
+    "SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS", default=5
+)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["config.parsers.StrictJSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's AutoSchema that also documents every operation's error responses.
+    "DEFAULT_SCHEMA_CLASS": "teams.schema.ApiSchema",
     "EXCEPTION_HANDLER": "core.api.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -345,15 +355,24 @@ LOGGING = {
 AXES_ENABLED = env.bool("LOGIN_THROTTLING_ENABLED", default=True)
 AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
 AXES_COOLOFF_MINUTES = env.int("LOGIN_COOLOFF_MINUTES", default=15)
-AXES_COOLOFF_TIME = AXES_COOLOFF_MINUTES / 60  # hours
+AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES)
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_USERNAME_FORM_FIELD = "username"
+# The account is the email in lower case, however it was typed.
+AXES_USERNAME_CALLABLE = "config.lockout.username"
 AXES_RESET_ON_SUCCESS = True
+# Attempts during a lockout are refused without counting, so "try again in N minutes"
+# holds even for someone who tries again early.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The lockout page with the minutes actually left (axes only knows the whole cool-off).
+AXES_LOCKOUT_CALLABLE = "config.lockout.lockout_response"
 AXES_HTTP_RESPONSE_CODE = 429
-# Behind a TLS proxy the client address is the first X-Forwarded-For entry.
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
-AXES_IPWARE_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# The client's address is REMOTE_ADDR; behind TRUSTED_PROXY_COUNT proxies that each append
+# to X-Forwarded-For, it is the entry the outermost proxy added (entries left of it are
+# the client's own to forge).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+AXES_CLIENT_IP_CALLABLE = "config.lockout.client_ip"
 
 # --- API throttling -------------------------------------------------------------------
 # Failed API-key attempts allowed per address per minute; beyond it `429
@@ -362,6 +381,20 @@ API_KEY_FAILURES_PER_MINUTE = env.int("API_KEY_FAILURES_PER_MINUTE", default=20)
 # A cache that hangs must not hold a request: give up on it after this long and let the
 # request through unthrottled.
 THROTTLE_CACHE_TIMEOUT_SECONDS = env.float("THROTTLE_CACHE_TIMEOUT_SECONDS", default=0.1)
+# The throttle's counters: the same Redis as "default" but with connections of their own
+# that give up after THROTTLE_CACHE_TIMEOUT_SECONDS (other cache uses keep redis-py's
+# defaults); in embedded mode this process's memory.
+CACHES["throttle"] = (
+    {
+        **CACHES["default"],
+        "OPTIONS": {
+            "socket_connect_timeout": THROTTLE_CACHE_TIMEOUT_SECONDS,
+            "socket_timeout": THROTTLE_CACHE_TIMEOUT_SECONDS,
+        },
+    }
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"}
+)
 
 # --- CORS (django-cors-headers), the API only -----------------------------------------
 # Browser origins allowed to call /api/ (comma-separated, e.g. https://app.example.com).

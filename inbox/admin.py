@@ -98,10 +98,14 @@ class InboxSessionAdmin(TenantScopedAdmin):
 
     @admin.display(description="Confirmation", ordering="confirmation_message__status")
     def confirmation_display(self, obj):
+        if obj.confirmation_message is None:
+            return _skipped(obj)
         return message_status(obj.confirmation_message)
 
     @admin.display(description="Delivery")
     def confirmation_details(self, obj):
+        if obj.confirmation_message is None:
+            return _skipped(obj)
         return message_details(obj.confirmation_message)
 
     @admin.display(description="contact", ordering="contact_id")
@@ -203,6 +207,13 @@ class InboxSessionAdmin(TenantScopedAdmin):
             except DomainError as exc:
                 self.message_user(request, f"{session}: {exc.message}", messages.ERROR)
         self.message_user(request, f"Closed {closed} session(s).", messages.SUCCESS)
+
+
+def _skipped(session: InboxSession) -> str:
+    """No message was queued for the session, and why (when the handover said so)."""
+    if session.confirmation_skipped_reason:
+        return f"Skipped: {session.get_confirmation_skipped_reason_display()}"
+    return "Skipped"
 
 
 class AssignForm(forms.Form):

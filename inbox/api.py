@@ -4,15 +4,21 @@ report."""
 import json
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers
 from rest_framework.response import Response
 
 from core.actor import Actor
 from core.errors import NotFound
 from core.fields import StrictCharField
+from core.schema import error_responses
 from inbox.diagnostics import diagnose_handover
-from inbox.models import Channel
+from inbox.models import Channel, ConfirmationSkipReason
 from inbox.selectors import session_for_tenant
 from inbox.services import close_session, handover
 from teams.api_base import TenantApiView
@@ -22,20 +28,42 @@ MAX_CONTEXT_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
-def _contains_nul(value) -> bool:
+def _unstorable_text(value) -> str | None:
+    """Why a string somewhere in `value` cannot be stored: PostgreSQL's jsonb takes
+    neither the NUL character nor a lone UTF-16 surrogate (it is not valid UTF-8)."""
     if isinstance(value, str):
-        return "\x00" in value
+        if "\x00" in value:
+            return "nul_character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "surrogate_character"
+        return None
     if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
+        items = [item for pair in value.items() for item in pair]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    for item in items:
+        problem = _unstorable_text(item)
+        if problem:
+            return problem
+    return None
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": f"Free-form JSON object, at most {MAX_CONTEXT_BYTES // 1024} KB "
+        "encoded, without the NUL character.",
+    }
+)
 class ContextField(serializers.JSONField):
     default_error_messages = {
         "not_an_object": "Must be a JSON object.",
         "nul_character": "Must not contain the NUL character (\\u0000).",
+        "surrogate_character": "Must not contain lone surrogate characters (\\ud800-\\udfff).",
         "too_large": f"Must be at most {MAX_CONTEXT_BYTES // 1024} KB when encoded as JSON.",
     }
 
@@ -46,9 +74,9 @@ class ContextField(serializers.JSONField):
         encoded = json.dumps(data, separators=(",", ":"))
         if len(encoded.encode()) > MAX_CONTEXT_BYTES:
             self.fail("too_large")
-        if _contains_nul(data):
-            # PostgreSQL's jsonb cannot store it.
-            self.fail("nul_character")
+        problem = _unstorable_text(data)
+        if problem:
+            self.fail(problem)
         return data
 
 
@@ -77,6 +105,9 @@ class HandoverOutput(serializers.Serializer):
     strategy = serializers.CharField(allow_null=True)
     unassignedReason = serializers.CharField(allow_null=True)
     confirmationMessage = serializers.ChoiceField(choices=["queued", "skipped"])
+    confirmationSkippedReason = serializers.ChoiceField(
+        choices=ConfirmationSkipReason.choices, allow_null=True
+    )
 
 
 HANDOVER_EXAMPLES = [
@@ -117,6 +148,7 @@ HANDOVER_EXAMPLES = [
             "strategy": "round_robin",
             "unassignedReason": None,
             "confirmationMessage": "queued",
+            "confirmationSkippedReason": None,
         },
     ),
     OpenApiExample(
@@ -132,6 +164,7 @@ HANDOVER_EXAMPLES = [
             "strategy": "manual",
             "unassignedReason": "manual_strategy",
             "confirmationMessage": "skipped",
+            "confirmationSkippedReason": "recently_sent",
         },
     ),
 ]
@@ -150,12 +183,25 @@ class HandoverApi(TenantApiView):
         ),
         parameters=[
             OpenApiParameter(
-                "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False
+                "Idempotency-Key",
+                {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
+                OpenApiParameter.HEADER,
+                required=False,
             ),
             OpenApiParameter("apiKey", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False),
         ],
         request=HandoverInput,
-        responses={201: HandoverOutput, 200: HandoverOutput},
+        responses={
+            201: HandoverOutput,
+            200: HandoverOutput,
+            **error_responses(
+                {
+                    404: "`teamId` names no team of this tenant (`team_not_found`).",
+                    422: "The `Idempotency-Key` was used with a different body "
+                    "(`idempotency_key_reused`).",
+                }
+            ),
+        },
         examples=HANDOVER_EXAMPLES,
     )
     def post(self, request):
@@ -186,23 +232,27 @@ class HandoverApi(TenantApiView):
         return response
 
 
+class DiagnosticsFilters(serializers.Serializer):
+    teamId = serializers.UUIDField(required=False, help_text="Check routing to this team.")
+
+
 class HandoverDiagnosticsApi(TenantApiView):
     """The "session not assigned" troubleshooting checklist, run for the key's tenant."""
 
     @extend_schema(
         summary="Why would a handover stay unassigned?",
-        parameters=[OpenApiParameter("teamId", OpenApiTypes.UUID, OpenApiParameter.QUERY)],
-        responses={200: OpenApiTypes.OBJECT},
+        parameters=[DiagnosticsFilters],
+        responses={
+            200: OpenApiTypes.OBJECT,
+            **error_responses({404: "`teamId` names no team of this tenant (`team_not_found`)."}),
+        },
     )
     def get(self, request):
+        filters = DiagnosticsFilters(data=request.query_params)
+        filters.is_valid(raise_exception=True)
         team = None
-        team_id = request.query_params.get("teamId")
-        if team_id:
-            team_field = serializers.UUIDField()
-            try:
-                team_uuid = team_field.to_internal_value(team_id)
-            except serializers.ValidationError as exc:
-                raise serializers.ValidationError({"teamId": exc.detail}) from exc
+        team_uuid = filters.validated_data.get("teamId")
+        if team_uuid is not None:
             team = team_for_tenant(tenant=self.tenant, team_id=team_uuid)
             if team is None:
                 raise NotFound(

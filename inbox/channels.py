@@ -1,5 +1,6 @@
 """The `whatsapp` outbox channel: the handover confirmation ("Connecting you to an
-agent...") through the tenant's CRM integration (wire format in `inbox.whatsapp`).
+agent...") through the tenant's CRM integration (wire format in `inbox.whatsapp`); and
+which session channels have a sender for that confirmation at all.
 
 The integration is read when the message is sent, not when it is queued, so fixing a
 broken integration and pressing "Send again" in the admin works. Nothing here logs or
@@ -7,6 +8,7 @@ stores the CRM API key.
 """
 
 from core.crypto import SecretDecryptionError, decrypt_secret
+from inbox.models import Channel as SessionChannel
 from inbox.models import CrmIntegration
 from inbox.whatsapp import send_whatsapp_text
 from outbox.channels import Channel, Delivered, PermanentSendError, register
@@ -79,6 +81,20 @@ class WhatsAppChannel(Channel):
             timeout=deadline.timeout(),
         )
         return Delivered(provider_message_id=_message_id(answer))
+
+
+# Session channel → the outbox channel that sends its confirmation. A session on a channel
+# without an entry gets none (skipped, `no_sender_for_channel`): a web chat visitor must
+# not get a WhatsApp text. A sender for another channel is an outbox channel plus one
+# entry here.
+CONFIRMATION_SENDERS: dict[str, str] = {
+    SessionChannel.WHATSAPP: WhatsAppChannel.name,
+}
+
+
+def confirmation_sender(session_channel: str) -> str | None:
+    """The outbox channel that sends a confirmation on `session_channel`, or None."""
+    return CONFIRMATION_SENDERS.get(session_channel)
 
 
 def _message_id(answer: dict) -> str:

@@ -253,11 +253,18 @@ def _check_crm(tenant: Tenant) -> Check:
     )
 
 
-def _confirmation(message) -> dict:
+def _confirmation(session: InboxSession) -> dict:
+    message = session.confirmation_message
     if message is None:
-        return {"status": "skipped", "attempts": 0, "lastError": None}
+        return {
+            "status": "skipped",
+            "skippedReason": session.confirmation_skipped_reason or None,
+            "attempts": 0,
+            "lastError": None,
+        }
     return {
         "status": message.status,
+        "skippedReason": None,
         "attempts": message.attempts,
         "lastError": message.last_error or None,
     }
@@ -270,7 +277,7 @@ def _check_session(tenant: Tenant, session: InboxSession) -> Check:
         "assignedAgentId": str(session.assigned_agent_id) if session.assigned_agent_id else None,
         "unassignedReason": session.unassigned_reason or None,
         "lastAttempt": session.last_assignment_attempt,
-        "confirmation": _confirmation(session.confirmation_message),
+        "confirmation": _confirmation(session),
     }
     if session.assigned_agent_id:
         return Check("session", OK, "The session is assigned.", data=data)
@@ -303,13 +310,22 @@ def diagnose_handover(
         work="sessions",
         dry_run=True,
     )
-    if decision.reason == UnassignedReason.ALL_AT_CAPACITY:
+    if decision.reason == UnassignedReason.ALL_AWAY:
         checks.append(
             Check(
                 "availability",
                 PROBLEM,
-                "Agents exist but every one is away or at capacity.",
-                "Mark agents available or raise their capacity.",
+                "Agents exist but every one is away (not available).",
+                "Mark agents available (admin: Memberships, or the tenant's agents).",
+            )
+        )
+    elif decision.reason == UnassignedReason.ALL_AT_CAPACITY:
+        checks.append(
+            Check(
+                "availability",
+                PROBLEM,
+                "Every available agent is at capacity (open sessions).",
+                "Raise their capacity, close finished sessions, or mark more agents available.",
             )
         )
     checks.append(_check_crm(tenant))

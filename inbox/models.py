@@ -17,6 +17,15 @@ class Channel(models.TextChoices):
     EMAIL = "email", "Email"
 
 
+class ConfirmationSkipReason(models.TextChoices):
+    """Why a handover queued no confirmation message (the answer's
+    `confirmationSkippedReason`)."""
+
+    NOT_REQUESTED = "not_requested", "Not requested (sendHandoverMessage was false)"
+    NO_SENDER_FOR_CHANNEL = "no_sender_for_channel", "No sender for this channel"
+    RECENTLY_SENT = "recently_sent", "Sent recently (within the tenant's quiet period)"
+
+
 class SessionStatus(models.TextChoices):
     OPEN = "open", "Open"
     CLOSED = "closed", "Closed"
@@ -61,6 +70,10 @@ class InboxSession(TenantOwnedModel):
         null=True,
         blank=True,
         related_name="confirmation_of",
+    )
+    # Why the session has no confirmation message; blank once one is queued.
+    confirmation_skipped_reason = models.CharField(
+        max_length=32, choices=ConfirmationSkipReason.choices, blank=True
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -2,7 +2,9 @@
 
 Handover flow: the API key gave us the tenant → get or create the contact's
 open session → run assignment if the session has no agent → queue the confirmation
-message after commit. A failed message never undoes an assignment.
+message in the same transaction (only on a channel that has a sender, and on a reused
+session only when its agent changed or the tenant's quiet period passed). A failed
+message never undoes an assignment.
 """
 
 import hashlib
@@ -20,8 +22,10 @@ from rest_framework import serializers
 from audit.services import build_activity, record_activities
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
-from inbox.models import HandoverRequest, InboxSession, SessionStatus
+from inbox.channels import confirmation_sender
+from inbox.models import ConfirmationSkipReason, HandoverRequest, InboxSession, SessionStatus
 from inbox.selectors import open_sessions_per_agent
+from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import build_message, queue_messages
 from teams.models import Membership, Strategy, Team, Tenant
 from teams.routing import RoutingDecision, UnassignedReason, route
@@ -245,6 +249,49 @@ def handover_body(session: InboxSession, *, created: bool, confirmation: str) ->
     }
 
 
+def _queue_confirmation(
+    session: InboxSession, *, created: bool, send_message: bool, text: str, now
+) -> tuple[str, str]:
+    """Queue the "Connecting you to an agent..." message if it is due: ("queued", "")
+    or ("skipped", why). Sets the session's fields; the caller saves them."""
+    if not send_message:
+        return "skipped", ConfirmationSkipReason.NOT_REQUESTED
+    sender = confirmation_sender(session.channel)
+    if sender is None:
+        return "skipped", ConfirmationSkipReason.NO_SENDER_FOR_CHANNEL
+    previous = None if created else session.confirmation_message
+    if previous is not None and not previous.is_final:
+        return "queued", ""  # the one still on its way confirms this handover too
+    if previous is not None and _confirmed_recently(session, previous, now):
+        return "skipped", ConfirmationSkipReason.RECENTLY_SENT
+    message = build_message(
+        tenant=session.tenant,
+        channel=sender,
+        kind="handover.confirmation",
+        target=session.contact_id,
+        payload={"session_id": str(session.pk), "text": text},
+        now=now,
+    )
+    queue_messages([message])
+    session.confirmation_message = message
+    session.confirmation_skipped_reason = ""
+    return "queued", ""
+
+
+def _confirmed_recently(session: InboxSession, previous: OutboundMessage, now) -> bool:
+    """The contact got a confirmation within the tenant's quiet period and the session's
+    agent is still the one it had then: a second "Connecting you..." would say nothing
+    new. Only a reused session gets here, its message loaded with it: no query."""
+    if previous.status != MessageStatus.SENT:
+        return False  # a failed one never reached the contact
+    if session.assigned_at is not None and session.assigned_at > previous.created_at:
+        return False  # assigned (or moved) since: the contact hears of the new agent
+    sent_at = previous.finished_at or previous.created_at
+    # A quiet period of 0 is never "recent": every handover confirms.
+    quiet = timedelta(seconds=session.tenant.confirmation_quiet_period_seconds)
+    return now - sent_at < quiet
+
+
 @transaction.atomic
 def handover(
     *,
@@ -317,26 +364,21 @@ def handover(
         if decision.agent is None:
             _warn_unassigned(session, decision, routing_team)
 
-    confirmation = "skipped"
-    if send_message:
-        confirmation = "queued"
-        waiting = session.confirmation_message
-        already_waiting = not created and waiting is not None and not waiting.is_final
-        if not already_waiting:
-            message = build_message(
-                tenant=tenant,
-                channel="whatsapp",
-                kind="handover.confirmation",
-                target=contact_id,
-                payload={
-                    "session_id": str(session.pk),
-                    "text": message_text or DEFAULT_HANDOVER_MESSAGE,
-                },
-                now=now,
-            )
-            queue_messages([message])
-            session.confirmation_message = message
-            changed.append("confirmation_message")
+    confirmation_before = (session.confirmation_message_id, session.confirmation_skipped_reason)
+    confirmation, skipped_reason = _queue_confirmation(
+        session,
+        created=created,
+        send_message=send_message,
+        text=message_text or DEFAULT_HANDOVER_MESSAGE,
+        now=now,
+    )
+    if skipped_reason and session.confirmation_message_id is None:
+        # The session shows (admin, diagnostics) why it has no confirmation.
+        session.confirmation_skipped_reason = skipped_reason
+    if (session.confirmation_message_id, session.confirmation_skipped_reason) != (
+        confirmation_before
+    ):
+        changed += ["confirmation_message", "confirmation_skipped_reason"]
 
     if changed:
         session.updated_at = now
@@ -347,10 +389,9 @@ def handover(
         webhook_events.append(_routing_event(session, routed))
     emit(webhook_events)
 
-    outcome = HandoverOutcome(
-        status_code=201 if created else 200,
-        body=handover_body(session, created=created, confirmation=confirmation),
-    )
+    body = handover_body(session, created=created, confirmation=confirmation)
+    body["confirmationSkippedReason"] = str(skipped_reason) if skipped_reason else None
+    outcome = HandoverOutcome(status_code=201 if created else 200, body=body)
     if idempotency_record is not None:
         idempotency_record.session = session
         idempotency_record.response_status = outcome.status_code

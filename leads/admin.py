@@ -10,8 +10,9 @@ from django.utils.html import format_html
 from core.actor import Actor
 from core.admin_scope import TenantScopedAdmin, TenantScopedInline, tenant_of_selection
 from core.errors import DomainError
+from leads.formatting import format_deadline
 from leads.models import Lead, LeadReassignment, Notification, ReassignmentReason
-from leads.services import close_lead, reassign_lead
+from leads.services import close_lead, deadline_passed_phrase, reassign_lead, running_window
 from outbox.admin import message_details, message_status
 from teams.models import Membership
 from teams.selectors import active_agents
@@ -90,15 +91,38 @@ class NotificationInline(ReadOnlyInline):
         return message_details(obj.email_message)
 
 
+def passed_deadlines(leads, now) -> list[tuple[Lead, str]]:
+    """The leads whose running deadline has already passed, each with e.g. "The contact
+    deadline passed 12 minutes ago"."""
+    passed = []
+    for lead in leads:
+        window, deadline = running_window(lead)
+        if deadline is not None and deadline <= now:
+            passed.append((lead, deadline_passed_phrase(window, deadline, now)))
+    return passed
+
+
 class ReassignForm(forms.Form):
     to_agent = forms.ModelChoiceField(queryset=Membership.all_tenants.none(), label="New agent")
     reason = forms.ChoiceField(choices=ReassignmentReason.choices)
     notes = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=2000
     )
+    restart_window = forms.BooleanField(
+        required=False,
+        help_text="Only for “Reassigned by an admin”, which otherwise keeps the deadline; "
+        "the other reasons always start a new window.",
+    )
 
-    def __init__(self, *args, tenant, **kwargs):
+    def __init__(self, *args, tenant, leads, **kwargs):
         super().__init__(*args, **kwargs)
+        windows = {running_window(lead)[0] for lead in leads} - {None}
+        if not passed_deadlines(leads, timezone.now()):
+            # Nothing is late: a manual reassignment keeps a deadline still ahead.
+            del self.fields["restart_window"]
+        else:
+            window = windows.pop() if len(windows) == 1 else "claim or contact"
+            self.fields["restart_window"].label = f"Restart the {window} window"
         self.fields["to_agent"].queryset = active_agents(tenant=tenant).order_by(
             "user__full_name", "user__email"
         )
@@ -251,7 +275,7 @@ class LeadAdmin(TenantScopedAdmin):
                 .first()
             )
             try:
-                reassign_lead(
+                result = reassign_lead(
                     tenant=lead.tenant,
                     lead_id=lead.pk,
                     to_agent_id=data["to_agent"].pk,
@@ -259,18 +283,30 @@ class LeadAdmin(TenantScopedAdmin):
                     notes=data["notes"],
                     reassigned_by=reassigned_by,
                     actor=Actor(label=f"admin:{request.user.email}", membership=reassigned_by),
+                    restart_window=data.get("restart_window", False),
                 )
                 done += 1
-                self.message_user(
-                    request,
-                    f"{lead.name}: reassigned to {data['to_agent'].display_name}.",
-                    messages.SUCCESS,
-                )
+                self._report_reassigned(request, result)
             except DomainError as exc:
                 self.message_user(
                     request, f"{lead.name}: not reassigned. {exc.message}", messages.ERROR
                 )
         return done
+
+    def _report_reassigned(self, request, result):
+        """One message per lead; it says what became of a deadline that had passed."""
+        lead, agent = result.lead, result.lead.assigned_agent.display_name
+        text = f"{lead.name}: reassigned to {agent}."
+        level = messages.SUCCESS
+        if result.breach_at_once:
+            text += f" {result.passed_phrase()} and stays passed: {agent} is in breach at once."
+            level = messages.WARNING
+        elif result.window_restarted and result.reassignment.reason == ReassignmentReason.MANUAL:
+            text += (
+                f" The {result.window} window was restarted: new deadline "
+                f"{format_deadline(result.deadline, lead.tenant)}."
+            )
+        return self.message_user(request, text, level)
 
     def _render_reassign(self, request, leads, form, *, bulk: bool):
         context = {
@@ -281,6 +317,7 @@ class LeadAdmin(TenantScopedAdmin):
             "form": form,
             "bulk": bulk,
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "passed": passed_deadlines(leads, timezone.now()),
         }
         return TemplateResponse(request, "admin/leads/lead/reassign.html", context)
 
@@ -291,12 +328,12 @@ class LeadAdmin(TenantScopedAdmin):
         if tenant is None:
             return None
         if "apply" in request.POST:
-            form = ReassignForm(request.POST, tenant=tenant)
+            form = ReassignForm(request.POST, tenant=tenant, leads=leads)
             if form.is_valid():
                 self._reassign(request, leads, form)
                 return None
         else:
-            form = ReassignForm(tenant=tenant)
+            form = ReassignForm(tenant=tenant, leads=leads)
         return self._render_reassign(request, leads, form, bulk=True)
 
     def reassign_view(self, request, object_id):
@@ -307,12 +344,12 @@ class LeadAdmin(TenantScopedAdmin):
         if not self.has_change_permission(request, lead):
             raise admin.sites.PermissionDenied
         if request.method == "POST":
-            form = ReassignForm(request.POST, tenant=lead.tenant)
-            if form.is_valid():
-                self._reassign(request, [lead], form)
+            form = ReassignForm(request.POST, tenant=lead.tenant, leads=[lead])
+            if form.is_valid() and self._reassign(request, [lead], form):
                 return redirect(reverse("admin:leads_lead_change", args=[lead.pk]))
+            # Refused (its message says why): the admin's choices stay on the page.
         else:
-            form = ReassignForm(tenant=lead.tenant)
+            form = ReassignForm(tenant=lead.tenant, leads=[lead])
         return self._render_reassign(request, [lead], form, bulk=False)
 
 

@@ -1,6 +1,6 @@
 """Leads API. Its fields are snake_case (`lead_id`, `to_agent_id`), as callers send them."""
 
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -9,9 +9,16 @@ from rest_framework.views import APIView
 from core.actor import Actor
 from core.errors import Forbidden, NotFound
 from core.fields import StrictCharField
+from core.schema import error_responses, requires_any_of
 from leads.models import LeadStatus, ReassignmentReason
 from leads.selectors import active_admin, lead_for_tenant, leads_for_tenant, membership_for_lead
-from leads.serializers import LeadDetailOutput, LeadOutput, ReassignmentOutput
+from leads.serializers import (
+    LeadDetailOutput,
+    LeadOutput,
+    ReassignmentResultOutput,
+    WarningOutput,
+    reassignment_warning,
+)
 from leads.services import (
     claim_lead,
     close_lead,
@@ -27,7 +34,10 @@ from teams.authentication import (
 )
 
 
+@requires_any_of("phone", "email")
 class LeadInput(serializers.Serializer):
+    """A lead needs a phone number or an email (or both)."""
+
     name = StrictCharField(max_length=200)
     phone = StrictCharField(max_length=40, required=False, allow_blank=True, default="")
     email = serializers.EmailField(max_length=254, required=False, allow_blank=True, default="")
@@ -51,15 +61,13 @@ class LeadFilters(serializers.Serializer):
 
 
 class LeadsApi(TenantApiView):
-    @extend_schema(
-        summary="List leads",
-        parameters=[LeadFilters, OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
-        responses=LeadOutput(many=True),
-    )
+    pagination_class = TenantApiPagination
+
+    @extend_schema(summary="List leads", parameters=[LeadFilters], responses=LeadOutput(many=True))
     def get(self, request):
         filters = LeadFilters(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        paginator = TenantApiPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             leads_for_tenant(tenant=self.tenant, filters=filters.validated_data), request, view=self
         )
@@ -68,9 +76,18 @@ class LeadsApi(TenantApiView):
     @extend_schema(
         summary="Create a lead",
         description="Assigned to `assigned_agent_id`, or routed by the team's or tenant's "
-        "rules. The claim window starts once the lead has an agent.",
+        "rules. The claim window starts once the lead has an agent. Give `phone` or "
+        "`email` (or both): a lead with neither is refused (400, naming `phone`).",
         request=LeadInput,
-        responses={201: LeadOutput},
+        responses={
+            201: LeadOutput,
+            **error_responses(
+                {
+                    404: "`assigned_agent_id` or `team_id` names no active agent or team of "
+                    "this tenant (`agent_not_found`, `team_not_found`)."
+                }
+            ),
+        },
     )
     def post(self, request):
         payload = LeadInput(data=request.data)
@@ -100,7 +117,10 @@ class CloseLeadApi(TenantApiView):
         summary="Close a lead (won, lost, duplicate...)",
         description="Stops its timers and frees the agent's capacity. 409 if already closed.",
         request=CloseLeadInput,
-        responses=LeadOutput,
+        responses={
+            200: LeadOutput,
+            **error_responses({409: "The lead is already closed (`lead_closed`)."}),
+        },
     )
     def post(self, request, lead_id):
         payload = CloseLeadInput(data=request.data)
@@ -121,7 +141,20 @@ class AgentLeadActionApi(APIView):
     permission_classes = [IsAuthenticated]
     action_service = None
 
-    @extend_schema(request=None, responses=LeadOutput)
+    @extend_schema(
+        request=None,
+        responses={
+            200: LeadOutput,
+            **error_responses(
+                {
+                    403: "The lead is not assigned to you (`not_assignee`), or the CSRF "
+                    "token is missing or wrong.",
+                    409: "The lead is not in a state for this (`already_claimed`, "
+                    "`not_claimed`, `already_contacted`).",
+                }
+            ),
+        },
+    )
     def post(self, request, lead_id):
         membership = membership_for_lead(user=request.user, lead_id=lead_id)
         if membership is None:
@@ -147,12 +180,34 @@ class ReassignLeadInput(serializers.Serializer):
     reason = serializers.ChoiceField(choices=ReassignmentReason.choices)
     notes = StrictCharField(max_length=2000, required=False, allow_blank=True, default="")
     reassigned_by_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+    restart_window = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="With `manual`: start the lead's running window (claim or contact) again "
+        "from now instead of keeping its deadline, which may already have passed. The "
+        "other reasons always start a new window.",
+    )
+
+
+class ReassignLeadRequest(ReassignLeadInput):
+    """The body as documented: as an API-key caller must send it."""
+
+    reassigned_by_id = serializers.UUIDField(
+        help_text="The active admin (or super admin) of the tenant who decided. Required "
+        "with an API key. A logged-in admin may leave it out or send their own agent id."
+    )
 
 
 class ReassignLeadOutput(serializers.Serializer):
     success = serializers.BooleanField()
     lead = LeadOutput()
-    reassignment = ReassignmentOutput()
+    reassignment = ReassignmentResultOutput()
+    warning = WarningOutput(
+        allow_null=True,
+        help_text="Set when the new agent got a deadline that had already passed "
+        "(`claim_deadline_passed` or `contact_deadline_passed`): a `manual` reassignment "
+        "without `restart_window`. The next SLA sweep records the breach against them.",
+    )
 
 
 def _not_an_admin() -> Forbidden:
@@ -183,8 +238,27 @@ class ReassignLeadApi(APIView):
 
     @extend_schema(
         summary="Reassign a lead to another agent",
-        request=ReassignLeadInput,
-        responses={200: ReassignLeadOutput},
+        description="The reason decides the timers: `unclaimed` marks the lead claimed and "
+        "starts a contact window, `no_contact` starts a new contact window, `manual` keeps "
+        "them. A `manual` reassignment of a lead whose deadline has already passed hands "
+        "the new agent a breach at once: the answer's `reassignment.deadline_passed` is "
+        "true and `warning` says so, unless `restart_window` started the window again "
+        "(`reassignment.window_restarted`, new `reassignment.deadline`).",
+        request=ReassignLeadRequest,
+        responses={
+            200: ReassignLeadOutput,
+            **error_responses(
+                {
+                    403: "`reassigned_by_id` (or the logged-in user) is not an active admin "
+                    "of the lead's tenant (`not_an_admin`), or the CSRF token is missing or "
+                    "wrong.",
+                    404: "`lead_id` or `to_agent_id` names no lead or active agent of the "
+                    "tenant (`lead_not_found`, `agent_not_found`).",
+                    409: "The lead's state refuses it (`lead_closed`, `already_assigned`, "
+                    "`reason_does_not_fit`).",
+                }
+            ),
+        },
         examples=[
             OpenApiExample(
                 "Unclaimed lead",
@@ -196,7 +270,18 @@ class ReassignLeadApi(APIView):
                     "notes": "Alice is on holiday",
                     "reassigned_by_id": "fcbfbbfe-04d0-4e1a-852c-f670babafe64",
                 },
-            )
+            ),
+            OpenApiExample(
+                "Manual, restarting a contact window that has passed",
+                request_only=True,
+                value={
+                    "lead_id": "5b0b1b53-6a8e-4c1c-9f7e-0d1f5b2c9e11",
+                    "to_agent_id": "3a930ce2-3566-47c9-9f5d-582b1919625f",
+                    "reason": "manual",
+                    "restart_window": True,
+                    "reassigned_by_id": "fcbfbbfe-04d0-4e1a-852c-f670babafe64",
+                },
+            ),
         ],
     )
     def post(self, request):
@@ -235,11 +320,13 @@ class ReassignLeadApi(APIView):
             notes=data["notes"],
             reassigned_by=admin,
             actor=actor,
+            restart_window=data["restart_window"],
         )
         return Response(
             {
                 "success": True,
                 "lead": LeadOutput(result.lead).data,
-                "reassignment": ReassignmentOutput(result.reassignment).data,
+                "reassignment": ReassignmentResultOutput(result).data,
+                "warning": reassignment_warning(result),
             }
         )

@@ -59,9 +59,14 @@ class PermanentEmailError(Exception):
 # --- queueing ---------------------------------------------------------------------------
 
 
-def attach_email(notification: Notification, *, now=None) -> OutboundMessage:
+def attach_email(
+    notification: Notification, *, now=None, details: dict | None = None
+) -> OutboundMessage:
     """Build the outbox message of a new notification's email and point the notification
-    at it; the caller saves both in its transaction (message first)."""
+    at it; the caller saves both in its transaction (message first).
+
+    `details` (JSON) are facts of the change that the lead's row does not keep, for the
+    renderer: after a reassignment, `{"window": ..., "window_restarted": ...}`."""
     key = (
         f"lead-notification/{notification.recipient_id}/{notification.dedupe_key}"
         if notification.dedupe_key
@@ -72,7 +77,11 @@ def attach_email(notification: Notification, *, now=None) -> OutboundMessage:
         channel="email",
         kind=f"lead.{notification.kind}",
         target=notification.recipient.user.email or "",
-        payload={"renderer": RENDERER, "notification_id": str(notification.pk)},
+        payload={
+            "renderer": RENDERER,
+            "notification_id": str(notification.pk),
+            **({"details": details} if details else {}),
+        },
         idempotency_key=key,
         now=now,
     )
@@ -85,7 +94,11 @@ def render_for_outbox(message) -> EmailContent:
     """The email of the notification that `message` belongs to, as it reads now."""
     notification = (
         Notification.all_tenants.select_related(
-            "tenant", "recipient__user", "lead__tenant", "lead__assigned_agent__user"
+            "tenant",
+            "recipient__user",
+            "lead__tenant",
+            "lead__assigned_agent__user",
+            "email_message",
         )
         .filter(pk=message.payload.get("notification_id"), tenant_id=message.tenant_id)
         .first()
@@ -159,7 +172,13 @@ def _email_context(notification: Notification) -> dict:
 
 def _agent_context(notification: Notification, lead: Lead) -> dict:
     tenant = lead.tenant
-    context = {"reason_sentence": "", "notes": "", "warning": "", "deadline": ""}
+    context = {
+        "reason_sentence": "",
+        "notes": "",
+        "warning": "",
+        "deadline": "",
+        "warning_urgent": False,
+    }
     if notification.kind == NotificationKind.LEAD_ASSIGNED:
         if lead.status == LeadStatus.NEW and lead.claim_deadline:
             context["warning"] = _window_warning(tenant.claim_window_minutes, "claim")
@@ -191,7 +210,52 @@ def _agent_context(notification: Notification, lead: Lead) -> dict:
     ):
         context["warning"] = _window_warning(tenant.contact_window_minutes, "contact")
         context["deadline"] = format_deadline(lead.contact_deadline, tenant)
+    if reason == ReassignmentReason.MANUAL and reassignment is not None:
+        context.update(_manual_window_context(notification, lead, reassignment))
     return context
+
+
+def _manual_window_context(
+    notification: Notification, lead: Lead, reassignment: LeadReassignment
+) -> dict:
+    """A manual reassignment keeps the timers, unless the admin restarted the window.
+
+    Told from the lead as it is now: a deadline no later than the reassignment had
+    already passed when the lead came to this agent (the sweep holds it against them at
+    once); a window the admin restarted gives its new deadline. Once the lead has moved
+    on to its next window (claimed since), neither is news any more."""
+    tenant = lead.tenant
+    if lead.status == LeadStatus.NEW:
+        window, step, deadline = "claim", "claim", lead.claim_deadline
+        minutes = tenant.claim_window_minutes
+    elif lead.status == LeadStatus.CLAIMED:
+        window, step, deadline = "contact", "contact", lead.contact_deadline
+        minutes = tenant.contact_window_minutes
+    else:
+        return {}
+    if deadline is None:
+        return {}
+    if deadline <= reassignment.created_at:
+        return {
+            "warning": (
+                f"The {window} deadline had already passed when this lead was reassigned "
+                f"to you: it is late, {step} it as soon as you can"
+            ),
+            "warning_urgent": True,
+            "deadline": format_deadline(deadline, tenant),
+        }
+    message = notification.email_message
+    details = (message.payload.get("details") or {}) if message is not None else {}
+    if details.get("window_restarted") and details.get("window") == window:
+        unit = "minute" if minutes == 1 else "minutes"
+        return {
+            "warning": (
+                f"The {window} window was restarted when this lead was reassigned to you: "
+                f"you have {minutes} {unit} to {step} it"
+            ),
+            "deadline": format_deadline(deadline, tenant),
+        }
+    return {}
 
 
 def _window_warning(minutes: int, step: str) -> str:

@@ -53,3 +53,59 @@ class ReassignmentOutput(serializers.Serializer):
 
 class LeadDetailOutput(LeadOutput):
     reassignments = ReassignmentOutput(many=True)
+
+
+class ReassignmentResultOutput(ReassignmentOutput):
+    """The history row of a reassignment just made, and what it did to the deadline the
+    lead was running (the reassign-lead answer)."""
+
+    window = serializers.ChoiceField(
+        choices=["claim", "contact"],
+        allow_null=True,
+        help_text="The SLA window the lead is in now: claim (new) or contact (claimed); "
+        "null once contacted.",
+    )
+    deadline = serializers.DateTimeField(
+        allow_null=True, help_text="That window's deadline, as the new agent has it."
+    )
+    deadline_passed = serializers.BooleanField(
+        help_text="The deadline running when the lead was reassigned had already passed."
+    )
+    window_restarted = serializers.BooleanField(
+        help_text="The reassignment started the window again from now: always for "
+        "`unclaimed` and `no_contact`; for `manual` only with `restart_window`."
+    )
+
+    def to_representation(self, result):
+        row = ReassignmentOutput(result.reassignment).data
+        return {
+            **row,
+            "window": result.window,
+            "deadline": self.fields["deadline"].to_representation(result.deadline)
+            if result.deadline is not None
+            else None,
+            "deadline_passed": result.deadline_passed,
+            "window_restarted": result.window_restarted,
+        }
+
+
+class WarningOutput(serializers.Serializer):
+    """Something the caller should know about a request that succeeded."""
+
+    code = serializers.CharField(help_text="e.g. `contact_deadline_passed`.")
+    message = serializers.CharField()
+
+
+def reassignment_warning(result) -> dict | None:
+    """The answer's `warning` when the new agent got a deadline that had already passed
+    (a manual reassignment without `restart_window`), else None."""
+    if not result.breach_at_once:
+        return None
+    agent = result.lead.assigned_agent
+    return {
+        "code": f"{result.window}_deadline_passed",
+        "message": (
+            f"{result.passed_phrase()} and was kept: {agent.display_name} is in breach at "
+            f"once. Send restart_window: true to give them a new {result.window} window."
+        ),
+    }

@@ -9,11 +9,12 @@ transaction as the lead change, so they cannot drift.
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import DatabaseError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
+from django.utils.timesince import timesince
 
 from audit.services import build_activity, record_activities
 from core.actor import Actor
@@ -101,14 +102,30 @@ def _bump_counter(*, tenant: Tenant, agent_id, delta: int, assigned_at=None) -> 
     agents.update(**changes)
 
 
-def _new_agent_notification(*, lead: Lead, agent: Membership, kind: str, reason: str = ""):
+def _new_agent_notification(
+    *,
+    lead: Lead,
+    agent: Membership,
+    kind: str,
+    reason: str = "",
+    result: "ReassignmentResult | None" = None,
+):
     deadline = lead.open_deadline
     lines = [f"{lead.name} ({lead.phone or lead.email or 'no contact details'})"]
     if reason:
         lines.append(f"Reason: {ReassignmentReason(reason).label}.")
     if deadline:
         step = "claim" if lead.status == LeadStatus.NEW else "contact"
-        lines.append(f"Please {step} it by {format_deadline(deadline, lead.tenant)}.")
+        when = format_deadline(deadline, lead.tenant)
+        if result is not None and result.breach_at_once:
+            lines.append(
+                f"The {result.window} deadline ({when}) had already passed when it was "
+                f"reassigned to you: please {step} it now."
+            )
+        elif result is not None and result.window_restarted and reason == ReassignmentReason.MANUAL:
+            lines.append(f"The {result.window} window was restarted: please {step} it by {when}.")
+        else:
+            lines.append(f"Please {step} it by {when}.")
     title = (
         f"Lead reassigned to you: {lead.name}"
         if kind == NotificationKind.LEAD_REASSIGNED
@@ -124,12 +141,18 @@ def _new_agent_notification(*, lead: Lead, agent: Membership, kind: str, reason:
     )
 
 
-def _notify(notifications: list[Notification], *, ignore_conflicts: bool = False) -> None:
-    """Save notices and queue their emails in the outbox, in the caller's transaction."""
+def _notify(
+    notifications: list[Notification],
+    *,
+    ignore_conflicts: bool = False,
+    email_details: dict | None = None,
+) -> None:
+    """Save notices and queue their emails in the outbox, in the caller's transaction.
+    `email_details` travel with each email, for what the lead's row does not keep."""
     if not notifications:
         return
     queue_messages(
-        [attach_email(notification) for notification in notifications],
+        [attach_email(notification, details=email_details) for notification in notifications],
         ignore_conflicts=ignore_conflicts,
     )
     Notification.all_tenants.bulk_create(notifications, ignore_conflicts=ignore_conflicts)
@@ -376,8 +399,49 @@ def close_lead(*, tenant: Tenant, lead_id, actor: Actor, outcome: str = "") -> L
 
 @dataclass(frozen=True)
 class ReassignmentResult:
+    """A reassignment done, and what it did to the deadline the lead was running."""
+
     lead: Lead
     reassignment: LeadReassignment
+    # The window running after the reassignment ("claim" or "contact"; None once the lead
+    # was contacted) and its deadline.
+    window: str | None = None
+    deadline: datetime | None = None
+    # The deadline running when the lead was reassigned had already passed.
+    deadline_passed: bool = False
+    # The reassignment replaced that deadline with a fresh window (by its reason, or
+    # `restart_window` on a manual one).
+    window_restarted: bool = False
+
+    @property
+    def breach_at_once(self) -> bool:
+        """The new agent got a deadline that had already passed: the sweep records a
+        breach against them at once (or the lead is already marked breached)."""
+        return self.deadline_passed and not self.window_restarted
+
+    def passed_phrase(self) -> str:
+        """e.g. "The contact deadline passed 12 minutes ago"."""
+        return deadline_passed_phrase(self.window, self.deadline, self.reassignment.created_at)
+
+
+def running_window(lead: Lead) -> tuple[str | None, datetime | None]:
+    """The SLA window a lead is in and its deadline: claim while new, contact while
+    claimed, none after that."""
+    if lead.status == LeadStatus.NEW:
+        return ReassignmentStage.CLAIM.value, lead.claim_deadline
+    if lead.status == LeadStatus.CLAIMED:
+        return ReassignmentStage.CONTACT.value, lead.contact_deadline
+    return None, None
+
+
+def deadline_passed_phrase(window: str | None, deadline: datetime, now: datetime) -> str:
+    """e.g. "The contact deadline passed 12 minutes ago", as admins read it."""
+    if now - deadline < timedelta(minutes=1):
+        ago = "less than a minute ago"
+    else:
+        # timesince joins number and unit with a no-break space; JSON and emails get a space.
+        ago = f"{timesince(deadline, now)} ago".replace("\xa0", " ")
+    return f"The {window} deadline passed {ago}"
 
 
 def _check_reason_fits_state(lead: Lead, reason: str) -> None:
@@ -395,7 +459,7 @@ def _check_reason_fits_state(lead: Lead, reason: str) -> None:
         )
 
 
-def _reset_timers(lead: Lead, reason: str, now) -> list[str]:
+def _reset_timers(lead: Lead, reason: str, now, *, restart_window: bool = False) -> list[str]:
     contact_window = timedelta(minutes=lead.tenant.contact_window_minutes)
     if reason == ReassignmentReason.UNCLAIMED:
         lead.status = LeadStatus.CLAIMED
@@ -404,6 +468,16 @@ def _reset_timers(lead: Lead, reason: str, now) -> list[str]:
         lead.contact_deadline = now + contact_window
         return ["status", "claimed_at", "claim_deadline", "contact_deadline"]
     if reason == ReassignmentReason.NO_CONTACT:
+        lead.contact_deadline = now + contact_window
+        lead.contact_sla_breached_at = None
+        return ["contact_deadline", "contact_sla_breached_at"]
+    # Manual: the timers are kept, unless the admin asked for the running window to start
+    # again, as the other reasons do. A breach already recorded belongs to the old window.
+    if restart_window and lead.status == LeadStatus.NEW and lead.claim_deadline is not None:
+        lead.claim_deadline = now + timedelta(minutes=lead.tenant.claim_window_minutes)
+        lead.claim_sla_breached_at = None
+        return ["claim_deadline", "claim_sla_breached_at"]
+    if restart_window and lead.status == LeadStatus.CLAIMED and lead.contact_deadline is not None:
         lead.contact_deadline = now + contact_window
         lead.contact_sla_breached_at = None
         return ["contact_deadline", "contact_sla_breached_at"]
@@ -420,6 +494,7 @@ def reassign_lead(
     actor: Actor,
     reassigned_by: Membership | None,
     notes: str = "",
+    restart_window: bool = False,
 ) -> ReassignmentResult:
     """Move a lead to another agent, in one transaction: lock the lead, then both agents
     (in a fixed order); move the lead and reset its timers as the reason says; write the
@@ -428,6 +503,12 @@ def reassign_lead(
 
     `reassigned_by` is the admin who decided, or None when the system did (auto-reassign
     on breach). The new agent's email is sent after commit.
+
+    A manual reassignment keeps the timers, so a deadline that has already passed is
+    handed to the new agent as it is (the result's `breach_at_once`), unless
+    `restart_window` starts the running window again from now. The other reasons always
+    start a new window; for them, and for a lead with no window running, the flag changes
+    nothing.
     """
     if reason not in ReassignmentReason.values:
         raise InvalidInput(code="invalid_reason", message="Unknown reason.", field="reason")
@@ -458,7 +539,10 @@ def reassign_lead(
     _check_reason_fits_state(lead, reason)
 
     now = timezone.now()
-    timer_fields = _reset_timers(lead, reason, now)
+    _, previous_deadline = running_window(lead)
+    deadline_passed = previous_deadline is not None and previous_deadline <= now  # as the sweep
+    timer_fields = _reset_timers(lead, reason, now, restart_window=restart_window)
+    window_restarted = previous_deadline is not None and bool(timer_fields)
     lead.previous_agent_id = old_agent_id
     lead.assigned_agent = to_agent
     lead.assigned_at = now
@@ -494,6 +578,15 @@ def reassign_lead(
         stage=STAGE_FOR_REASON[reason],
         notes=notes,
     )
+    window, deadline = running_window(lead)
+    result = ReassignmentResult(
+        lead=lead,
+        reassignment=reassignment,
+        window=window,
+        deadline=deadline,
+        deadline_passed=deadline_passed,
+        window_restarted=window_restarted,
+    )
     _bump_counter(tenant=tenant, agent_id=old_agent_id, delta=-1)
     _bump_counter(tenant=tenant, agent_id=to_agent.pk, delta=+1, assigned_at=now)
     if old_agent_id is not None:
@@ -514,6 +607,11 @@ def reassign_lead(
                     "stage": reassignment.stage,
                     "notes": notes,
                     "reassignment_id": str(reassignment.pk),
+                    "window": window,
+                    "previous_deadline": _iso(previous_deadline),
+                    "deadline": _iso(deadline),
+                    "deadline_passed": deadline_passed,
+                    "window_restarted": window_restarted,
                 },
             )
         ]
@@ -521,9 +619,16 @@ def reassign_lead(
     _notify(
         [
             _new_agent_notification(
-                lead=lead, agent=to_agent, kind=NotificationKind.LEAD_REASSIGNED, reason=reason
+                lead=lead,
+                agent=to_agent,
+                kind=NotificationKind.LEAD_REASSIGNED,
+                reason=reason,
+                result=result,
             )
-        ]
+        ],
+        # The history row does not keep whether the window was restarted; the email
+        # (rendered later) tells a restarted window from a kept one by this.
+        email_details={"window": window, "window_restarted": window_restarted},
     )
     # A lead nobody had is given its first agent here (manual strategy): say so too.
     first_agent = [lead_event(lead, events.LEAD_ASSIGNED)] if old_agent_id is None else []
@@ -541,7 +646,11 @@ def reassign_lead(
             ),
         ]
     )
-    return ReassignmentResult(lead=lead, reassignment=reassignment)
+    return result
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 # --- SLA sweeps ------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+from axes.utils import reset as reset_login_attempts
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import Count
@@ -44,6 +45,20 @@ class UserAdmin(DjangoUserAdmin):
     add_fieldsets = [
         (None, {"classes": ["wide"], "fields": ["email", "full_name", "password1", "password2"]}),
     ]
+    actions = ["unlock_login"]
+
+    @admin.action(description="Unlock login (forget failed login attempts)", permissions=["change"])
+    def unlock_login(self, request, queryset):
+        # Failed attempts are kept per email in lower case (config.lockout.username).
+        # An address that is locked on its own is unlocked under "Access attempts".
+        users = list(queryset)
+        cleared = sum(reset_login_attempts(username=user.email.lower()) for user in users)
+        self.message_user(
+            request,
+            f"Unlocked the login of {len(users)} user(s): {cleared} failed-attempt record(s) "
+            "removed. They can log in again now.",
+            messages.SUCCESS,
+        )
 
 
 class MembershipInline(TenantScopedInline, admin.TabularInline):

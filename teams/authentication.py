@@ -15,6 +15,7 @@ from rest_framework.authentication import BaseAuthentication, SessionAuthenticat
 
 from teams.models import ApiKey, Tenant
 from teams.services import hash_api_key, split_api_key, touch_api_key
+from teams.throttling import ApiKeyThrottle
 
 API_KEY_HEADER = "HTTP_X_API_KEY"
 API_KEY_QUERY_PARAM = "apiKey"
@@ -38,30 +39,45 @@ def _unauthorized(code: str, message: str) -> exceptions.AuthenticationFailed:
     return exceptions.AuthenticationFailed(detail=message, code=code)
 
 
+def _verified_key(plaintext: str) -> ApiKey:
+    """The active key of an active tenant that `plaintext` is, or AuthenticationFailed."""
+    parts = split_api_key(plaintext)
+    if parts is None:
+        raise _unauthorized("api_key_malformed", "The API key is not in the wk_… format.")
+    prefix, _secret = parts
+    # The one deliberate cross-tenant lookup: the key is what tells us the tenant.
+    try:
+        api_key = ApiKey.all_tenants.select_related("tenant").get(prefix=prefix)
+    except ApiKey.DoesNotExist:
+        api_key = None
+    if api_key is None or not hmac.compare_digest(api_key.secret_hash, hash_api_key(plaintext)):
+        raise _unauthorized("api_key_invalid", "The API key is not valid.")
+    if not api_key.is_active:
+        raise _unauthorized("api_key_inactive", "The API key has been revoked.")
+    if not api_key.tenant.is_active:
+        raise _unauthorized("tenant_inactive", "The tenant of this API key is deactivated.")
+    return api_key
+
+
 class TenantApiKeyAuthentication(BaseAuthentication):
+    """Every refused key counts against the client's address, and a key of a tenant with
+    a request rate counts against that (teams.throttling): whatever view accepts API
+    keys is throttled by using this class."""
+
     def authenticate(self, request):
         plaintext = request.META.get(API_KEY_HEADER) or request.query_params.get(
             API_KEY_QUERY_PARAM
         )
         if not plaintext:
             return None
-        parts = split_api_key(plaintext.strip())
-        if parts is None:
-            raise _unauthorized("api_key_malformed", "The API key is not in the wk_… format.")
-        prefix, _secret = parts
-        # The one deliberate cross-tenant lookup: the key is what tells us the tenant.
+        throttle = ApiKeyThrottle(request)
+        throttle.check_address()
         try:
-            api_key = ApiKey.all_tenants.select_related("tenant").get(prefix=prefix)
-        except ApiKey.DoesNotExist:
-            api_key = None
-        if api_key is None or not hmac.compare_digest(
-            api_key.secret_hash, hash_api_key(plaintext.strip())
-        ):
-            raise _unauthorized("api_key_invalid", "The API key is not valid.")
-        if not api_key.is_active:
-            raise _unauthorized("api_key_inactive", "The API key has been revoked.")
-        if not api_key.tenant.is_active:
-            raise _unauthorized("tenant_inactive", "The tenant of this API key is deactivated.")
+            api_key = _verified_key(plaintext.strip())
+        except exceptions.AuthenticationFailed:
+            throttle.record_failure()
+            raise
+        throttle.check_key_rate(api_key)
         touch_api_key(
             api_key=api_key, resolution_seconds=settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
         )

@@ -8,6 +8,7 @@ because a key's plaintext is never stored and so cannot be printed a second time
 import datetime
 import secrets
 
+from axes.utils import reset as axes_reset
 from django.db import transaction
 from django.utils import timezone
 
@@ -68,6 +69,9 @@ def _user(email: str, full_name: str, *, password: str | None = None, **flags) -
     if password is not None:
         user.set_password(password)
         changed.append("password")
+        # A fresh password comes with a fresh start: earlier failed logins (someone
+        # trying the old one) must not keep the printed login locked.
+        axes_reset(username=user.email)
     if changed:
         user.save(update_fields=changed)
     return user

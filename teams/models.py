@@ -31,6 +31,10 @@ class UserManager(BaseUserManager):
         user.save(using=self._db)
         return user
 
+    def get_by_natural_key(self, username):
+        # Emails are stored in lower case; logging in with `Ann@Example.com` must work.
+        return super().get_by_natural_key((username or "").strip().lower())
+
     def create_user(self, email, password=None, **extra):
         extra.setdefault("is_staff", False)
         extra.setdefault("is_superuser", False)

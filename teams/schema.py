@@ -1,6 +1,8 @@
 from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
+from core.schema import ErrorDocumentingSchema
+
 
 class TenantApiKeyScheme(OpenApiAuthenticationExtension):
     target_class = "teams.authentication.TenantApiKeyAuthentication"
@@ -17,3 +19,9 @@ class TenantApiKeyScheme(OpenApiAuthenticationExtension):
 
 class SessionLoginScheme(SessionScheme):
     target_class = "teams.authentication.SessionAuthentication401"
+
+
+class ApiSchema(ErrorDocumentingSchema):
+    """The API's schema class: operations with a tenant API key are rate limited."""
+
+    throttled_security_schemes = frozenset({TenantApiKeyScheme.name})

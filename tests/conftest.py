@@ -7,6 +7,7 @@ concurrency); on SQLite they are skipped and the summary says how many and why.
 """
 
 import os
+import uuid
 
 import pytest
 from django.conf import settings
@@ -69,6 +70,14 @@ def _fast_password_hashing_and_foreground_tasks(settings):
     # Fake CRMs in tests are local http servers (tests of the guard switch it back on).
     settings.OUTBOUND_ALLOW_HTTP = True
     settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS = True
+
+
+@pytest.fixture(autouse=True)
+def _fresh_api_throttle(settings):
+    """Each test counts failed API-key attempts and request rates from zero: the counters
+    live in the cache, which outlives a test (in Redis, the whole run)."""
+    throttle = {**settings.CACHES["throttle"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}
+    settings.CACHES = {**settings.CACHES, "throttle": throttle}
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """The webhooks API (tenant API key): endpoints, their secrets, tests and delivery logs."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -17,11 +17,26 @@ from webhooks.services import (
     update_endpoint,
 )
 
+# What `clean_url` accepts, as far as a pattern can say it: https, a host, no
+# credentials, no fragment. Whether the host is public is checked when the endpoint is
+# saved; a development server with OUTBOUND_ALLOW_HTTP takes http:// too.
+URL_PATTERN = r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?][^\s#\u0000]*)?$"
+
+
+@extend_schema_field({"type": "string", "pattern": URL_PATTERN, "maxLength": 2048})
+class EndpointUrlField(serializers.CharField):
+    pass
+
+
+@extend_schema_field({"type": "string", "enum": list(EVENT_TYPES)})
+class EventTypeField(serializers.CharField):
+    """Checked by `clean_events`, which names every unknown type in one message."""
+
 
 class EndpointInput(serializers.Serializer):
-    url = serializers.CharField(max_length=2048)
+    url = EndpointUrlField(max_length=2048)
     events = serializers.ListField(
-        child=serializers.CharField(max_length=64),
+        child=EventTypeField(max_length=64),
         required=False,
         allow_empty=True,
         help_text=f"Event types; omitted or empty: all. Known: {', '.join(EVENT_TYPES)}.",
@@ -30,7 +45,7 @@ class EndpointInput(serializers.Serializer):
 
 
 class EndpointPatch(EndpointInput):
-    url = serializers.CharField(max_length=2048, required=False)
+    url = EndpointUrlField(max_length=2048, required=False)
     isActive = serializers.BooleanField(required=False)
 
 
@@ -73,13 +88,11 @@ def _with_secret(endpoint, secret: str) -> dict:
 
 
 class WebhooksApi(TenantApiView):
-    @extend_schema(
-        summary="List webhook endpoints",
-        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
-        responses=EndpointOutput(many=True),
-    )
+    pagination_class = TenantApiPagination
+
+    @extend_schema(summary="List webhook endpoints", responses=EndpointOutput(many=True))
     def get(self, request):
-        paginator = TenantApiPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             endpoints_for_tenant(tenant=self.tenant), request, view=self
         )
@@ -171,17 +184,18 @@ class TestWebhookApi(TenantApiView):
 
 
 class DeliveriesApi(TenantApiView):
+    pagination_class = TenantApiPagination
+
     @extend_schema(
         summary="An endpoint's delivery log, newest first",
         description="One row per attempt: time, HTTP status, duration, the first KB of the "
         "answer, the error.",
-        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
         responses=AttemptOutput(many=True),
     )
     def get(self, request, endpoint_id):
         attempts = attempts_for_endpoint(tenant=self.tenant, endpoint_id=endpoint_id)
         if attempts is None:
             raise NotFound(code="webhook_not_found", message="Webhook endpoint not found.")
-        paginator = TenantApiPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(attempts, request, view=self)
         return paginator.get_paginated_response(AttemptOutput(page, many=True).data)

@@ -148,7 +148,8 @@ def _pools(*, tenant: Tenant, team: Team | None, waterfall: list[str], tiers: li
 
 
 def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, lock: bool):
-    """Agents who can take work now (available, below capacity), and their load.
+    """Agents who are available, those of them who can take work now (below capacity),
+    and their load.
 
     When load decides (a capacity is set, or least busy), the pool's agents are locked
     in primary-key order and re-read first, so concurrent assignments queue up and each
@@ -157,7 +158,7 @@ def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, lock
     available = [agent for agent in agents if agent.is_available]
     needs_load = strategy == Strategy.LEAST_BUSY or any(a.capacity is not None for a in available)
     if not (needs_load and available):
-        return available, {}
+        return available, available, {}
     if lock:
         available = list(
             Membership.objects.for_tenant(tenant)
@@ -172,7 +173,7 @@ def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, lock
         for agent in available
         if agent.capacity is None or current_load.get(agent.pk, 0) < agent.capacity
     ]
-    return eligible, current_load
+    return available, eligible, current_load
 
 
 def _pool_key(*, work: str, team: Team | None, tier: str | None) -> str:
@@ -217,7 +218,7 @@ def route(
         return decision
 
     excluded = {str(agent_id) for agent_id in exclude_agent_ids}
-    found_anyone = False
+    found_anyone = found_available = False
     for tier, pool_team, agents in _pools(
         tenant=tenant, team=team, waterfall=config.waterfall, tiers=decision.tiers
     ):
@@ -229,9 +230,11 @@ def route(
         if not agents:
             continue
         found_anyone = True
-        eligible, current_load = _eligible(
+        available, eligible, current_load = _eligible(
             tenant, agents, strategy=config.strategy, load=load, lock=lock_agents and not dry_run
         )
+        found_available = found_available or bool(available)
+        entry["available"] = len(available)
         entry["eligible"] = len(eligible)
         if not eligible:
             continue
@@ -251,7 +254,16 @@ def route(
             agent.last_assigned_at = now
         return decision
 
-    decision.reason = (
-        UnassignedReason.ALL_AT_CAPACITY if found_anyone else UnassignedReason.NO_AGENTS
-    )
+    decision.reason = _why_nobody(found_anyone=found_anyone, found_available=found_available)
     return decision
+
+
+def _why_nobody(*, found_anyone: bool, found_available: bool) -> str:
+    """Nobody could take it: nobody there, nobody available, or everyone available full.
+    Capacity is named only when it was the cause: with some agents away and the
+    available ones full, raising capacity (not waiting for the away ones) is the fix."""
+    if not found_anyone:
+        return UnassignedReason.NO_AGENTS
+    if not found_available:
+        return UnassignedReason.ALL_AWAY
+    return UnassignedReason.ALL_AT_CAPACITY

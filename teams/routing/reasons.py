@@ -6,4 +6,5 @@ class UnassignedReason(models.TextChoices):
     MANUAL_STRATEGY = "manual_strategy", "Strategy is manual"
     TEAM_CLOSED = "team_closed", "Team is closed by its schedule"
     ASSIGNMENT_DISABLED = "assignment_disabled", "Assignment config is disabled"
-    ALL_AT_CAPACITY = "all_at_capacity", "Every agent is away or at capacity"
+    ALL_AWAY = "all_away", "Every agent is away (not available)"
+    ALL_AT_CAPACITY = "all_at_capacity", "Every available agent is at capacity"

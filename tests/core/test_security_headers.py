@@ -37,9 +37,7 @@ def preflight(client, path, origin=ORIGIN, headers="x-api-key, idempotency-key, 
 
 
 @pytest.mark.django_db
-def test_a_preflight_from_an_allowed_origin_is_answered_without_authentication(
-    client, cors_origin
-):
+def test_a_preflight_from_an_allowed_origin_is_answered_without_authentication(client, cors_origin):
     response = preflight(client, "/api/v1/reassign-lead")
 
     assert response.status_code == 200
@@ -159,9 +157,7 @@ def test_hsts_is_off_by_default_and_sent_on_https_when_configured(client, settin
     client = Client()  # the middleware reads its settings when it is built
     response = client.get("/healthz", secure=True)
 
-    assert response["Strict-Transport-Security"] == (
-        "max-age=31536000; includeSubDomains; preload"
-    )
+    assert response["Strict-Transport-Security"] == ("max-age=31536000; includeSubDomains; preload")
     assert "Strict-Transport-Security" not in client.get("/healthz", secure=False)
 
 

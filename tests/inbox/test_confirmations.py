@@ -18,16 +18,21 @@ from types import SimpleNamespace
 
 import pytest
 from cryptography.fernet import Fernet
+from django.test import Client
 from django.utils import timezone
 from werkzeug import Response
 
 from audit.models import ActivityLog
 from core.actor import Actor
+from inbox.channels import CONFIRMATION_SENDERS
+from inbox.models import Channel as SessionChannel
 from inbox.models import InboxSession
+from inbox.services import assign_session_to
 from inbox.whatsapp import crm_url_problems
 from outbox.delivery import attempt, claim_due
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import send_again
+from tests.factories import MembershipFactory
 from tests.inbox.factories import CRM_API_KEY, CrmIntegrationFactory
 
 pytestmark = pytest.mark.django_db
@@ -629,9 +634,10 @@ def test_a_second_handover_while_the_first_is_being_sent_sends_one_message(
     assert session_view(tenant_client, first["sessionId"])["confirmationStatus"] == "sent"
 
 
-def test_a_handover_after_the_confirmation_went_out_confirms_again(
+def test_a_handover_after_the_confirmation_went_out_confirms_again_with_no_quiet_period(
     tenant, teammate, tenant_client, crm, httpserver, deliver_outbox
 ):
+    set_quiet_period(tenant, 0)
     httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
     first = handover(tenant_client)
     deliver_outbox()
@@ -641,6 +647,7 @@ def test_a_handover_after_the_confirmation_went_out_confirms_again(
     deliver_outbox()
 
     assert second["sessionId"] == first["sessionId"]
+    assert (second["confirmationMessage"], second["confirmationSkippedReason"]) == ("queued", None)
     second_message = confirmation_of(second["sessionId"])
     assert second_message.pk != first_message.pk
     assert reload(first_message).status == MessageStatus.SENT
@@ -648,6 +655,200 @@ def test_a_handover_after_the_confirmation_went_out_confirms_again(
     keys = idempotency_keys(httpserver)
     assert keys == [first_message.idempotency_key, second_message.idempotency_key]
     assert keys[0] != keys[1], "a new message is a new send for the CRM"
+
+
+# --- the quiet period: a reused session is not confirmed again and again ---------------
+
+
+def set_quiet_period(tenant, seconds) -> None:
+    tenant.confirmation_quiet_period_seconds = seconds
+    tenant.save(update_fields=["confirmation_quiet_period_seconds"])
+
+
+def sent_ago(message, seconds) -> None:
+    """The first handover and its message happened `seconds` ago (instead of the test
+    waiting that long)."""
+    then = timezone.now() - timedelta(seconds=seconds)
+    session = InboxSession.all_tenants.filter(pk=message.payload["session_id"])
+    session.update(assigned_at=then - timedelta(seconds=1))
+    OutboundMessage.all_tenants.filter(pk=message.pk).update(created_at=then, finished_at=then)
+
+
+def test_the_quiet_period_is_ten_minutes_by_default(tenant):
+    assert tenant.confirmation_quiet_period_seconds == 600
+
+
+def test_a_handover_soon_after_the_confirmation_went_out_sends_nothing_more(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({"messages": [{"id": "wamid.1"}]})
+    first = handover(tenant_client)
+    deliver_outbox()
+    first_message = confirmation_of(first["sessionId"])
+
+    second = handover(tenant_client)
+
+    assert second["sessionId"] == first["sessionId"]
+    assert second["sessionCreated"] is False
+    assert second["confirmationMessage"] == "skipped"
+    assert second["confirmationSkippedReason"] == "recently_sent"
+    assert deliver_outbox() == 0
+    assert len(httpserver.log) == 1, "one message within a second, not two"
+    assert OutboundMessage.objects.for_tenant(tenant).count() == 1
+    assert confirmation_of(first["sessionId"]).pk == first_message.pk
+    assert session_view(tenant_client, first["sessionId"])["confirmationStatus"] == "sent"
+
+
+def test_after_the_quiet_period_the_confirmation_is_sent_again(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    set_quiet_period(tenant, 300)
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+    first = handover(tenant_client)
+    deliver_outbox()
+    first_message = confirmation_of(first["sessionId"])
+
+    sent_ago(first_message, 299)
+    assert handover(tenant_client)["confirmationSkippedReason"] == "recently_sent"
+    sent_ago(first_message, 301)
+    again = handover(tenant_client)
+    deliver_outbox()
+
+    assert (again["confirmationMessage"], again["confirmationSkippedReason"]) == ("queued", None)
+    assert confirmation_of(first["sessionId"]).pk != first_message.pk
+    assert len(httpserver.log) == 2
+    assert session_view(tenant_client, first["sessionId"])["confirmationStatus"] == "sent"
+
+
+def test_a_new_agent_is_confirmed_again_within_the_quiet_period(
+    tenant, owner, teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+    first = handover(tenant_client)
+    deliver_outbox()
+    assert first["assignedAgent"]["id"] == str(teammate.pk)
+    assign_session_to(
+        tenant=tenant,
+        session_id=first["sessionId"],
+        agent=owner,
+        actor=Actor.for_membership(owner),
+    )
+
+    second = handover(tenant_client)
+    deliver_outbox()
+
+    assert second["assignedAgent"]["id"] == str(owner.pk)
+    assert (second["confirmationMessage"], second["confirmationSkippedReason"]) == ("queued", None)
+    assert len(httpserver.log) == 2
+    # ... and only once for that agent.
+    third = handover(tenant_client)
+    assert third["confirmationSkippedReason"] == "recently_sent"
+    assert deliver_outbox() == 0
+    assert len(httpserver.log) == 2
+
+
+def test_a_session_that_finds_its_agent_on_a_later_handover_is_confirmed_again(
+    tenant, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+    first = handover(tenant_client)
+    deliver_outbox()
+    assert first["status"] == "unassigned"
+    agent = MembershipFactory(tenant=tenant)
+
+    second = handover(tenant_client)
+    deliver_outbox()
+
+    assert second["assignedAgent"]["id"] == str(agent.pk)
+    assert second["confirmationMessage"] == "queued"
+    assert len(httpserver.log) == 2
+
+
+def test_a_failed_confirmation_is_sent_again_within_the_quiet_period(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_ordered_request(MESSAGES_PATH).respond_with_data("no", status=400)
+    httpserver.expect_ordered_request(MESSAGES_PATH).respond_with_json({})
+    first = handover(tenant_client)
+    deliver_outbox()
+    assert confirmation_of(first["sessionId"]).status == MessageStatus.FAILED
+
+    second = handover(tenant_client)
+    deliver_outbox()
+
+    assert second["confirmationMessage"] == "queued", "the contact never got the first one"
+    assert session_view(tenant_client, first["sessionId"])["confirmationStatus"] == "sent"
+    assert len(httpserver.log) == 2
+
+
+def test_a_reused_session_without_send_handover_message_says_not_requested(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+    handover(tenant_client)
+    deliver_outbox()
+
+    body = handover(tenant_client, sendHandoverMessage=False)
+
+    assert (body["confirmationMessage"], body["confirmationSkippedReason"]) == (
+        "skipped",
+        "not_requested",
+    )
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "sent"
+
+
+def test_the_quiet_period_is_editable_in_the_tenant_admin(tenant, owner):
+    client = Client()
+    client.force_login(owner.user)
+
+    page = client.get(f"/admin/teams/tenant/{tenant.pk}/change/")
+
+    assert page.status_code == 200
+    assert b'name="confirmation_quiet_period_seconds"' in page.content
+
+
+# --- channels without a sender -----------------------------------------------------------
+
+NO_SENDER = [c for c in SessionChannel.values if c != SessionChannel.WHATSAPP]
+
+
+@pytest.mark.parametrize("channel", NO_SENDER)
+def test_a_channel_without_a_sender_sends_nothing_and_says_why(
+    tenant, owner, teammate, tenant_client, crm, httpserver, deliver_outbox, channel
+):
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+
+    body = handover(tenant_client, channel=channel)
+    again = handover(tenant_client, channel=channel)
+
+    for answer in (body, again):
+        assert answer["confirmationMessage"] == "skipped"
+        assert answer["confirmationSkippedReason"] == "no_sender_for_channel"
+    assert body["assignedAgent"]["id"] == str(teammate.pk), "assignment is unaffected"
+    assert not OutboundMessage.objects.for_tenant(tenant).exists()
+    assert deliver_outbox() == 0
+    assert httpserver.log == [], "no WhatsApp text to a web chat visitor"
+    assert session_view(tenant_client, body["sessionId"])["confirmationStatus"] == "skipped"
+    admin = Client()
+    admin.force_login(owner.user)
+    listing = admin.get("/admin/inbox/inboxsession/")
+    page = admin.get(f"/admin/inbox/inboxsession/{body['sessionId']}/change/")
+    assert "Skipped: No sender for this channel" in listing.content.decode()
+    assert "Skipped: No sender for this channel" in page.content.decode()
+
+
+def test_a_new_channel_sender_is_one_registry_entry(
+    tenant, teammate, tenant_client, crm, httpserver, deliver_outbox, monkeypatch
+):
+    monkeypatch.setitem(CONFIRMATION_SENDERS, SessionChannel.SMS, "whatsapp")
+    httpserver.expect_request(MESSAGES_PATH).respond_with_json({})
+
+    body = handover(tenant_client, channel="sms")
+    deliver_outbox()
+
+    assert (body["confirmationMessage"], body["confirmationSkippedReason"]) == ("queued", None)
+    assert confirmation_of(body["sessionId"]).channel == "whatsapp"
+    assert len(httpserver.log) == 1
 
 
 # --- a CRM that trickles its answer ------------------------------------------------------

@@ -287,8 +287,8 @@ def test_everyone_away_or_full_is_an_availability_problem(tenant, tenant_client)
     report = diagnose_json("--tenant", tenant.slug)
 
     line, fix = lines_of(text, "availability")
-    assert line == "[PROBLEM] availability: Agents exist but every one is away or at capacity."
-    assert "capacity" in fix
+    assert line == ("[PROBLEM] availability: Every available agent is at capacity (open sessions).")
+    assert "Raise their capacity" in fix
     assert report["verdict"]["reason"] == "all_at_capacity"
     assert "would stay unassigned (all_at_capacity)" in text
 
@@ -296,6 +296,26 @@ def test_everyone_away_or_full_is_an_availability_problem(tenant, tenant_client)
     freed = diagnose_json("--tenant", tenant.slug)
     assert [c["check"] for c in freed["checks"]].count("availability") == 0
     assert freed["verdict"]["agent"]["id"] == str(busy.id), "closed sessions free capacity"
+
+
+def test_everyone_away_is_an_availability_problem_that_says_away(tenant, tenant_client):
+    MembershipFactory(tenant=tenant, capacity=1, is_available=False)
+    MembershipFactory(tenant=tenant, role=Role.ADMIN, is_available=False)
+    body = real_handover(tenant_client, "c1")
+    assert body["unassignedReason"] == "all_away"
+
+    text = diagnose("--tenant", tenant.slug, "--session", body["sessionId"])
+    report = diagnose_json("--tenant", tenant.slug)
+
+    line, fix = lines_of(text, "availability")
+    assert line == "[PROBLEM] availability: Agents exist but every one is away (not available)."
+    assert "Mark agents available" in fix
+    assert "capacity" not in line + fix
+    assert lines_of(text, "session")[0] == (
+        "[PROBLEM] session: The session is unassigned: Every agent is away (not available)."
+    )
+    assert report["verdict"]["reason"] == "all_away"
+    assert "would stay unassigned (all_away)" in text
 
 
 def test_waterfall_that_excludes_every_agents_role_is_reported_as_a_problem(tenant, api_key):
@@ -470,6 +490,12 @@ def test_unassigned_session_shows_why(tenant, tenant_client):
     data = check(report, "session")["data"]
     assert data["sessionId"] == body["sessionId"]
     assert data["unassignedReason"] == "no_agents"
+    assert data["confirmation"] == {
+        "status": "skipped",
+        "skippedReason": "not_requested",
+        "attempts": 0,
+        "lastError": None,
+    }
     assert data["assignedAgentId"] is None
     assert data["lastAttempt"]["outcome"] == "unassigned"
 

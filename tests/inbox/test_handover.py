@@ -449,11 +449,22 @@ def test_hostile_bodies_get_json_errors_not_500s(tenant_client):
     nul_value = post(tenant_client, {"contactId": "c", "context": {"note": "a\x00b"}})
     nul_key = post(tenant_client, {"contactId": "c", "context": {"a\x00": 1}})
     nul_contact = post(tenant_client, {"contactId": "c\x00"})
+    # A lone surrogate is valid JSON (an escape) but not storable text.
+    surrogate_value, surrogate_key = (
+        tenant_client.post(URL, body, content_type="application/json")
+        for body in (
+            '{"contactId": "c", "context": {"k": "a\\udfffb"}}',
+            '{"contactId": "c", "context": {"list": [{"\\ud800": 1}]}}',
+        )
+    )
 
     assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
     assert nul_value.status_code == 400 and "context" in nul_value.json()["error"]["fields"]
     assert nul_key.status_code == 400 and "context" in nul_key.json()["error"]["fields"]
     assert nul_contact.status_code == 400 and "contactId" in nul_contact.json()["error"]["fields"]
+    for response in (surrogate_value, surrogate_key):
+        assert response.status_code == 400, response.content
+        assert "surrogate" in response.json()["error"]["fields"]["context"][0]
     assert not InboxSession.all_tenants.exists()
 
 

@@ -161,7 +161,7 @@ def make_lead(tenant, agent):
 
 @pytest.fixture
 def reassign(tenant, owner, new_agent):
-    def move(lead, *, reason, to=None, notes=""):
+    def move(lead, *, reason, to=None, notes="", restart_window=False):
         return reassign_lead(
             tenant=tenant,
             lead_id=lead.pk,
@@ -170,6 +170,7 @@ def reassign(tenant, owner, new_agent):
             actor=Actor.for_membership(owner),
             reassigned_by=owner,
             notes=notes,
+            restart_window=restart_window,
         )
 
     return move
@@ -340,6 +341,85 @@ def test_a_manual_reassignment_names_the_admin_and_has_no_timer_warning(
     assert "Deadline" not in email.body
     assert "minutes to" not in _html(email)
     assert _lead_link(lead) in email.body
+
+
+def test_a_manual_reassignment_after_the_deadline_tells_the_new_agent_first_thing(
+    kolkata, owner, agent, new_agent, make_lead, reassign, mailoutbox, deliver_outbox
+):
+    with time_machine.travel(T0, tick=False):
+        lead = make_lead()
+        claim_lead(tenant=kolkata, lead_id=lead.pk, agent=agent)  # contact by 09:05 UTC
+        deliver_outbox()
+    mailoutbox.clear()
+
+    with time_machine.travel(T0 + timedelta(minutes=20), tick=False):
+        reassign(lead, reason="manual")
+        assert deliver_outbox() == 1
+
+    [email] = mailoutbox
+    assert email.subject == "Overdue lead reassigned to you: Priya Sharma"
+    # 09:05 UTC is 14:35 in Kolkata. Right under the greeting, before anything else.
+    assert email.body.startswith(
+        f"Hi {new_agent.user.get_short_name()},\n\n"
+        "IMPORTANT: The contact deadline had already passed when this lead was reassigned "
+        "to you: it is late, contact it as soon as you can. "
+        "The deadline was 2025-03-10 14:35 (Asia/Kolkata).\n"
+    )
+    assert f"{owner.display_name} (admin) reassigned it to you." in email.body
+    assert "minutes to" not in email.body, "no fresh window to promise"
+    html = _html(email)
+    assert "An overdue lead has been reassigned to you" in html
+    urgent = html.index("The contact deadline had already passed")
+    assert urgent < html.index("(admin) reassigned it to you"), "the warning comes first"
+    assert urgent < html.index(LEAD["phone"])
+    assert "border-left:4px solid #b42318" in html
+    assert "The deadline was <strong>2025-03-10 14:35 (Asia/Kolkata)</strong>" in html
+
+
+def test_a_restarted_window_gives_the_new_agent_the_new_deadline(
+    kolkata, owner, agent, new_agent, make_lead, reassign, mailoutbox, deliver_outbox
+):
+    with time_machine.travel(T0, tick=False):
+        lead = make_lead()
+        claim_lead(tenant=kolkata, lead_id=lead.pk, agent=agent)
+        deliver_outbox()
+    mailoutbox.clear()
+
+    with time_machine.travel(T0 + timedelta(minutes=20), tick=False):
+        reassign(lead, reason="manual", restart_window=True)
+        assert deliver_outbox() == 1
+
+    [email] = mailoutbox
+    assert email.subject == "Lead reassigned to you: Priya Sharma"
+    # Restarted at 09:20 UTC: 5 minutes, until 09:25 UTC = 14:55 in Kolkata.
+    assert (
+        "The contact window was restarted when this lead was reassigned to you: you have "
+        "5 minutes to contact it. Deadline: 2025-03-10 14:55 (Asia/Kolkata)." in email.body
+    )
+    assert "already passed" not in email.body
+    html = _html(email)
+    assert "The contact window was restarted" in html
+    assert "Deadline: <strong>2025-03-10 14:55 (Asia/Kolkata)</strong>" in html
+    assert "#b42318" not in html
+
+
+def test_an_overdue_lead_claimed_before_the_email_went_out_is_no_longer_overdue(
+    kolkata, agent, new_agent, make_lead, reassign, mailoutbox, deliver_outbox
+):
+    with time_machine.travel(T0, tick=False):
+        lead = make_lead()  # claim by 09:05 UTC
+        deliver_outbox()
+    mailoutbox.clear()
+
+    with time_machine.travel(T0 + timedelta(minutes=20), tick=False):
+        reassign(lead, reason="manual")
+        claim_lead(tenant=kolkata, lead_id=lead.pk, agent=new_agent)  # before the worker ran
+        deliver_outbox()
+
+    [email] = mailoutbox
+    assert email.subject == "Lead reassigned to you: Priya Sharma"
+    assert "already passed" not in email.body
+    assert "restarted" not in email.body
 
 
 # --- the agent's email for a new lead --------------------------------------------------

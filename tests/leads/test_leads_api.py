@@ -172,7 +172,7 @@ def test_create_when_every_agent_is_away_says_so(tenant, tenant_client, teammate
 
     response = tenant_client.post(LEADS, {"name": "Jane", "phone": "+491"}, format="json")
 
-    assert response.json()["unassigned_reason"] == "all_at_capacity"
+    assert response.json()["unassigned_reason"] == "all_away"
     assert counter(teammate) == 0
 
 

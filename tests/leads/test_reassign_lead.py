@@ -153,7 +153,9 @@ def test_seed_verification_steps_via_the_api_key(
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["success"] is True
-    assert set(body) == {"success", "lead", "reassignment"}
+    assert set(body) == {"success", "lead", "reassignment", "warning"}
+    # The claim deadline had passed, but "unclaimed" starts a contact window: no warning.
+    assert body["warning"] is None
     lead.refresh_from_db()
     # Lead assigned_agent_id updated
     assert lead.assigned_agent_id == bob.pk
@@ -192,6 +194,11 @@ def test_seed_verification_steps_via_the_api_key(
         "stage": "claim",
         "notes": "Test reassignment",
         "reassignment_id": str(row.pk),
+        "window": "contact",
+        "previous_deadline": (T0 + minutes(5)).isoformat(),
+        "deadline": (now + minutes(5)).isoformat(),
+        "deadline_passed": True,
+        "window_restarted": True,
     }
     # The new agent is told (in-app; the email is covered below)
     [notice] = unread(bob, lead)

@@ -33,6 +33,7 @@ from leads.services import (
     reassign_lead,
     sweep_sla_breaches,
 )
+from outbox.models import MessageStatus
 from teams.models import Membership, Role
 from tests.conftest import ON_POSTGRES
 from tests.factories import MembershipFactory
@@ -512,3 +513,68 @@ def test_the_beat_task_runs_the_sweep(tenant, owner, alice, clock):
     clock.shift(timedelta(minutes=6))
 
     assert tasks.check_sla.delay().get() == {"claim": 1, "contact": 0}
+
+
+# --- check_sla delivers what it queued in embedded mode --------------------------------
+
+
+def breach_email_of(lead):
+    return breach_notices(lead).select_related("email_message").get().email_message
+
+
+@pytest.mark.django_db
+def test_check_sla_in_embedded_mode_sends_the_breach_emails_before_it_exits(
+    tenant, owner, alice, clock, settings, deliver_outbox, mailoutbox
+):
+    settings.REDIS_URL = ""  # embedded: no outbox worker to count on
+    lead = new_lead(tenant, alice, "Unclaimed")
+    deliver_outbox()  # alice's "new lead" email
+    mailoutbox.clear()
+    clock.shift(timedelta(minutes=6))
+
+    out = StringIO()
+    call_command("check_sla", stdout=out)
+
+    message = breach_email_of(lead)
+    assert message.status == MessageStatus.SENT
+    assert [email.to for email in mailoutbox] == [[owner.user.email]]
+    assert "Unclaimed" in mailoutbox[0].subject + mailoutbox[0].body
+    assert "; outbox: 1 message(s) handled" in out.getvalue()
+    assert deliver_outbox() == 0, "nothing was left for a worker"
+
+
+@pytest.mark.django_db
+def test_check_sla_json_in_embedded_mode_says_how_many_messages_it_handled(
+    tenant, owner, alice, clock, settings, deliver_outbox, mailoutbox
+):
+    settings.REDIS_URL = ""
+    new_lead(tenant, alice)
+    deliver_outbox()
+    clock.shift(timedelta(minutes=6))
+
+    out = StringIO()
+    call_command("check_sla", "--json", stdout=out)
+
+    assert json.loads(out.getvalue())["delivered"] == 1
+    assert len(mailoutbox) == 2
+
+
+@pytest.mark.django_db
+def test_check_sla_with_an_outbox_worker_only_queues(
+    tenant, owner, alice, clock, settings, deliver_outbox, mailoutbox
+):
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"  # production: the outbox process sends
+    lead = new_lead(tenant, alice)
+    deliver_outbox()
+    mailoutbox.clear()
+    clock.shift(timedelta(minutes=6))
+
+    out = StringIO()
+    call_command("check_sla", "--json", stdout=out)
+
+    message = breach_email_of(lead)
+    assert message.status == MessageStatus.PENDING
+    assert mailoutbox == []
+    assert json.loads(out.getvalue())["delivered"] is None
+    assert deliver_outbox() == 1, "the worker's to send"
+    assert [email.to for email in mailoutbox] == [[owner.user.email]]

@@ -327,6 +327,7 @@ def test_agent_without_capacity_is_never_skipped_however_busy(tenant):
 
 
 def test_everyone_at_capacity_or_away_is_all_at_capacity(tenant):
+    """Some away, the available ones full: capacity is what stops the work."""
     full = MembershipFactory(tenant=tenant, capacity=1)
     MembershipFactory(tenant=tenant, is_available=False)
 
@@ -342,6 +343,55 @@ def test_everyone_at_capacity_or_away_is_all_at_capacity(tenant):
         ("super_admin", 0, None),
         ("default_team", 0, "no default team"),
     ]
+    assert decision.tiers[1]["available"] == 1
+
+
+def test_everyone_available_at_capacity_is_all_at_capacity(tenant):
+    first = MembershipFactory(tenant=tenant, capacity=1)
+    second = MembershipFactory(tenant=tenant, role=Role.ADMIN, capacity=2)
+
+    decision = pick(tenant, load=load_of({first: 1, second: 2}))
+
+    assert decision.agent is None
+    assert decision.reason == UnassignedReason.ALL_AT_CAPACITY
+    assert decision.as_record()["reason"] == "all_at_capacity"
+
+
+def test_everyone_away_is_all_away_not_all_at_capacity(tenant):
+    MembershipFactory(tenant=tenant, is_available=False, capacity=5)
+    MembershipFactory(tenant=tenant, role=Role.ADMIN, is_available=False)
+
+    decision = pick(tenant)
+
+    assert decision.agent is None
+    assert decision.reason == UnassignedReason.ALL_AWAY
+    assert decision.as_record()["reason"] == "all_away"
+    assert [(t["tier"], t.get("available")) for t in decision.tiers] == [
+        ("team", None),
+        ("member", 0),
+        ("admin", 0),
+        ("super_admin", None),
+        ("default_team", None),
+    ]
+
+
+def test_a_team_whose_members_are_all_away_is_all_away(tenant):
+    team = TeamFactory(tenant=tenant)
+    TeamMemberFactory(team=team, membership__is_available=False)
+    TeamMemberFactory(team=team, membership__is_available=False, membership__capacity=1)
+
+    decision = pick(tenant, team=fresh(team))
+
+    assert decision.reason == UnassignedReason.ALL_AWAY
+
+
+def test_away_in_one_tier_and_full_in_another_is_all_at_capacity(tenant):
+    MembershipFactory(tenant=tenant, role=Role.MEMBER, is_available=False)
+    full_admin = MembershipFactory(tenant=tenant, role=Role.ADMIN, capacity=1)
+
+    decision = pick(tenant, load=load_of({full_admin: 1}))
+
+    assert decision.reason == UnassignedReason.ALL_AT_CAPACITY
 
 
 def test_tier_where_everyone_is_away_or_full_falls_through_to_the_next(tenant):
@@ -592,6 +642,7 @@ def test_all_reason_codes_are_known(tenant):
         "manual_strategy",
         "team_closed",
         "no_agents",
+        "all_away",
         "all_at_capacity",
     }
 

@@ -4,13 +4,19 @@ import signal
 import threading
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 from django.utils import timezone
 
 from leads.services import SWEEP_BATCH_SIZE, sweep_sla_breaches
+from outbox.delivery import deliver_due
 
 logger = logging.getLogger(__name__)
+
+# Embedded mode sends at most this many due messages after a sweep (a retry that falls
+# due later waits for the next run); the breach emails of one sweep are far fewer.
+DELIVERY_LIMIT = 1000
 
 STAGE_LABELS = {
     "claim": "stage 1, claim window",
@@ -21,7 +27,9 @@ STAGE_LABELS = {
 class Command(BaseCommand):
     help = (
         "Record missed claim (stage 1) and contact (stage 2) deadlines: the sweep Celery "
-        "beat runs every 30 seconds. Once by default; --loop keeps sweeping."
+        "beat runs every 30 seconds. Once by default; --loop keeps sweeping. In embedded "
+        "mode (no REDIS_URL, so maybe no outbox worker) each sweep then sends the emails it "
+        "queued before the command goes on or exits."
     )
 
     def add_arguments(self, parser):
@@ -61,7 +69,7 @@ class Command(BaseCommand):
         if max_runs is not None and max_runs < 1:
             raise CommandError("--max-runs must be at least 1.")
         if not loop:
-            self._report(sweep_sla_breaches(batch_size=batch_size), as_json=as_json)
+            self._report(self._sweep(batch_size), as_json=as_json)
             return
 
         stop = threading.Event()
@@ -72,7 +80,7 @@ class Command(BaseCommand):
                 started = time.monotonic()
                 _drop_stale_connections()
                 try:
-                    self._report(sweep_sla_breaches(batch_size=batch_size), as_json=as_json)
+                    self._report(self._sweep(batch_size), as_json=as_json)
                 except Exception:
                     # One failed sweep (database restarting, say) must not end the loop;
                     # the next one records whatever this one missed.
@@ -86,6 +94,15 @@ class Command(BaseCommand):
         finally:
             signal.signal(signal.SIGTERM, previous)
 
+    def _sweep(self, batch_size: int) -> dict:
+        """One sweep; in embedded mode also the sending of what it queued: nothing else
+        may be running an outbox worker there (`bin/run` not started, or a cron job), and
+        the breach emails would otherwise wait for the next run. With REDIS_URL the
+        `outbox` process sends them within milliseconds of the commit."""
+        counts = sweep_sla_breaches(batch_size=batch_size)
+        counts["delivered"] = None if settings.REDIS_URL else deliver_due(limit=DELIVERY_LIMIT)
+        return counts
+
     def _report(self, counts: dict, *, as_json: bool) -> None:
         at = timezone.now().isoformat()
         if as_json:
@@ -94,7 +111,10 @@ class Command(BaseCommand):
         parts = ", ".join(
             f"{counts.get(stage, 0)} {stage} ({label})" for stage, label in STAGE_LABELS.items()
         )
-        self.stdout.write(f"{at} SLA breaches recorded: {parts}")
+        line = f"{at} SLA breaches recorded: {parts}"
+        if counts.get("delivered") is not None:
+            line += f"; outbox: {counts['delivered']} message(s) handled"
+        self.stdout.write(line)
 
 
 def _drop_stale_connections() -> None:

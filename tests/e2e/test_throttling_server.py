@@ -1,0 +1,137 @@
+"""API throttling on a running server: gunicorn with two workers (so the counters must be
+shared between processes) and a Redis of our own, called over HTTP with `requests`.
+"""
+
+import shutil
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+
+from core.actor import Actor
+from teams.services import create_api_key
+from tests.e2e.processes import Processes, base_env, free_port, processes, wait_until
+from tests.factories import TenantFactory
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
+]
+
+WHOAMI = "/api/v1/whoami"
+LIMIT = 20  # API_KEY_FAILURES_PER_MINUTE
+# How long a request may take while the throttle's Redis is stopped: ten times the
+# cache's 0.1 s timeout, so only a request that waits on the cache fails it.
+ANSWER_WITHIN = 1.0
+
+
+@pytest.fixture
+def procs():
+    with processes() as group:
+        yield group
+
+
+def gunicorn(procs: Processes, *, redis_url: str, workers: int = 2) -> str:
+    """A gunicorn serving the app with `redis_url` as its Redis; its base URL once every
+    worker has booted and it answers."""
+    port = free_port()
+    web = procs.start(
+        "gunicorn",
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "config.wsgi",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--access-logfile",
+            "-",
+        ],
+        env=base_env(REDIS_URL=redis_url),
+    )
+    web.wait_for("Booting worker", count=workers)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _answers(base + WHOAMI), timeout=15, what="gunicorn answers", every=0.2)
+    for _ in range(2 * workers):  # every worker loads the URLconf; no key, so nothing counts
+        requests.get(base + WHOAMI, timeout=10)
+    return base
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def random_key() -> str:
+    return f"wk_{uuid.uuid4().hex[:8]}_{uuid.uuid4().hex}{uuid.uuid4().hex[:10]}"
+
+
+def call(base: str, key: str) -> requests.Response:
+    """GET whoami with `key`, failing the test if no answer comes within ANSWER_WITHIN."""
+    try:
+        return requests.get(base + WHOAMI, headers={"X-API-Key": key}, timeout=ANSWER_WITHIN)
+    except requests.Timeout:
+        pytest.fail(f"no answer within {ANSWER_WITHIN} s: the request waited on the cache")
+
+
+def start_of_a_fresh_minute_if_this_one_ends_soon(margin: float = 20) -> None:
+    """The counters are per calendar minute: keep a test's requests within one."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.2)
+
+
+def test_a_running_server_refuses_random_keys_after_twenty(procs):
+    tenant = TenantFactory()
+    _, valid = create_api_key(tenant=tenant, name="e2e", actor=Actor.system())
+    redis = procs.redis()
+    base = gunicorn(procs, redis_url=redis.url)
+    start_of_a_fresh_minute_if_this_one_ends_soon()
+
+    answers = [
+        requests.get(base + WHOAMI, headers={"X-API-Key": random_key()}, timeout=10)
+        for _ in range(25)
+    ]
+    with_valid_key = requests.get(base + WHOAMI, headers={"X-API-Key": valid}, timeout=10)
+
+    assert [a.status_code for a in answers] == [401] * LIMIT + [429] * 5
+    assert {a.json()["error"]["code"] for a in answers[:LIMIT]} == {"api_key_invalid"}
+    for answer in [*answers[LIMIT:], with_valid_key]:
+        assert answer.status_code == 429
+        assert answer.json()["error"]["code"] == "too_many_attempts"
+        assert 1 <= int(answer.headers["Retry-After"]) <= 60, answer.headers
+
+
+def test_a_stopped_redis_holds_no_request_and_throttles_nothing(procs):
+    tenant = TenantFactory()
+    limited = TenantFactory(api_rate_limit_per_minute=2)
+    _, valid = create_api_key(tenant=tenant, name="e2e", actor=Actor.system())
+    _, limited_key = create_api_key(tenant=limited, name="e2e", actor=Actor.system())
+    redis = procs.redis()
+    base = gunicorn(procs, redis_url=redis.url, workers=1)
+    redis.pause()  # connections are accepted, nothing ever answers
+
+    assert call(base, valid).status_code == 200
+    bad = [call(base, random_key()).status_code for _ in range(LIMIT + 5)]
+    assert bad == [401] * (LIMIT + 5), "with the cache down nothing is refused as throttled"
+    assert [call(base, limited_key).status_code for _ in range(5)] == [200] * 5
+    assert call(base, valid).status_code == 200
+
+
+def test_a_redis_that_is_gone_throttles_nothing(procs):
+    tenant = TenantFactory()
+    _, valid = create_api_key(tenant=tenant, name="e2e", actor=Actor.system())
+    base = gunicorn(procs, redis_url=f"redis://127.0.0.1:{free_port()}/0", workers=1)
+
+    bad = [call(base, random_key()).status_code for _ in range(LIMIT + 5)]
+
+    assert bad == [401] * (LIMIT + 5)
+    assert call(base, valid).status_code == 200

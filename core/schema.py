@@ -89,6 +89,10 @@ DESCRIPTIONS = {
     "Wait `Retry-After` seconds.",
 }
 
+URI_TOO_LONG = (
+    "The URL is longer than the HTTP server accepts (gunicorn: a request line of more than "
+    "4094 bytes); answered by the server itself, not in the API's error shape."
+)
 
 # What DRF's CharField refuses, as patterns: the NUL character always; with
 # allow_blank=False also a value that is empty once trimmed (`\s` as Python's str.strip
@@ -184,6 +188,10 @@ class ErrorDocumentingSchema(AutoSchema):
                 responses[str(status)] = self._get_response_for_code(
                     OpenApiResponse(ErrorResponse, description=DESCRIPTIONS[status]), str(status)
                 )
+        if any(parameter["in"] == "query" for parameter in parameters):
+            # Refused by the HTTP server (gunicorn: a request line over 4094 bytes) before
+            # the API sees the request, so not in the API's error shape.
+            responses.setdefault("414", {"description": URI_TOO_LONG})
         return dict(sorted(responses.items()))
 
     def _get_response_headers_for_code(self, status_code, direction="response"):

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 from django.core.management import call_command
 
@@ -126,12 +128,16 @@ def _assert_matches(schema, subschema, body):
 def test_every_operation_documents_its_errors_in_the_error_shape(schema):
     for path, method, operation in _operations(schema):
         responses = operation["responses"]
-        errors = {status for status in responses if status >= "400"}
         where = f"{method.upper()} {path}"
+        locations = {parameter["in"] for parameter in operation.get("parameters", [])}
+        # A URL too long for the HTTP server: gunicorn answers it, in its own words.
+        too_long = responses.pop("414", None)
+        assert (too_long is not None) == ("query" in locations), where
+        assert too_long is None or "content" not in too_long, where
+        errors = {status for status in responses if status >= "400"}
         for status in errors:
             content = responses[status]["content"]["application/json"]
             assert content["schema"] == ERROR_REF, (where, status)
-        locations = {parameter["in"] for parameter in operation.get("parameters", [])}
         security = [name for requirement in operation.get("security", []) for name in requirement]
         expected = {"406", "503"} | SPECIFIC_ERRORS.get((method, path), set())
         if "requestBody" in operation:
@@ -291,3 +297,40 @@ def test_reassign_lead_states_that_an_api_key_must_name_the_admin(schema, tenant
     body["reassigned_by_id"] = str(owner.pk)
     assert _validator(schema, described).is_valid(body)
     assert tenant_client.post("/api/v1/reassign-lead", body, format="json").status_code == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_url_too_long_for_gunicorn_gets_the_documented_414(schema, tenant, api_key):
+    import requests
+
+    from tests.e2e.processes import base_env, free_port, processes, wait_until
+
+    operation = schema["paths"]["/api/v1/webhooks"]["get"]
+    assert "414" in operation["responses"]
+    port = free_port()
+    with processes() as group:
+        group.start(
+            "gunicorn",
+            [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}"],
+            env=base_env(),
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{base}/healthz"), timeout=30, what="gunicorn is up")
+        response = requests.get(
+            f"{base}/api/v1/webhooks",
+            params={"offset": "9" * 5000},
+            headers={"X-API-Key": api_key[1]},
+            timeout=10,
+        )
+
+    assert response.status_code == 414
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=2).status_code in (200, 503)
+    except requests.RequestException:
+        return False

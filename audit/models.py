@@ -25,8 +25,25 @@ class ActivityLog(TenantOwnedModel):
         related_name="+",
         help_text="The agent who acted, when a person did.",
     )
+    actor_user = models.ForeignKey(
+        "teams.User",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The person who acted, when a person did (also a superuser with no membership).",
+    )
     actor_label = models.CharField(
-        max_length=200, help_text='Who acted, in words: an email, "api_key:wk_…" or "system".'
+        max_length=200,
+        help_text='The person who acted: an email, "system", or "api_key" for a key acting '
+        "on nobody's behalf. How they acted is `via`.",
+    )
+    via = models.CharField(
+        max_length=80,
+        blank=True,
+        db_index=True,
+        help_text='How the person acted: "admin", "api_key:wk_…", "api", "agent_page", '
+        '"job:<name>", "command:<name>".',
     )
     target_type = models.ForeignKey(
         ContentType, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -47,4 +64,5 @@ class ActivityLog(TenantOwnedModel):
         ]
 
     def __str__(self):
-        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action}"
+        via = f" via {self.via}" if self.via else ""
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label}{via} {self.action}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import environ
 from csp.constants import NONCE, NONE, SELF
+from pythonjsonlogger.core import RESERVED_ATTRS as JSON_LOG_RESERVED_ATTRS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -53,6 +54,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every response, redirects and 503s included, carries the request's id, and
+    # every log line of the request names it.
+    "core.request_id.RequestIdMiddleware",
+    # Counts and times every answer, including those given by the middleware below.
+    "config.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # 503 with Retry-After, not 500, when a view meets an outage (database, broker);
     # outages raised in the middleware below reach handler400/handler500 (core.api).
@@ -283,6 +289,11 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Handover <noreply@localh
 # SMTP backends only: without it a hung mail server holds the worker forever.
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 
+# --- Metrics --------------------------------------------------------------------------
+# GET /metrics (Prometheus) answers only with `Authorization: Bearer <METRICS_TOKEN>`;
+# unset, the page does not exist (404). See config/metrics.py for PROMETHEUS_MULTIPROC_DIR.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
 # --- API ------------------------------------------------------------------------------
 # While the database or the broker cannot be reached, every page answers 503
 # `service_unavailable` with this Retry-After (seconds).
@@ -335,13 +346,48 @@ API_KEY_LAST_USED_RESOLUTION_SECONDS = env.int("API_KEY_LAST_USED_RESOLUTION_SEC
 
 # --- Logging --------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+# "plain" (default): one human-readable line per record. "json": one JSON object per line
+# (python-json-logger) for a log collector. Both carry the request id, tenant, session,
+# lead and outbound message a line is about (core.log_context); the plain format shows
+# them in brackets when they are set.
+LOG_FORMAT = env("LOG_FORMAT", default="plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ValueError(f'LOG_FORMAT must be "plain" or "json", not {LOG_FORMAT!r}.')
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"log_context": {"()": "core.log_context.ContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "core.log_context.PlainFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s%(context)s %(message)s",
+        },
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": [
+                "levelname",
+                "name",
+                "message",
+                "request_id",
+                "tenant_id",
+                "session_id",
+                "lead_id",
+                "message_id",
+            ],
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",
+            # Django passes the request to its own lines (django.request): its text holds
+            # the query string, where an API key may be (?apiKey=). Never written out.
+            "reserved_attrs": [*JSON_LOG_RESERVED_ATTRS, "request"],
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["log_context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
@@ -400,8 +446,15 @@ CACHES["throttle"] = (
 # Browser origins allowed to call /api/ (comma-separated, e.g. https://app.example.com).
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
 CORS_URLS_REGEX = r"^/api/.*$"
-CORS_ALLOW_HEADERS = ["accept", "content-type", "x-api-key", "idempotency-key", "x-csrftoken"]
-CORS_EXPOSE_HEADERS = ["Retry-After"]
+CORS_ALLOW_HEADERS = [
+    "accept",
+    "content-type",
+    "x-api-key",
+    "idempotency-key",
+    "x-csrftoken",
+    "x-request-id",
+]
+CORS_EXPOSE_HEADERS = ["Retry-After", "X-Request-ID", "Idempotent-Replayed"]
 CORS_ALLOW_CREDENTIALS = env.bool("CORS_ALLOW_CREDENTIALS", default=False)
 CORS_PREFLIGHT_MAX_AGE = 600
 

@@ -2,7 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from config import dashboard
 from config.health import healthz
+from config.metrics import metrics_view
 from leads import views as leads_views
 
 admin.site.site_header = "Handover administration"
@@ -11,6 +13,9 @@ admin.site.index_title = "Tenants, people, conversations and leads"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
+    # Before the admin's own URLs, whose catch-all would answer 404 for it.
+    path("admin/dashboard/", include(dashboard.urlpatterns)),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

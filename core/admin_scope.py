@@ -21,6 +21,8 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import models
 
+from core import log_context
+
 _CACHE_ATTR = "_admin_tenant_ids"
 
 
@@ -93,6 +95,7 @@ def tenant_of_selection(model_admin, request, rows: list, noun: str):
         return None
     tenant = rows[0].tenant
     require_admin_of(request, tenant.pk)
+    log_context.bind(tenant_id=tenant.pk)  # the action's log lines name the tenant
     return tenant
 
 

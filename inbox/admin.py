@@ -1,40 +1,48 @@
+from datetime import datetime
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.urls import path
-from django.utils.html import format_html
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from core.actor import Actor
+from core.admin_columns import TenantColumnMixin, short, short_date, warning
 from core.admin_scope import TenantScopedAdmin, tenant_of_selection
 from core.errors import DomainError
 from inbox.diagnostics import diagnose_handover
-from inbox.integrations import set_crm_api_key
-from inbox.models import CrmIntegration, HandoverRequest, InboxSession
+from inbox.integrations import save_crm_integration
+from inbox.models import CrmIntegration, HandoverRequest, InboxSession, SessionStatus
+from inbox.selectors import open_sessions_per_agent
 from inbox.services import assign_session_to, close_session, run_session_assignment
 from inbox.whatsapp import crm_url_problems
 from outbox.admin import message_details, message_status
-from teams.models import Membership
+from teams.admin import OneDoorAdmin
+from teams.admin import admin_actor as person_in_admin
+from teams.models import Membership, Strategy, Team
+from teams.routing.reasons import UnassignedReason
 from teams.selectors import active_agents
 
 
 def admin_actor(request) -> Actor:
-    return Actor(label=f"admin:{request.user.email}")
+    return Actor.for_admin(request.user)
 
 
 @admin.register(InboxSession)
-class InboxSessionAdmin(TenantScopedAdmin):
+class InboxSessionAdmin(TenantColumnMixin, TenantScopedAdmin):
     list_display = [
         "contact_display",
-        "channel",
-        "tenant",
         "status",
-        "assigned_agent",
-        "unassigned_reason",
-        "confirmation_display",
-        "created_at",
+        "agent_display",
+        "confirmation_status",
+        "age",
+        "tenant_display",
+        "row_actions",
     ]
+    list_display_links = ["contact_display"]
     list_filter = [
         "status",
         ("assigned_agent", admin.EmptyFieldListFilter),
@@ -63,7 +71,7 @@ class InboxSessionAdmin(TenantScopedAdmin):
         "assigned_at",
         "strategy",
         "unassigned_reason",
-        "last_assignment_attempt",
+        "routing_attempt",
         "confirmation_display",
         "confirmation_details",
         "created_at",
@@ -82,7 +90,7 @@ class InboxSessionAdmin(TenantScopedAdmin):
                     "assigned_at",
                     "strategy",
                     "unassigned_reason",
-                    "last_assignment_attempt",
+                    "routing_attempt",
                 ]
             },
         ),
@@ -92,6 +100,10 @@ class InboxSessionAdmin(TenantScopedAdmin):
         ),
         ("Times", {"fields": ["created_at", "updated_at", "closed_at"]}),
     ]
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting would skip the agent's counters and the audit trail: close instead.
+        return False
 
     def has_add_permission(self, request):
         return False
@@ -108,11 +120,51 @@ class InboxSessionAdmin(TenantScopedAdmin):
             return _skipped(obj)
         return message_details(obj.confirmation_message)
 
-    @admin.display(description="contact", ordering="contact_id")
+    @admin.display(description="Contact", ordering="contact_id")
     def contact_display(self, obj):
         if obj.contact_name:
-            return format_html("{} <small>{}</small>", obj.contact_name, obj.contact_id)
-        return obj.contact_id
+            return format_html(
+                '<span title="{} · {} · {}">{}</span>',
+                obj.contact_name,
+                obj.contact_id,
+                obj.get_channel_display(),
+                _cut(obj.contact_name, 22),
+            )
+        return short(obj.contact_id, 22)
+
+    @admin.display(description="Agent", ordering="assigned_agent__user__full_name")
+    def agent_display(self, obj):
+        if obj.assigned_agent is not None:
+            return short(obj.assigned_agent.display_name, 18)
+        if obj.status != SessionStatus.OPEN:
+            return ""
+        reason = obj.get_unassigned_reason_display() if obj.unassigned_reason else "not routed"
+        return warning("unassigned", f"Unassigned: {reason}")
+
+    @admin.display(description="Confirmation", ordering="confirmation_message__status")
+    def confirmation_status(self, obj):
+        if obj.confirmation_message is None:
+            return format_html('<span class="hv-muted" title="{}">skipped</span>', _skipped(obj))
+        return message_status(obj.confirmation_message)
+
+    @admin.display(description="Age", ordering="-created_at")
+    def age(self, obj):
+        return format_html(
+            '<span class="hv-nowrap" title="{}">{}</span>',
+            f"{timezone.localtime(obj.created_at):%Y-%m-%d %H:%M}",
+            age_text(obj.created_at, timezone.now()),
+        )
+
+    @admin.display(description="")
+    def row_actions(self, obj):
+        if obj.assigned_agent_id or obj.status != SessionStatus.OPEN:
+            return ""
+        url = reverse("admin:inbox_inboxsession_why_unassigned", args=[obj.pk])
+        return format_html('<a href="{}" class="hv-row-action">Why?</a>', url)
+
+    @admin.display(description="Last routing attempt")
+    def routing_attempt(self, obj):
+        return routing_attempt_table(obj.last_assignment_attempt, tenant=obj.tenant)
 
     @admin.action(description="Run assignment again")
     def run_assignment_again(self, request, queryset):
@@ -159,6 +211,12 @@ class InboxSessionAdmin(TenantScopedAdmin):
             "opts": self.model._meta,
             "session": session,
             "report": report,
+            "verdict_reason": _label(UnassignedReason, report.verdict.get("reason")),
+            "verdict_strategy": _label(Strategy, report.verdict.get("strategy")),
+            "verdict_tier": TIER_NAMES.get(report.verdict.get("tier"), report.verdict.get("tier")),
+            "attempt": routing_attempt_table(
+                session.last_assignment_attempt, tenant=session.tenant
+            ),
         }
         return TemplateResponse(request, "admin/inbox/inboxsession/why_unassigned.html", context)
 
@@ -168,23 +226,11 @@ class InboxSessionAdmin(TenantScopedAdmin):
         tenant = tenant_of_selection(self, request, sessions, "sessions")
         if tenant is None:
             return None
-        form = AssignForm(request.POST if "apply" in request.POST else None, tenant=tenant)
-        if "apply" in request.POST and form.is_valid():
-            agent = form.cleaned_data["agent"]
-            for session in sessions:
-                try:
-                    assign_session_to(
-                        tenant=tenant,
-                        session_id=session.pk,
-                        agent=agent,
-                        actor=admin_actor(request),
-                    )
-                    self.message_user(
-                        request, f"{session}: assigned to {agent.display_name}.", messages.SUCCESS
-                    )
-                except DomainError as exc:
-                    self.message_user(request, f"{session}: {exc.message}", messages.ERROR)
+        applying = "apply" in request.POST
+        form = AssignForm(request.POST if applying else None, tenant=tenant, sessions=sessions)
+        if applying and form.is_valid() and self._assign(request, tenant, sessions, form):
             return None
+        # First visit, invalid choice, or every session refused: the form stays.
         context = {
             **self.admin_site.each_context(request),
             "title": "Assign sessions",
@@ -192,8 +238,25 @@ class InboxSessionAdmin(TenantScopedAdmin):
             "sessions": sessions,
             "form": form,
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "cancel_url": reverse("admin:inbox_inboxsession_changelist"),
         }
         return TemplateResponse(request, "admin/inbox/inboxsession/assign.html", context)
+
+    def _assign(self, request, tenant, sessions, form) -> int:
+        agent = form.cleaned_data["agent"]
+        assigned = 0
+        for session in sessions:
+            try:
+                assign_session_to(
+                    tenant=tenant, session_id=session.pk, agent=agent, actor=admin_actor(request)
+                )
+                assigned += 1
+                self.message_user(
+                    request, f"{session}: assigned to {agent.display_name}.", messages.SUCCESS
+                )
+            except DomainError as exc:
+                self.message_user(request, f"{session}: {exc.message}", messages.ERROR)
+        return assigned
 
     @admin.action(description="Close selected sessions")
     def close_selected(self, request, queryset):
@@ -219,15 +282,146 @@ def _skipped(session: InboxSession) -> str:
 class AssignForm(forms.Form):
     agent = forms.ModelChoiceField(queryset=Membership.all_tenants.none())
 
-    def __init__(self, *args, tenant, **kwargs):
+    def __init__(self, *args, tenant, sessions, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["agent"].queryset = active_agents(tenant=tenant).order_by(
-            "user__full_name", "user__email"
+        # The agent who already holds a session is not offered for it.
+        holders = {session.assigned_agent_id for session in sessions} - {None}
+        agents = (
+            active_agents(tenant=tenant)
+            .exclude(pk__in=holders)
+            .order_by("user__full_name", "user__email")
         )
-        self.fields["agent"].label_from_instance = lambda m: (
-            f"{m.display_name} <{m.user.email}> · {m.get_role_display()}"
-            f"{'' if m.is_available else ' · away'}"
+        open_sessions = open_sessions_per_agent(tenant)(list(agents))
+        field = self.fields["agent"]
+        field.queryset = agents
+        field.error_messages["invalid_choice"] = (
+            "Choose an agent from the list: the agent holding the session is not on offer, "
+            "nor is one who left."
         )
+        field.label_from_instance = lambda m: agent_with_session_load(m, open_sessions.get(m.pk, 0))
+
+
+def agent_with_session_load(membership, open_sessions: int) -> str:
+    """ "Alice Agent — 2 open sessions / cap 5 · away": whom to pick at a glance."""
+    cap = "no cap" if membership.capacity is None else f"cap {membership.capacity}"
+    plural = "" if open_sessions == 1 else "s"
+    text = f"{membership.display_name} — {open_sessions} open session{plural} / {cap}"
+    return text if membership.is_available else f"{text} · away"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def age_text(created_at, now) -> str:
+    """How long ago, in the largest unit that fits: "12 min", "3 h", "2 d"."""
+    minutes = int((now - created_at).total_seconds()) // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 60 * 48:
+        return f"{minutes // 60} h"
+    return f"{minutes // (60 * 24)} d"
+
+
+TIER_NAMES = {
+    "team": "The session's team",
+    "default_team": "The default team",
+    "member": "Members",
+    "admin": "Admins",
+    "super_admin": "Super admins",
+}
+
+
+# Why routing skipped a tier, as stored by the engine, in words.
+SKIP_NOTES = {
+    "no teamId": "the handover named no team",
+    "no default team": "the tenant has no default team",
+    "team closed": "the team is closed by its schedule",
+}
+
+
+def routing_attempt_table(record: dict | None, *, tenant) -> str:
+    """The stored routing attempt as two small tables (what was decided; each tier of the
+    waterfall and its agents), in words and names rather than the stored JSON."""
+    if not record:
+        return "No routing attempt yet."
+    agent = None
+    if record.get("agentId"):
+        agent = (
+            Membership.objects.for_tenant(tenant)
+            .select_related("user")
+            .filter(pk=record["agentId"])
+            .first()
+        )
+    team_ids = {record.get("teamId")} | {t.get("teamId") for t in record.get("tiers") or []}
+    teams = {
+        str(team.pk): team.name
+        for team in Team.objects.for_tenant(tenant).filter(pk__in=team_ids - {None})
+    }
+    reason = record.get("reason")
+    summary = [
+        ("When", _when(record.get("at"))),
+        ("Outcome", "Assigned" if record.get("outcome") == "assigned" else "Unassigned"),
+        (
+            "Agent",
+            agent.display_name
+            if agent
+            else ("(no longer exists)" if record.get("agentId") else "-"),
+        ),
+        ("Strategy", _label(Strategy, record.get("strategy"))),
+        (
+            "Settings from",
+            {"team": "the team", "tenant": "the tenant", "default": "the defaults"}.get(
+                record.get("config"), record.get("config") or "-"
+            ),
+        ),
+        ("Team", teams.get(record.get("teamId"), "-") if record.get("teamId") else "-"),
+        ("Tier that decided", TIER_NAMES.get(record.get("tier"), record.get("tier") or "-")),
+        ("Available agents", record.get("availableAgents", "-")),
+        ("Reason", _label(UnassignedReason, reason) if reason else "-"),
+    ]
+    rows = format_html_join(
+        "", '<tr><th scope="row">{}</th><td>{}</td></tr>', ((k, v) for k, v in summary)
+    )
+    tiers = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                TIER_NAMES.get(t.get("tier"), t.get("tier")),
+                t.get("agents", 0),
+                SKIP_NOTES.get(t.get("skipped"), t.get("skipped"))
+                or (f"team {teams.get(t['teamId'], t['teamId'])}" if t.get("teamId") else ""),
+            )
+            for t in record.get("tiers") or []
+        ),
+    )
+    return format_html(
+        '<table class="hv-table routing-attempt"><tbody>{}</tbody></table>'
+        '<table class="hv-table routing-tiers"><thead><tr><th>Tier tried</th>'
+        "<th>Agents</th><th>Note</th></tr></thead><tbody>{}</tbody></table>",
+        rows,
+        tiers or format_html('<tr><td colspan="3">No tier was tried.</td></tr>'),
+    )
+
+
+def _label(choices, value) -> str:
+    if not value:
+        return "-"
+    try:
+        return choices(value).label
+    except ValueError:
+        return value
+
+
+def _when(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S %Z}"
 
 
 class CrmIntegrationForm(forms.ModelForm):
@@ -258,40 +452,72 @@ class CrmIntegrationForm(forms.ModelForm):
 
 
 @admin.register(CrmIntegration)
-class CrmIntegrationAdmin(TenantScopedAdmin):
+class CrmIntegrationAdmin(TenantColumnMixin, OneDoorAdmin):
     form = CrmIntegrationForm
-    list_display = ["name", "tenant", "is_active", "api_url", "has_key", "phone_number", "missing"]
+    list_display = ["name_display", "tenant_display", "is_active", "url_display", "missing"]
+    list_display_links = ["name_display"]
     list_filter = ["is_active", "tenant"]
     search_fields = ["name", "api_url", "tenant__name"]
     list_select_related = ["tenant"]
     autocomplete_fields = ["tenant"]
     readonly_fields = ["created_at", "updated_at"]
 
-    @admin.display(boolean=True, description="API key set")
-    def has_key(self, obj):
-        return obj.has_api_key
+    @admin.display(description="Name", ordering="name")
+    def name_display(self, obj):
+        return short(obj.name, 24)
 
-    @admin.display(description="phoneNumberId")
-    def phone_number(self, obj):
-        return obj.phone_number_id
+    @admin.display(description="API URL", ordering="api_url")
+    def url_display(self, obj):
+        return short(obj.api_url, 26)
 
-    @admin.display(description="missing for sending")
+    @admin.display(description="Can send?")
     def missing(self, obj):
-        return ", ".join(obj.missing_parts()) or "-"
+        # Nothing shown when it can send; what is missing (API key, phoneNumberId...) if not.
+        parts = obj.missing_parts()
+        if not parts:
+            return ""
+        return warning("missing " + ", ".join(parts), "Cannot send: missing " + ", ".join(parts))
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        if form.cleaned_data.get("api_key"):
-            set_crm_api_key(integration=obj, plaintext=form.cleaned_data["api_key"])
+    def save_record(self, request, form, fields, rows, change):
+        save_crm_integration(
+            integration=form.instance,
+            fields=fields,
+            api_key=form.cleaned_data.get("api_key"),
+            actor=person_in_admin(request, form.instance.tenant),
+        )
 
 
 @admin.register(HandoverRequest)
-class HandoverRequestAdmin(TenantScopedAdmin):
-    list_display = ["key", "tenant", "response_status", "session", "created_at"]
+class HandoverRequestAdmin(TenantColumnMixin, TenantScopedAdmin):
+    list_display = [
+        "key_display",
+        "response_status",
+        "session_display",
+        "tenant_display",
+        "created_display",
+    ]
+    list_display_links = ["key_display"]
     list_filter = ["tenant", "response_status"]
     search_fields = ["key"]
     readonly_fields = [f.name for f in HandoverRequest._meta.fields]
     list_select_related = ["tenant", "session"]
+
+    @admin.display(description="Idempotency key", ordering="key")
+    def key_display(self, obj):
+        return short(obj.key, 26)
+
+    @admin.display(description="Session")
+    def session_display(self, obj):
+        return short(obj.session, 24) if obj.session else "-"
+
+    @admin.display(description="Received", ordering="created_at")
+    def created_display(self, obj):
+        return short_date(obj.created_at)
+
+    def has_delete_permission(self, request, obj=None):
+        # The idempotency record of a handover: it expires on its own, and is not
+        # deleted by hand (a retried request would then hand over twice).
+        return False
 
     def has_add_permission(self, request):
         return False

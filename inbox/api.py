@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from core.actor import Actor
 from core.errors import NotFound
 from core.fields import StrictCharField
+from core.metrics import HANDOVER_REQUESTS, HANDOVER_UNASSIGNED
 from core.schema import error_responses
 from inbox.diagnostics import diagnose_handover
 from inbox.models import Channel, ConfirmationSkipReason
@@ -170,8 +171,30 @@ HANDOVER_EXAMPLES = [
 ]
 
 
+def _count_handover(outcome) -> None:
+    """Counted here, after the service's transaction committed: nothing rolled back is
+    counted. A handover that is not a replay routed the session whenever it had no agent,
+    so an unassigned answer is one routing attempt that found nobody."""
+    if outcome.replayed:
+        HANDOVER_REQUESTS.labels(outcome="replayed").inc()
+        return
+    HANDOVER_REQUESTS.labels(outcome="created" if outcome.status_code == 201 else "reused").inc()
+    if outcome.body["status"] == "unassigned":
+        HANDOVER_UNASSIGNED.labels(reason=outcome.body["unassignedReason"]).inc()
+
+
 class HandoverApi(TenantApiView):
     """Hand a contact's conversation over to a human agent."""
+
+    def handle_exception(self, exc):
+        try:
+            response = super().handle_exception(exc)
+        except Exception:
+            HANDOVER_REQUESTS.labels(outcome="error").inc()
+            raise
+        outcome = "error" if response.status_code >= 500 else "rejected"
+        HANDOVER_REQUESTS.labels(outcome=outcome).inc()
+        return response
 
     @extend_schema(
         summary="Hand a conversation over to a human agent",
@@ -226,6 +249,7 @@ class HandoverApi(TenantApiView):
             idempotency_key=idempotency_key,
             payload_for_idempotency=request.data,
         )
+        _count_handover(outcome)
         response = Response(outcome.body, status=outcome.status_code)
         if outcome.replayed:
             response["Idempotent-Replayed"] = "true"

@@ -12,7 +12,7 @@ from inbox.models import CrmIntegration, InboxSession, SessionStatus
 from inbox.services import close_session, handover
 from teams.models import AssignmentConfig, Strategy, Team, TeamMember
 
-ACTOR = Actor(label="cli:seed_demo")
+ACTOR = Actor.for_command("seed_demo")
 
 
 def _crm_integration(tenant) -> CrmIntegration:

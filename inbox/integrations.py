@@ -18,3 +18,15 @@ def set_crm_api_key(*, integration: CrmIntegration, plaintext: str) -> None:
         integration.save()
     else:
         integration.save(update_fields=["api_key_encrypted", "updated_at"])
+
+
+def save_crm_integration(*, integration: CrmIntegration, fields: list[str], api_key, actor):
+    """Create or change an integration through the configuration door (permission check,
+    one activity row); a new API key is encrypted first and recorded only as changed."""
+    from teams.services import save_tenant_record
+
+    fields = list(fields)
+    if (api_key or "").strip():
+        integration.api_key_encrypted = encrypt_secret(api_key.strip())
+        fields.append("api_key_encrypted")
+    return save_tenant_record(instance=integration, fields=fields, actor=actor)

@@ -20,6 +20,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from audit.services import build_activity, record_activities
+from core import log_context
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
 from inbox.channels import confirmation_sender
@@ -329,6 +330,7 @@ def handover(
         context=context or {},
         team=team,
     )
+    log_context.bind(tenant_id=tenant.pk, session_id=session.pk)  # on every later line
     now = timezone.now()
     changed: list[str] = []
     activities = []
@@ -536,7 +538,7 @@ def retry_unassigned_sessions(*, tenant_id=None, limit: int = 100) -> dict:
         session = run_session_assignment(
             tenant=tenant,
             session_id=session_id,
-            actor=Actor.system(),
+            actor=Actor.for_job("retry_unassigned_sessions"),
             trigger="retry",
             skip_locked=True,
         )

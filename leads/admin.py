@@ -8,12 +8,14 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from core.actor import Actor
+from core.admin_columns import TenantColumnMixin, short, short_date, warning
 from core.admin_scope import TenantScopedAdmin, TenantScopedInline, tenant_of_selection
 from core.errors import DomainError
-from leads.formatting import format_deadline
-from leads.models import Lead, LeadReassignment, Notification, ReassignmentReason
+from leads.formatting import format_deadline, time_to_deadline
+from leads.models import Lead, LeadReassignment, LeadStatus, Notification, ReassignmentReason
 from leads.services import close_lead, deadline_passed_phrase, reassign_lead, running_window
 from outbox.admin import message_details, message_status
+from teams.admin import OneDoorAdmin
 from teams.models import Membership
 from teams.selectors import active_agents
 
@@ -65,9 +67,19 @@ class ReassignmentInline(ReadOnlyInline):
     model = LeadReassignment
     fk_name = "lead"
     verbose_name_plural = "Reassignment history"
+    # Django's tabular inline captions each row with str(row), which names the new agent
+    # by id; this copy says "Alice Agent → Tom Target".
+    template = "admin/leads/lead/reassignment_inline.html"
     fields = ["created_at", "from_agent", "to_agent", "reason", "stage", "reassigned_by", "notes"]
     readonly_fields = fields
     ordering = ["-created_at"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("from_agent__user", "to_agent__user", "reassigned_by__user")
+        )
 
 
 class NotificationInline(ReadOnlyInline):
@@ -123,29 +135,47 @@ class ReassignForm(forms.Form):
         else:
             window = windows.pop() if len(windows) == 1 else "claim or contact"
             self.fields["restart_window"].label = f"Restart the {window} window"
-        self.fields["to_agent"].queryset = active_agents(tenant=tenant).order_by(
-            "user__full_name", "user__email"
+        # Moving a lead to the agent who holds it is refused anyway: not on offer.
+        holders = {lead.assigned_agent_id for lead in leads} - {None}
+        self.fields["to_agent"].queryset = (
+            active_agents(tenant=tenant)
+            .exclude(pk__in=holders)
+            .order_by("user__full_name", "user__email")
         )
-        self.fields["to_agent"].label_from_instance = lambda m: (
-            f"{m.display_name} <{m.user.email}> · {m.get_role_display()} · "
-            f"{m.current_lead_count} open"
+        self.fields["to_agent"].error_messages["invalid_choice"] = (
+            "Choose an agent from the list: the agent holding the lead is not on offer, "
+            "nor is one who left."
         )
+        self.fields["to_agent"].label_from_instance = agent_with_lead_load
+
+
+def capacity_text(capacity) -> str:
+    return "no cap" if capacity is None else f"cap {capacity}"
+
+
+def agent_with_lead_load(membership) -> str:
+    """ "Alice Agent — 3 leads / cap 5 · away": whom to pick at a glance."""
+    count = membership.current_lead_count
+    text = (
+        f"{membership.display_name} — {count} lead{'' if count == 1 else 's'} / "
+        f"{capacity_text(membership.capacity)}"
+    )
+    return text if membership.is_available else f"{text} · away"
 
 
 @admin.register(Lead)
-class LeadAdmin(TenantScopedAdmin):
+class LeadAdmin(TenantColumnMixin, OneDoorAdmin):
     change_form_template = "admin/leads/lead/change_form.html"
     list_display = [
-        "name",
-        "tenant",
-        "assigned_agent",
-        "status",
-        "time_left",
-        "claim_breached_flag",
-        "contact_breached_flag",
-        "reassignment_count",
-        "created_at",
+        "name_display",
+        "status_display",
+        "agent_display",
+        "tenant_display",
+        "due",
+        "sla_marks",
+        "row_actions",
     ]
+    list_display_links = ["name_display"]
     list_filter = [
         "status",
         BreachedFilter,
@@ -214,26 +244,69 @@ class LeadAdmin(TenantScopedAdmin):
         ("Times", {"fields": ["created_at", "updated_at"]}),
     ]
 
-    @admin.display(description="time left")
-    def time_left(self, obj):
+    @admin.display(description="Lead", ordering="name")
+    def name_display(self, obj):
+        return short(obj.name, 24)
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, obj):
+        # "New (waiting to be claimed)" in the tooltip, "New" in the cell.
+        return format_html(
+            '<span title="{}">{}</span>', obj.get_status_display(), obj.status.capitalize()
+        )
+
+    @admin.display(description="Agent", ordering="assigned_agent__user__full_name")
+    def agent_display(self, obj):
+        if obj.assigned_agent is None:
+            return warning("nobody", "No agent holds this lead")
+        return short(obj.assigned_agent.display_name, 18)
+
+    @admin.display(description="Due")
+    def due(self, obj):
         deadline = obj.open_deadline
         if deadline is None:
-            return "-"
-        seconds = int((deadline - timezone.now()).total_seconds())
-        if seconds < 0:
-            return format_html('<span style="color:#b42318">{} min late</span>', -seconds // 60)
-        return f"{seconds // 60}:{seconds % 60:02d} left"
+            return ""
+        window = "claim" if obj.status == LeadStatus.NEW else "contact"
+        now = timezone.now()
+        text = time_to_deadline(deadline, now)
+        css = "hv-late" if deadline <= now else "hv-left"
+        return format_html(
+            '<span class="{}" title="{} deadline {}">{}</span>',
+            css,
+            window.capitalize(),
+            format_deadline(deadline, obj.tenant),
+            text,
+        )
 
-    @admin.display(boolean=True, description="claim late")
-    def claim_breached_flag(self, obj):
-        return obj.claim_breached
+    @admin.display(description="Missed")
+    def sla_marks(self, obj):
+        """A red warning per missed window; nothing for a lead on time."""
+        missed = [
+            window
+            for window, breached in (
+                ("claim", obj.claim_breached),
+                ("contact", obj.contact_breached),
+            )
+            if breached
+        ]
+        if not missed:
+            return ""
+        label = " and ".join(missed).capitalize() + " deadline missed"
+        return warning(", ".join(missed), label)
 
-    @admin.display(boolean=True, description="contact late")
-    def contact_breached_flag(self, obj):
-        return obj.contact_breached
+    @admin.display(description="")
+    def row_actions(self, obj):
+        if not obj.is_open:
+            return ""
+        url = reverse("admin:leads_lead_reassign", args=[obj.pk])
+        return format_html('<a href="{}" class="hv-row-action">Reassign</a>', url)
 
     def has_delete_permission(self, request, obj=None):
         # Deleting would skip the agents' counters and the audit trail: close instead.
+        return False
+
+    def has_add_permission(self, request):
+        # Leads come in through the API (create_lead): routing, counters and timers.
         return False
 
     @admin.action(description="Close selected leads")
@@ -244,7 +317,7 @@ class LeadAdmin(TenantScopedAdmin):
                 close_lead(
                     tenant=lead.tenant,
                     lead_id=lead.pk,
-                    actor=Actor(label=f"admin:{request.user.email}"),
+                    actor=Actor.for_admin(request.user),
                     outcome="closed in admin",
                 )
                 closed += 1
@@ -282,7 +355,7 @@ class LeadAdmin(TenantScopedAdmin):
                     reason=data["reason"],
                     notes=data["notes"],
                     reassigned_by=reassigned_by,
-                    actor=Actor(label=f"admin:{request.user.email}", membership=reassigned_by),
+                    actor=Actor.for_admin(request.user, membership=reassigned_by),
                     restart_window=data.get("restart_window", False),
                 )
                 done += 1
@@ -318,6 +391,11 @@ class LeadAdmin(TenantScopedAdmin):
             "bulk": bulk,
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
             "passed": passed_deadlines(leads, timezone.now()),
+            "cancel_url": (
+                reverse("admin:leads_lead_changelist")
+                if bulk
+                else reverse("admin:leads_lead_change", args=[leads[0].pk])
+            ),
         }
         return TemplateResponse(request, "admin/leads/lead/reassign.html", context)
 
@@ -329,9 +407,9 @@ class LeadAdmin(TenantScopedAdmin):
             return None
         if "apply" in request.POST:
             form = ReassignForm(request.POST, tenant=tenant, leads=leads)
-            if form.is_valid():
-                self._reassign(request, leads, form)
+            if form.is_valid() and self._reassign(request, leads, form):
                 return None
+            # Invalid, or every lead refused (the messages say why): the choices stay.
         else:
             form = ReassignForm(tenant=tenant, leads=leads)
         return self._render_reassign(request, leads, form, bulk=True)
@@ -354,8 +432,16 @@ class LeadAdmin(TenantScopedAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(TenantScopedAdmin):
-    list_display = ["title", "recipient", "kind", "is_read", "email_display", "created_at"]
+class NotificationAdmin(TenantColumnMixin, TenantScopedAdmin):
+    list_display = [
+        "title_display",
+        "recipient_display",
+        "read_display",
+        "email_display",
+        "created_display",
+        "tenant_display",
+    ]
+    list_display_links = ["title_display"]
     list_filter = [
         "kind",
         "is_read",
@@ -370,9 +456,26 @@ class NotificationAdmin(TenantScopedAdmin):
         "email_details",
     ]
 
+    @admin.display(description="Notification", ordering="title")
+    def title_display(self, obj):
+        return short(obj.title, 34)
+
+    @admin.display(description="To", ordering="recipient__user__full_name")
+    def recipient_display(self, obj):
+        return short(obj.recipient.display_name, 18)
+
+    @admin.display(description="Read", ordering="is_read")
+    def read_display(self, obj):
+        # Unread is the state worth a look; read shows nothing.
+        return "" if obj.is_read else format_html('<strong class="hv-nowrap">{}</strong>', "unread")
+
     @admin.display(description="Email", ordering="email_message__status")
     def email_display(self, obj):
         return message_status(obj.email_message)
+
+    @admin.display(description="Created", ordering="created_at")
+    def created_display(self, obj):
+        return short_date(obj.created_at)
 
     @admin.display(description="Email delivery")
     def email_details(self, obj):
@@ -380,8 +483,77 @@ class NotificationAdmin(TenantScopedAdmin):
 
     tenant_admins_may_add = False
 
+    def has_delete_permission(self, request, obj=None):
+        # Written by the lead services; an agent marks one read, nobody deletes one.
+        return False
+
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(LeadReassignment)
+class LeadReassignmentAdmin(TenantColumnMixin, TenantScopedAdmin):
+    """Every move of every lead, newest first: read-only, written by the reassign service."""
+
+    list_display = [
+        "created_display",
+        "lead_display",
+        "move_display",
+        "reason_display",
+        "by_display",
+        "tenant_display",
+    ]
+    list_display_links = ["created_display"]
+    list_filter = ["reason", "stage", ("tenant", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["lead__name", "from_agent__user__full_name", "to_agent__user__full_name"]
+    date_hierarchy = "created_at"
+    list_select_related = [
+        "lead",
+        "tenant",
+        "from_agent__user",
+        "to_agent__user",
+        "reassigned_by__user",
+    ]
+    ordering = ["-created_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in LeadReassignment._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="When", ordering="created_at")
+    def created_display(self, obj):
+        return short_date(obj.created_at)
+
+    @admin.display(description="Lead", ordering="lead__name")
+    def lead_display(self, obj):
+        url = reverse("admin:leads_lead_change", args=[obj.lead_id])
+        return format_html('<a href="{}">{}</a>', url, short(obj.lead.name, 22))
+
+    @admin.display(description="From → to")
+    def move_display(self, obj):
+        return format_html(
+            "{} → {}", short(_agent_name(obj.from_agent), 14), short(_agent_name(obj.to_agent), 14)
+        )
+
+    @admin.display(description="Reason", ordering="reason")
+    def reason_display(self, obj):
+        return short(obj.get_reason_display(), 16)
+
+    @admin.display(description="By")
+    def by_display(self, obj):
+        return short(_agent_name(obj.reassigned_by) if obj.reassigned_by else "system", 14)
+
+
+def _agent_name(membership) -> str:
+    return membership.display_name if membership is not None else "nobody"

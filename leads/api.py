@@ -160,7 +160,7 @@ class AgentLeadActionApi(APIView):
         if membership is None:
             raise NotFound(code="lead_not_found", message="Lead not found.")
         lead = type(self).action_service(
-            tenant=membership.tenant, lead_id=lead_id, agent=membership
+            tenant=membership.tenant, lead_id=lead_id, agent=membership, via="api"
         )
         lead = lead_for_tenant(tenant=membership.tenant, lead_id=lead.pk)
         return Response(LeadOutput(lead).data)
@@ -298,9 +298,7 @@ class ReassignLeadApi(APIView):
             admin = active_admin(tenant=tenant, agent_id=data["reassigned_by_id"])
             if admin is None:
                 raise _not_an_admin()
-            actor = Actor(
-                label=f"{admin.user.email} via api_key:{request.auth.prefix}", membership=admin
-            )
+            actor = Actor.for_api_key(request.auth, on_behalf_of=admin)
         else:
             admin = membership_for_lead(user=request.user, lead_id=data["lead_id"])
             if admin is None:
@@ -310,7 +308,7 @@ class ReassignLeadApi(APIView):
                 raise _not_an_admin()
             if data["reassigned_by_id"] not in (None, admin.pk):
                 raise _not_an_admin()
-            actor = Actor.for_membership(admin)
+            actor = Actor.for_membership(admin, via="api")
 
         result = reassign_lead(
             tenant=tenant,

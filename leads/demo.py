@@ -20,7 +20,7 @@ from leads.services import (
 )
 from teams.models import Membership
 
-ACTOR = Actor(label="cli:seed_demo")
+ACTOR = Actor.for_command("seed_demo")
 ADMIN_EMAIL = "admin@demo.test"
 REASSIGN_TO = "carol@demo.test"
 

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 
+from core import log_context
 from leads.formatting import format_deadline, lead_url
 from leads.models import (
     Lead,
@@ -105,6 +106,8 @@ def render_for_outbox(message) -> EmailContent:
     )
     if notification is None:
         raise SkipMessage("The notification no longer exists.")
+    # The outbox's send scope ends this: the failure line names the lead.
+    log_context.bind(lead_id=notification.lead_id)
     skip_reason = _reason_to_skip(notification)
     if skip_reason:
         raise SkipMessage(skip_reason)

@@ -17,8 +17,10 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from audit.services import build_activity, record_activities
-from core.actor import Actor
+from core import log_context
+from core.actor import SYSTEM, Actor
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
+from core.metrics import LEAD_SLA_BREACHES
 from leads.emails import attach_email
 from leads.formatting import format_deadline
 from leads.models import (
@@ -214,6 +216,7 @@ def create_lead(
     else:
         lead.unassigned_reason = decision.reason
     lead.save(force_insert=True)
+    log_context.bind(tenant_id=tenant.pk, lead_id=lead.pk)  # on every later line
 
     data = {"source": source, "agent_id": str(agent.pk) if agent else None}
     if decision is not None:
@@ -298,7 +301,9 @@ def retry_unassigned_leads(*, tenant_id=None, limit: int = 100) -> dict:
     assigned = 0
     for lead_id, tenant_id_ in rows:
         lead = route_unassigned_lead(
-            tenant=tenants[tenant_id_], lead_id=lead_id, actor=Actor.system()
+            tenant=tenants[tenant_id_],
+            lead_id=lead_id,
+            actor=Actor.for_job("retry_unassigned_leads"),
         )
         assigned += bool(lead is not None and lead.assigned_agent_id)
     return {"checked": len(rows), "assigned": assigned}
@@ -315,7 +320,7 @@ def _own_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
 
 
 @transaction.atomic
-def claim_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
+def claim_lead(*, tenant: Tenant, lead_id, agent: Membership, via: str = "") -> Lead:
     lead = _own_lead(tenant=tenant, lead_id=lead_id, agent=agent)
     if lead.status != LeadStatus.NEW:
         raise Conflict(code="already_claimed", message=f"The lead is already {lead.status}.")
@@ -332,7 +337,7 @@ def claim_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
             build_activity(
                 tenant=tenant,
                 action="lead.claimed",
-                actor=Actor.for_membership(agent),
+                actor=Actor.for_membership(agent, via=via),
                 target=lead,
                 data={"contact_deadline": lead.contact_deadline.isoformat()},
             )
@@ -343,7 +348,7 @@ def claim_lead(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
 
 
 @transaction.atomic
-def mark_lead_contacted(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
+def mark_lead_contacted(*, tenant: Tenant, lead_id, agent: Membership, via: str = "") -> Lead:
     lead = _own_lead(tenant=tenant, lead_id=lead_id, agent=agent)
     if lead.status == LeadStatus.NEW:
         raise Conflict(code="not_claimed", message="Claim the lead before marking it contacted.")
@@ -358,7 +363,7 @@ def mark_lead_contacted(*, tenant: Tenant, lead_id, agent: Membership) -> Lead:
             build_activity(
                 tenant=tenant,
                 action="lead.contacted",
-                actor=Actor.for_membership(agent),
+                actor=Actor.for_membership(agent, via=via),
                 target=lead,
             )
         ]
@@ -484,6 +489,29 @@ def _reset_timers(lead: Lead, reason: str, now, *, restart_window: bool = False)
     return []
 
 
+def _authorize_reassignment(*, tenant: Tenant, actor: Actor, reassigned_by) -> None:
+    """Who may move a lead: the system (sweeps, jobs), a superuser, or an active admin or
+    super admin of the lead's tenant, named as `reassigned_by` (whatever the channel:
+    admin, API key on their behalf, signed-in API)."""
+    user = actor.person_user
+    if user is None and reassigned_by is None and actor.label == SYSTEM:
+        return
+    if user is not None and user.is_active and user.is_superuser:
+        return
+    if (
+        reassigned_by is not None
+        and reassigned_by.tenant_id == tenant.pk
+        and reassigned_by.is_active
+        and reassigned_by.is_tenant_admin
+    ):
+        return
+    raise Forbidden(
+        code="not_an_admin",
+        message="Only an active admin or super admin of the lead's tenant can reassign it.",
+        field="reassigned_by_id",
+    )
+
+
 @transaction.atomic
 def reassign_lead(
     *,
@@ -512,8 +540,10 @@ def reassign_lead(
     """
     if reason not in ReassignmentReason.values:
         raise InvalidInput(code="invalid_reason", message="Unknown reason.", field="reason")
+    _authorize_reassignment(tenant=tenant, actor=actor, reassigned_by=reassigned_by)
     to_agent_id = uuid.UUID(str(to_agent_id))
     lead = _lock_lead(tenant=tenant, lead_id=lead_id)
+    log_context.bind(tenant_id=tenant.pk, lead_id=lead.pk)  # on every later line
     old_agent_id = lead.assigned_agent_id
     locked = {
         agent.pk: agent
@@ -777,7 +807,7 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
             build_activity(
                 tenant=lead.tenant,
                 action=f"lead.{stage.kind}",
-                actor=Actor.system(),
+                actor=Actor.for_job("check_sla"),
                 target=lead,
                 data={
                     "deadline": getattr(lead, stage.deadline).isoformat(),
@@ -860,7 +890,7 @@ def _auto_reassign(breach: _Breach, stage: _Stage) -> bool:
         lead_id=lead.pk,
         to_agent_id=decision.agent.pk,
         reason=stage.reason,
-        actor=Actor.system(),
+        actor=Actor.for_job("check_sla"),
         reassigned_by=None,
         notes=f"Automatic: {stage.name} window missed.",
     )
@@ -879,13 +909,21 @@ def sweep_sla_breaches(*, now=None, batch_size: int = SWEEP_BATCH_SIZE) -> dict:
         while True:
             batch = _record_breach_batch(stage, now, batch_size)
             total += batch.recorded
+            LEAD_SLA_BREACHES.labels(stage=stage.name).inc(batch.recorded)  # committed
             for breach in batch.to_reassign:
+                lead_fields = {"tenant_id": str(breach.tenant.pk), "lead_id": str(breach.lead_id)}
                 try:
-                    _auto_reassign(breach, stage)
+                    # Every line about this lead names it; the next lead starts afresh.
+                    with log_context.bound(**lead_fields):
+                        _auto_reassign(breach, stage)
                 except (DomainError, DatabaseError):
                     # The breach is recorded and the admins told; one lead that cannot be
                     # moved (its transaction rolled back) must not stop the sweep.
-                    logger.exception("Automatic reassignment of lead %s failed", breach.lead_id)
+                    logger.exception(
+                        "Automatic reassignment of lead %s failed",
+                        breach.lead_id,
+                        extra=lead_fields,
+                    )
             if not batch.more:
                 break
         counts[stage.name] = total

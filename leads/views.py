@@ -6,6 +6,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from core import log_context
 from core.errors import DomainError
 from leads.models import Lead
 from leads.selectors import leads_of_agent, membership_for_lead
@@ -37,6 +38,7 @@ def _lead_and_membership(request, lead_id):
     if lead is None:
         # Not theirs, or not in their tenant: the lead does not exist for them.
         raise Http404("Lead not found")
+    log_context.bind(tenant_id=lead.tenant_id, lead_id=lead.pk)
     return lead, membership
 
 
@@ -53,7 +55,7 @@ def _agent_action(service, done_message):
     def view(request, lead_id):
         lead, membership = _lead_and_membership(request, lead_id)
         try:
-            service(tenant=membership.tenant, lead_id=lead.pk, agent=membership)
+            service(tenant=membership.tenant, lead_id=lead.pk, agent=membership, via="agent_page")
         except DomainError as exc:
             messages.error(request, exc.message)
         else:

@@ -3,6 +3,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from core.actor import Actor
+from core.admin_columns import TenantColumnMixin, short, short_date
 from core.admin_scope import TenantScopedAdmin, tenant_of_selection
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import send_again
@@ -14,6 +15,10 @@ STATUS_COLOURS = {
     MessageStatus.FAILED: "#b71c1c",
     MessageStatus.SKIPPED: "#666",
 }
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def message_status(message: OutboundMessage | None) -> str:
@@ -49,17 +54,17 @@ def message_details(message: OutboundMessage | None) -> str:
 
 
 @admin.register(OutboundMessage)
-class OutboundMessageAdmin(TenantScopedAdmin):
+class OutboundMessageAdmin(TenantColumnMixin, TenantScopedAdmin):
     list_display = [
-        "created_at",
-        "channel",
-        "kind",
-        "target",
+        "created_display",
+        "kind_display",
+        "target_display",
         "status_display",
         "attempts_display",
         "short_error",
-        "tenant",
+        "tenant_display",
     ]
+    list_display_links = ["created_display"]
     list_filter = ["status", "channel", "kind", "tenant"]
     search_fields = ["target", "idempotency_key", "provider_message_id", "=id"]
     date_hierarchy = "created_at"
@@ -101,14 +106,32 @@ class OutboundMessageAdmin(TenantScopedAdmin):
     def status_display(self, obj):
         return message_status(obj)
 
-    @admin.display(description="Attempts", ordering="attempts")
-    def attempts_display(self, obj):
-        return f"{obj.attempts} of {obj.max_attempts}"
+    @admin.display(description="Created", ordering="created_at")
+    def created_display(self, obj):
+        return short_date(obj.created_at)
 
-    @admin.display(description="Last error")
+    @admin.display(description="Message", ordering="kind")
+    def kind_display(self, obj):
+        return format_html(
+            '<span title="{} · {}">{}</span>',
+            obj.channel,
+            obj.kind,
+            _cut(obj.kind, 20),
+        )
+
+    @admin.display(description="To", ordering="target")
+    def target_display(self, obj):
+        return short(obj.target, 14)
+
+    @admin.display(description="Tries", ordering="attempts")
+    def attempts_display(self, obj):
+        return format_html(
+            '<span class="hv-nowrap">{} of {}</span>', obj.attempts, obj.max_attempts
+        )
+
+    @admin.display(description="Error")
     def short_error(self, obj):
-        error = obj.last_error or ""
-        return error if len(error) <= 80 else error[:79] + "…"
+        return short(obj.last_error or "", 20)
 
     @admin.action(description="Send selected failed messages again", permissions=["view"])
     def send_selected_again(self, request, queryset):
@@ -116,7 +139,7 @@ class OutboundMessageAdmin(TenantScopedAdmin):
         tenant = tenant_of_selection(self, request, rows, "messages")
         if tenant is None:
             return
-        actor = Actor(label=f"admin:{request.user.email}")
+        actor = Actor.for_admin(request.user)
         count = send_again(tenant=tenant, message_ids=[row.pk for row in rows], actor=actor)
         skipped = len(rows) - count
         text = f"{count} message(s) will be sent again within seconds."

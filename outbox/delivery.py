@@ -34,7 +34,9 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from audit.services import record_activity
+from core import log_context
 from core.actor import Actor
+from core.metrics import OUTBOUND_MESSAGES
 from outbox import http
 from outbox.channels import (
     Delivered,
@@ -185,6 +187,19 @@ class Outcome:
 
 def attempt(message: OutboundMessage) -> Outcome:
     """Send one claimed message and store what happened; the stored outcome."""
+    # Every line of the send (the channel's, the failure line) names the message, its
+    # tenant and what it is about; a renderer may add more (leads binds the lead).
+    payload = message.payload if isinstance(message.payload, dict) else {}
+    with log_context.bound(
+        tenant_id=message.tenant_id,
+        message_id=message.pk,
+        session_id=payload.get("session_id"),
+        lead_id=payload.get("lead_id"),
+    ):
+        return _attempt(message)
+
+
+def _attempt(message: OutboundMessage) -> Outcome:
     try:
         channel = get_channel(message.channel)
     except PermanentSendError as exc:
@@ -255,6 +270,7 @@ def _finish(message: OutboundMessage, outcome: Outcome, *, channel) -> Outcome:
     describe = channel.describe(message) if channel else f"[message {message.pk}]"
     if not stored:
         return outcome
+    OUTBOUND_MESSAGES.labels(channel=message.channel, status=outcome.status).inc()
     if outcome.status == "retry":
         logger.info(
             "Outbound message attempt %d of %d failed; next try at %s: %s %s",
@@ -321,7 +337,7 @@ def _store_with_retries(message: OutboundMessage, fields: dict, outcome: Outcome
                     record_activity(
                         tenant=message.tenant,
                         action=f"message.{outcome.status}",
-                        actor=Actor.system(),
+                        actor=Actor.for_job("outbox_delivery"),
                         target=message,
                         data={
                             "channel": message.channel,

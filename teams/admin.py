@@ -1,11 +1,14 @@
 from axes.utils import reset as reset_login_attempts
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.utils.html import format_html
 
 from core.actor import Actor
+from core.admin_columns import date_column, tenant_column, text_column
 from core.admin_scope import TenantScopedAdmin, TenantScopedInline
+from core.errors import DomainError
 from teams.models import (
     ApiKey,
     AssignmentConfig,
@@ -19,17 +22,92 @@ from teams.models import (
     Tenant,
     User,
 )
-from teams.services import announce_agent_available, create_api_key, revoke_api_key
+from teams.services import (
+    RowChanges,
+    create_api_key,
+    delete_tenant_record,
+    revoke_api_key,
+    save_tenant_record,
+)
 
 
-def admin_actor(request) -> Actor:
-    return Actor(label=f"admin:{request.user.email}")
+def admin_actor(request, tenant=None) -> Actor:
+    """The person at the keyboard, via the admin (a superuser too: never "system")."""
+    membership = None
+    if tenant is not None and getattr(tenant, "pk", None):
+        membership = Membership.all_tenants.filter(tenant_id=tenant.pk, user=request.user).first()
+    return Actor.for_admin(request.user, membership=membership)
+
+
+def _model_fields(model, names) -> list[str]:
+    concrete = {f.name for f in model._meta.concrete_fields}
+    return [name for name in names if name in concrete]
+
+
+def inline_row_changes(formset) -> RowChanges:
+    """An inline formset's edits, unsaved, for the service to apply with its parent."""
+    formset.save(commit=False)
+    model = formset.model
+    new_fields = _model_fields(model, formset.form.base_fields)
+    saved = [(row, new_fields) for row in formset.new_objects]
+    saved += [(row, _model_fields(model, changed)) for row, changed in formset.changed_objects]
+    return RowChanges(
+        label=str(model._meta.verbose_name_plural), saved=saved, deleted=formset.deleted_objects
+    )
+
+
+class OneDoorAdmin(TenantScopedAdmin):
+    """Every save and delete of this admin goes through the app's service, which checks
+    who may make the change and writes exactly one activity row for it (the record and
+    its inline rows together). tests/audit/test_audit_completeness.py holds every
+    registered admin to this."""
+
+    def save_model(self, request, obj, form, change):
+        # Written in save_related, with the inline rows, as one change.
+        pass
+
+    def save_related(self, request, form, formsets, change):
+        obj = form.instance
+        names = form.changed_data if change else list(form.fields)
+        rows = [inline_row_changes(formset) for formset in formsets]
+        self._call_service(
+            self.save_record, request, form, _model_fields(type(obj), names), rows, change
+        )
+
+    def save_record(self, request, form, fields, rows, change):
+        obj = form.instance
+        save_tenant_record(
+            instance=obj, fields=fields, actor=admin_actor(request, obj.tenant), rows=rows
+        )
+
+    def delete_model(self, request, obj):
+        self._call_service(
+            delete_tenant_record, instance=obj, actor=admin_actor(request, obj.tenant)
+        )
+
+    def delete_queryset(self, request, queryset):
+        # One service call, and one activity row, per deleted record.
+        for obj in queryset:
+            self.delete_model(request, obj)
+
+    @staticmethod
+    def _call_service(function, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except DomainError as exc:
+            raise PermissionDenied(exc.message) from exc
 
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     ordering = ["email"]
-    list_display = ["email", "full_name", "is_staff", "is_superuser", "is_active", "date_joined"]
+    list_display = [
+        text_column("email", "Email", 30),
+        text_column("full_name", "Name", 22),
+        "is_staff",
+        "is_superuser",
+        "is_active",
+    ]
     list_filter = ["is_staff", "is_superuser", "is_active"]
     search_fields = ["email", "full_name"]
     readonly_fields = ["last_login", "date_joined"]
@@ -72,68 +150,63 @@ class MembershipInline(TenantScopedInline, admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(TenantScopedAdmin):
+class TenantAdmin(OneDoorAdmin):
     tenant_path = "pk"
     tenant_admins_may_add = False
     tenant_admins_may_delete = False
 
-    def save_model(self, request, obj, form, change):
-        if not change:
-            super().save_model(request, obj, form, change)
-            return
-        # Only the fields of the form: `has_active_webhooks` belongs to the webhooks app,
-        # and a page opened before an endpoint changed must not write back a stale flag.
-        obj.save(update_fields=form.changed_data)
+    def has_delete_permission(self, request, obj=None):
+        # Deleting a tenant would erase its audit trail with it: deactivate it instead.
+        return False
+
+    def save_record(self, request, form, fields, rows, change):
+        obj = form.instance
+        # Only the form's changed fields are written (the service's rule): the webhooks
+        # app owns `has_active_webhooks`, and a stale page must not write it back.
+        actor = admin_actor(request, obj if change else None)
+        save_tenant_record(instance=obj, fields=fields, actor=actor, rows=rows)
 
     list_display = [
-        "name",
-        "slug",
-        "timezone",
-        "claim_window_minutes",
-        "contact_window_minutes",
+        text_column("name", "Tenant", 28),
+        text_column("timezone", "Time zone", 20),
+        "windows",
         "auto_reassign_on_breach",
         "is_active",
-        "created_at",
     ]
+
+    @admin.display(description="Claim / contact")
+    def windows(self, obj):
+        return f"{obj.claim_window_minutes} / {obj.contact_window_minutes} min"
+
     list_filter = ["is_active", "auto_reassign_on_breach"]
     search_fields = ["name", "slug", "id"]
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["id", "created_at"]
     inlines = [MembershipInline]
 
-    def save_formset(self, request, form, formset, change):
-        super().save_formset(request, form, formset, change)
-        for inline_form in formset.forms:
-            membership = inline_form.instance
-            turned_on = {"is_available", "is_active"} & set(inline_form.changed_data)
-            if membership.pk and turned_on and membership.is_available and membership.is_active:
-                announce_agent_available(membership=membership)
-
 
 @admin.register(Membership)
-class MembershipAdmin(TenantScopedAdmin):
+class MembershipAdmin(OneDoorAdmin):
     ordering = ["tenant__name", "user__email"]
     list_display = [
-        "user",
-        "tenant",
+        text_column("user__full_name", "Agent", 22),
+        tenant_column,
         "role",
         "is_active",
         "is_available",
-        "capacity",
-        "current_lead_count",
-        "last_assigned_at",
+        "load",
     ]
+
+    @admin.display(description="Leads / cap", ordering="current_lead_count")
+    def load(self, obj):
+        cap = "no cap" if obj.capacity is None else obj.capacity
+        return f"{obj.current_lead_count} / {cap}"
+
     list_filter = ["role", "is_active", "is_available", "tenant"]
     search_fields = ["user__email", "user__full_name", "id", "tenant__name"]
     list_select_related = ["user", "tenant"]
     autocomplete_fields = ["user", "tenant"]
     readonly_fields = ["id", "current_lead_count", "last_assigned_at", "created_at"]
-
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        turned_on = {"is_available", "is_active"} & set(form.changed_data)
-        if turned_on and obj.is_available and obj.is_active:
-            announce_agent_available(membership=obj)
 
 
 class TeamMemberInline(TenantScopedInline, admin.TabularInline):
@@ -153,9 +226,15 @@ class TeamMemberInline(TenantScopedInline, admin.TabularInline):
 
 
 @admin.register(Team)
-class TeamAdmin(TenantScopedAdmin):
+class TeamAdmin(OneDoorAdmin):
     ordering = ["tenant__name", "name"]
-    list_display = ["name", "tenant", "is_default", "member_count", "strategy", "created_at"]
+    list_display = [
+        text_column("name", "Team", 26),
+        tenant_column,
+        "is_default",
+        "member_count",
+        "strategy",
+    ]
     list_filter = ["is_default", "tenant"]
     search_fields = ["name", "id", "tenant__name"]
     list_select_related = ["tenant"]
@@ -180,25 +259,27 @@ class TeamAdmin(TenantScopedAdmin):
         config = getattr(obj, "assignment_config", None)
         return config.get_strategy_display() if config else "tenant default"
 
-    def save_formset(self, request, form, formset, change):
-        for member in formset.save(commit=False):
-            member.tenant = form.instance.tenant
-            member.save()
-        for deleted in formset.deleted_objects:
-            deleted.delete()
-
 
 @admin.register(TeamRole)
-class TeamRoleAdmin(TenantScopedAdmin):
-    list_display = ["name", "tenant", "description"]
+class TeamRoleAdmin(OneDoorAdmin):
+    list_display = [
+        text_column("name", "Role", 24),
+        tenant_column,
+        text_column("description", "Description", 40),
+    ]
     list_filter = ["tenant"]
     search_fields = ["name", "tenant__name"]
     autocomplete_fields = ["tenant"]
 
 
 @admin.register(TeamMember)
-class TeamMemberAdmin(TenantScopedAdmin):
-    list_display = ["membership", "team", "role", "tenant", "created_at"]
+class TeamMemberAdmin(OneDoorAdmin):
+    list_display = [
+        text_column("membership__user__full_name", "Member", 22),
+        text_column("team__name", "Team", 22),
+        text_column("role__name", "Role", 18),
+        tenant_column,
+    ]
     list_filter = ["tenant", "team"]
     search_fields = ["membership__user__email", "team__name"]
     list_select_related = ["membership__user", "membership__tenant", "team", "role", "tenant"]
@@ -218,25 +299,29 @@ class HolidayInline(TenantScopedInline, admin.TabularInline):
 
 
 @admin.register(TeamSchedule)
-class TeamScheduleAdmin(TenantScopedAdmin):
-    list_display = ["team", "tenant", "timezone", "is_enabled"]
+class TeamScheduleAdmin(OneDoorAdmin):
+    list_display = [
+        text_column("team__name", "Team", 24),
+        tenant_column,
+        text_column("timezone", "Time zone", 20),
+        "is_enabled",
+    ]
     list_filter = ["is_enabled", "tenant"]
     search_fields = ["team__name", "tenant__name"]
     list_select_related = ["team", "tenant"]
     autocomplete_fields = ["tenant", "team"]
     inlines = [OpeningHoursInline, HolidayInline]
 
-    def save_formset(self, request, form, formset, change):
-        for row in formset.save(commit=False):
-            row.tenant = form.instance.tenant
-            row.save()
-        for deleted in formset.deleted_objects:
-            deleted.delete()
-
 
 @admin.register(AssignmentConfig)
-class AssignmentConfigAdmin(TenantScopedAdmin):
-    list_display = ["__str__", "tenant", "team", "strategy", "is_enabled", "waterfall_display"]
+class AssignmentConfigAdmin(OneDoorAdmin):
+    list_display = [
+        text_column("team__name", "Team", 20, empty="(whole tenant)"),
+        tenant_column,
+        "strategy",
+        "is_enabled",
+        "waterfall_display",
+    ]
     list_filter = ["strategy", "is_enabled", "tenant"]
     search_fields = ["tenant__name", "team__name"]
     list_select_related = ["tenant", "team"]
@@ -248,9 +333,15 @@ class AssignmentConfigAdmin(TenantScopedAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(TenantScopedAdmin):
+class ApiKeyAdmin(OneDoorAdmin):
     ordering = ["-created_at"]
-    list_display = ["name", "prefix_display", "tenant", "is_active", "created_at", "last_used_at"]
+    list_display = [
+        text_column("name", "Name", 24),
+        "prefix_display",
+        tenant_column,
+        "is_active",
+        date_column("last_used_at", "Last used"),
+    ]
     list_filter = ["is_active", "tenant"]
     search_fields = ["name", "prefix", "tenant__name"]
     list_select_related = ["tenant"]
@@ -266,12 +357,16 @@ class ApiKeyAdmin(TenantScopedAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [*self.readonly_fields, "tenant"] if obj else self.readonly_fields
 
-    def save_model(self, request, obj, form, change):
+    def save_record(self, request, form, fields, rows, change):
+        obj = form.instance
         if change:
-            super().save_model(request, obj, form, change)
+            super().save_record(request, form, fields, rows, change)
             return
         api_key, plaintext = create_api_key(
-            tenant=obj.tenant, name=obj.name, actor=admin_actor(request), created_by=request.user
+            tenant=obj.tenant,
+            name=obj.name,
+            actor=admin_actor(request, obj.tenant),
+            created_by=request.user,
         )
         obj.pk = api_key.pk
         obj.prefix = api_key.prefix
@@ -286,6 +381,8 @@ class ApiKeyAdmin(TenantScopedAdmin):
     def revoke_selected(self, request, queryset):
         revoked = 0
         for api_key in queryset.filter(is_active=True):
-            revoke_api_key(api_key=api_key, actor=admin_actor(request))
+            self._call_service(
+                revoke_api_key, api_key=api_key, actor=admin_actor(request, api_key.tenant)
+            )
             revoked += 1
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)

@@ -13,6 +13,7 @@ from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 
+from core import log_context
 from teams.models import ApiKey, Tenant
 from teams.services import hash_api_key, split_api_key, touch_api_key
 from teams.throttling import ApiKeyThrottle
@@ -77,6 +78,8 @@ class TenantApiKeyAuthentication(BaseAuthentication):
         except exceptions.AuthenticationFailed:
             throttle.record_failure()
             raise
+        # Only now is the tenant known; the key itself is never logged.
+        log_context.bind(tenant_id=api_key.tenant_id)
         throttle.check_key_rate(api_key)
         touch_api_key(
             api_key=api_key, resolution_seconds=settings.API_KEY_LAST_USED_RESOLUTION_SECONDS

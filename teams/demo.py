@@ -34,7 +34,7 @@ DEMO_SLUG = "demo"
 OTHER_SLUG = "demo-other"
 DEMO_KEY_NAME = "Demo key (seed_demo)"
 ADMIN_EMAIL = "admin@demo.test"
-ACTOR = Actor(label="cli:seed_demo")
+ACTOR = Actor.for_command("seed_demo")
 
 DEMO_AGENTS = [
     # email, full name, role

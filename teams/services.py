@@ -1,17 +1,29 @@
 """Writes for tenancy and people. Views, commands and the admin call these."""
 
 import hashlib
+import re
 import secrets
 import string
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from audit.services import record_activity
-from core.actor import Actor
-from teams.models import ApiKey, Membership, Role, Team, TeamMember, Tenant, User
+from audit.services import field_changes, record_activity
+from core.actor import SYSTEM, Actor
+from core.errors import Forbidden, InvalidInput
+from teams.models import (
+    ADMIN_ROLES,
+    ApiKey,
+    Membership,
+    Role,
+    Team,
+    TeamMember,
+    Tenant,
+    User,
+)
 from teams.signals import agent_became_available
 
 API_KEY_SCHEME = "wk_"
@@ -46,6 +58,7 @@ def create_api_key(
     *, tenant: Tenant, name: str, actor: Actor, created_by=None
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its plaintext, which is never stored or shown again."""
+    authorize_tenant_change(actor=actor, tenant=tenant)
     body = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(API_KEY_PREFIX_BODY_LENGTH))
     prefix = f"{API_KEY_SCHEME}{body}"
     plaintext = f"{prefix}_{secrets.token_urlsafe(32)}"
@@ -68,6 +81,7 @@ def create_api_key(
 
 @transaction.atomic
 def revoke_api_key(*, api_key: ApiKey, actor: Actor) -> ApiKey:
+    authorize_tenant_change(actor=actor, tenant=api_key.tenant)
     api_key = ApiKey.objects.for_tenant(api_key.tenant).select_for_update().get(pk=api_key.pk)
     if api_key.is_active:
         api_key.is_active = False
@@ -161,3 +175,175 @@ def set_agent_availability(
     if is_available and membership.is_active:
         announce_agent_available(membership=membership)
     return membership
+
+
+# --- One door for the admin's edits ----------------------------------------------------
+#
+# Every change the admin makes to a tenant's configuration (the tenant and its SLA
+# windows, memberships, teams and their members, roles, schedules, assignment configs,
+# API keys, CRM keys) goes through `save_tenant_record` or `delete_tenant_record`: one
+# transaction, the permission check, and exactly one activity row saying what changed
+# from what to what, by name.
+
+
+def authorize_tenant_change(*, actor: Actor, tenant: Tenant | None) -> None:
+    """A tenant's configuration is changed by a superuser, by an active admin or super
+    admin of that tenant, or by the system itself (commands, jobs). `tenant` None means
+    a new tenant: superusers and the system only."""
+    user = actor.person_user
+    if user is None and actor.label == SYSTEM:
+        return
+    if user is not None and user.is_active and user.is_superuser:
+        return
+    if (
+        user is not None
+        and user.is_active
+        and tenant is not None
+        and Membership.all_tenants.filter(
+            tenant_id=tenant.pk, user=user, role__in=ADMIN_ROLES, is_active=True
+        ).exists()
+    ):
+        return
+    raise Forbidden(
+        code="not_tenant_admin",
+        message="Only a superuser or an admin of this tenant may change its configuration.",
+    )
+
+
+@dataclass
+class RowChanges:
+    """Edits to rows that belong to the record being saved (an admin inline): `saved`
+    holds (row, changed field names) for new and edited rows, not yet saved."""
+
+    label: str
+    saved: list = field(default_factory=list)
+    deleted: list = field(default_factory=list)
+
+
+def _tenant_of(instance) -> Tenant | None:
+    if isinstance(instance, Tenant):
+        return None if instance._state.adding else instance
+    return instance.tenant
+
+
+def action_noun(model) -> str:
+    """`ApiKey` → "api_key", as in the actions the services already write."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", model.__name__).lower()
+
+
+def _action_name(instance, verb: str) -> str:
+    return f"{action_noun(type(instance))}.{verb}"
+
+
+def _locked_copy(instance):
+    return type(instance)._base_manager.select_for_update().get(pk=instance.pk)
+
+
+def _save_row(row, fields, *, tenant) -> tuple[dict, bool]:
+    """Save one row; return its readable changes and whether it is new."""
+    if tenant is not None and hasattr(row, "tenant_id"):
+        row.tenant = tenant
+    _check_same_tenant(row)
+    if row._state.adding:
+        row.save(force_insert=True)
+        return field_changes(None, row, fields), True
+    before = _locked_copy(row)
+    changes = field_changes(before, row, fields)
+    if fields:
+        row.save(update_fields=fields)
+    return changes, False
+
+
+def _check_same_tenant(row) -> None:
+    # Form choices are scoped already; this holds the rule for every caller.
+    tenant_id = getattr(row, "tenant_id", None)
+    if tenant_id is None:
+        return
+    for model_field in row._meta.concrete_fields:
+        related_model = model_field.related_model
+        if not model_field.many_to_one and not model_field.one_to_one:
+            continue
+        if related_model is Tenant or not hasattr(related_model, "tenant_id"):
+            continue
+        related = getattr(row, model_field.name)
+        if related is not None and related.tenant_id != tenant_id:
+            raise InvalidInput(
+                code="other_tenant",
+                message=f"The {model_field.verbose_name} belongs to another tenant.",
+                field=model_field.name,
+            )
+
+
+def _announce_if_available(row, fields) -> None:
+    turned_on = {"is_available", "is_active"} & set(fields)
+    if isinstance(row, Membership) and turned_on and row.is_available and row.is_active:
+        announce_agent_available(membership=row)
+
+
+@transaction.atomic
+def save_tenant_record(
+    *, instance, fields: list[str], actor: Actor, rows: list[RowChanges] = ()
+) -> object:
+    """Create or change one configuration record and the rows edited with it (inlines),
+    and record it once: `<model>.created` or `<model>.updated`, with
+    data = {"changes": {field: [old, new]}, "rows": [{"rows", "op", "row", "changes"}]}.
+    Only `fields` are written, so a field another process owns (e.g.
+    `Tenant.has_active_webhooks`) is never overwritten from a stale form. Nothing
+    changed, nothing recorded."""
+    tenant = _tenant_of(instance)
+    authorize_tenant_change(actor=actor, tenant=tenant)
+    changes, created = _save_row(instance, list(fields), tenant=None)
+    if isinstance(instance, Tenant):
+        tenant = instance
+    _announce_if_available(instance, fields)
+    row_data = []
+    for group in rows:
+        for row, row_fields in group.saved:
+            row_changes, row_created = _save_row(row, list(row_fields), tenant=tenant)
+            _announce_if_available(row, row_fields)
+            if row_created or row_changes:
+                row_data.append(
+                    {
+                        "rows": group.label,
+                        "op": "added" if row_created else "changed",
+                        "row": str(row),
+                        "changes": row_changes,
+                    }
+                )
+        for row in group.deleted:
+            row_data.append({"rows": group.label, "op": "removed", "row": str(row)})
+            row.delete()
+    if created or changes or row_data:
+        data = {"changes": changes}
+        if row_data:
+            data["rows"] = row_data
+        record_activity(
+            tenant=tenant,
+            action=_action_name(instance, "created" if created else "updated"),
+            actor=actor,
+            target=instance,
+            data=data,
+        )
+    return instance
+
+
+@transaction.atomic
+def delete_tenant_record(*, instance, actor: Actor) -> None:
+    """Delete one configuration record (and what cascades with it), recorded once, by
+    name: the row written survives the record it names."""
+    if isinstance(instance, Tenant):
+        raise Forbidden(
+            code="tenant_not_deletable",
+            message="A tenant is deactivated, not deleted: deleting it would erase its "
+            "audit trail.",
+        )
+    tenant = instance.tenant
+    authorize_tenant_change(actor=actor, tenant=tenant)
+    record_activity(
+        tenant=tenant,
+        action=_action_name(instance, "deleted"),
+        actor=actor,
+        target=instance,
+        data={"row": str(instance)},
+    )
+    instance.delete()

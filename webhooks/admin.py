@@ -1,8 +1,10 @@
 from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html
+from django.utils.timesince import timesince
 
 from core.actor import Actor
+from core.admin_columns import TenantColumnMixin, short, short_date, warning
 from core.admin_scope import TenantScopedAdmin, TenantScopedInline, tenant_of_selection
 from core.errors import DomainError
 from outbox.admin import message_status
@@ -11,6 +13,7 @@ from webhooks.models import WebhookAttempt, WebhookEndpoint
 from webhooks.services import (
     clean_url,
     create_endpoint,
+    delete_endpoint,
     resend,
     rotate_secret,
     send_test_event,
@@ -18,8 +21,13 @@ from webhooks.services import (
 )
 
 
+def time_since(moment) -> str:
+    # The largest unit only ("3 hours"), with a plain space.
+    return timesince(moment, depth=1).replace("\xa0", " ")
+
+
 def admin_actor(request) -> Actor:
-    return Actor(label=f"admin:{request.user.email}")
+    return Actor.for_admin(request.user)
 
 
 def _show_secret_once(request, secret: str) -> None:
@@ -66,16 +74,16 @@ class AttemptInline(TenantScopedInline, admin.TabularInline):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(TenantScopedAdmin):
+class WebhookEndpointAdmin(TenantColumnMixin, TenantScopedAdmin):
     form = EndpointForm
     list_display = [
-        "url",
-        "tenant",
+        "url_display",
+        "tenant_display",
         "events_display",
         "is_active",
-        "last_success_at",
-        "failing_since",
+        "health",
     ]
+    list_display_links = ["url_display"]
     list_filter = ["is_active", "tenant"]
     search_fields = ["url", "description"]
     list_select_related = ["tenant"]
@@ -87,9 +95,29 @@ class WebhookEndpointAdmin(TenantScopedAdmin):
         # A new endpoint has no attempts yet.
         return super().get_inline_instances(request, obj) if obj is not None else []
 
+    @admin.display(description="URL", ordering="url")
+    def url_display(self, obj):
+        return short(obj.url.removeprefix("https://"), 30)
+
     @admin.display(description="Events")
     def events_display(self, obj):
-        return ", ".join(obj.events) if obj.events else "all"
+        return short(", ".join(obj.events), 22) if obj.events else "all"
+
+    @admin.display(description="Deliveries", ordering="failing_since")
+    def health(self, obj):
+        """A warning while deliveries fail; else when the last one succeeded."""
+        if obj.failing_since is not None:
+            return warning(
+                f"failing {time_since(obj.failing_since)}",
+                f"Failing since {obj.failing_since:%Y-%m-%d %H:%M UTC}",
+            )
+        if obj.last_success_at is None:
+            return format_html('<span class="hv-muted">{}</span>', "none yet")
+        return format_html(
+            '<span class="hv-nowrap" title="Last success {}">ok {} ago</span>',
+            f"{obj.last_success_at:%Y-%m-%d %H:%M UTC}",
+            time_since(obj.last_success_at),
+        )
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
@@ -114,6 +142,14 @@ class WebhookEndpointAdmin(TenantScopedAdmin):
         )
         obj.pk = endpoint.pk
         _show_secret_once(request, secret)
+
+    def delete_model(self, request, obj):
+        delete_endpoint(tenant=obj.tenant, actor=admin_actor(request), endpoint_id=obj.pk)
+
+    def delete_queryset(self, request, queryset):
+        # One service call, and one activity row, per endpoint.
+        for obj in queryset:
+            self.delete_model(request, obj)
 
     @admin.action(description="Rotate the signing secret of the selected endpoints")
     def rotate_secrets(self, request, queryset):
@@ -140,17 +176,17 @@ class WebhookEndpointAdmin(TenantScopedAdmin):
 
 
 @admin.register(WebhookAttempt)
-class WebhookAttemptAdmin(TenantScopedAdmin):
+class WebhookAttemptAdmin(TenantColumnMixin, TenantScopedAdmin):
     list_display = [
-        "attempted_at",
+        "attempted_display",
         "event_type",
-        "endpoint",
-        "status_code",
-        "duration_ms",
-        "succeeded",
+        "endpoint_display",
+        "result",
         "delivery_status",
         "short_error",
+        "tenant_display",
     ]
+    list_display_links = ["attempted_display"]
     list_filter = ["succeeded", "event_type", "tenant"]
     search_fields = ["webhook_id", "endpoint__url"]
     list_select_related = ["endpoint", "message", "tenant"]
@@ -179,13 +215,30 @@ class WebhookAttemptAdmin(TenantScopedAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.display(description="Event delivery")
+    @admin.display(description="When", ordering="attempted_at")
+    def attempted_display(self, obj):
+        return short_date(obj.attempted_at)
+
+    @admin.display(description="Endpoint", ordering="endpoint__url")
+    def endpoint_display(self, obj):
+        return short(obj.endpoint.url.removeprefix("https://"), 24)
+
+    @admin.display(description="Result", ordering="succeeded")
+    def result(self, obj):
+        """HTTP status and time; a failed attempt is a red warning, a success is not."""
+        code = obj.status_code or "no answer"
+        text = f"{code} · {obj.duration_ms} ms"
+        if obj.succeeded:
+            return format_html('<span class="hv-nowrap">{}</span>', text)
+        return warning(text, "Delivery attempt failed")
+
+    @admin.display(description="Event", ordering="message__status")
     def delivery_status(self, obj):
         return message_status(obj.message)
 
     @admin.display(description="Error")
     def short_error(self, obj):
-        return obj.error if len(obj.error) <= 60 else obj.error[:59] + "…"
+        return short(obj.error, 24)
 
     @admin.action(description="Resend the selected events (new webhook-id)", permissions=["view"])
     def resend_selected(self, request, queryset):

@@ -126,7 +126,8 @@ def update_endpoint(*, tenant, actor: Actor, endpoint_id, **changes) -> WebhookE
 
 def _update_endpoint(*, tenant, actor: Actor, endpoint_id, **changes) -> WebhookEndpoint:
     endpoint = _endpoint(tenant, endpoint_id, lock=True)
-    before = {"url": endpoint.url, "events": endpoint.events, "is_active": endpoint.is_active}
+    fields = ("url", "events", "description", "is_active")
+    before = {key: getattr(endpoint, key) for key in fields}
     if "url" in changes:
         endpoint.url = changes["url"]
     if "events" in changes:
@@ -145,13 +146,18 @@ def _update_endpoint(*, tenant, actor: Actor, endpoint_id, **changes) -> Webhook
         endpoint.is_active = active
     endpoint.save()
     _refresh_tenant_flag(endpoint.tenant_id)
-    after = {"url": endpoint.url, "events": endpoint.events, "is_active": endpoint.is_active}
+    after = {key: getattr(endpoint, key) for key in fields}
     record_activity(
         tenant=tenant,
         action="webhook.updated",
         actor=actor,
         target=endpoint,
-        data={key: [before[key], after[key]] for key in after if before[key] != after[key]},
+        # Under "changes", as every configuration change: the audit log shows old → new.
+        data={
+            "changes": {
+                key: [before[key], after[key]] for key in after if before[key] != after[key]
+            }
+        },
     )
     return endpoint
 
@@ -182,6 +188,7 @@ def rotate_secret(*, tenant, actor: Actor, endpoint_id) -> tuple[WebhookEndpoint
 
 
 @transaction.atomic
+@transaction.atomic
 def send_test_event(*, tenant, actor: Actor, endpoint_id) -> OutboundMessage:
     """Queue a `webhook.test` event to one endpoint, whatever events it subscribed to."""
     endpoint = _endpoint(tenant, endpoint_id)
@@ -192,6 +199,13 @@ def send_test_event(*, tenant, actor: Actor, endpoint_id) -> OutboundMessage:
     )
     message = message_for(endpoint, event)
     queue_messages([message])
+    record_activity(
+        tenant=tenant,
+        action="webhook.test_sent",
+        actor=actor,
+        target=endpoint,
+        data={"url": endpoint.url},
+    )
     return message
 
 

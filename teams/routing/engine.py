@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from django.utils import timezone
 
+from core.metrics import ROUTING_DURATION
 from teams.models import (
     DEFAULT_WATERFALL,
     AssignmentConfig,
@@ -181,6 +182,7 @@ def _pool_key(*, work: str, team: Team | None, tier: str | None) -> str:
     return f"{work}:team:{team.pk}" if team is not None else f"{work}:tier:{tier}"
 
 
+@ROUTING_DURATION.time()
 def route(
     *,
     tenant: Tenant,

@@ -15,7 +15,7 @@ from core.actor import Actor
 from leads.models import Lead, LeadReassignment
 from leads.services import create_lead
 from teams.models import Role
-from tests.factories import TEST_PASSWORD, MembershipFactory
+from tests.factories import TEST_PASSWORD, MembershipFactory, TeamFactory
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 SCREENSHOTS = Path(settings.BASE_DIR) / "test-artifacts" / "screenshots"
@@ -242,8 +242,10 @@ def test_the_admin_works_under_the_content_security_policy(
     assert page.input_value("#id_slug") == "acme-widgets"
     shot(page, "csp-admin-tenant-add")
 
-    # The changelist's select-all box and action bar are scripted too.
-    page.goto(f"{live_server.url}/admin/teams/tenant/")
+    # The changelist's select-all box and action bar are scripted too (tenants have no
+    # actions: they are deactivated, not deleted).
+    TeamFactory(tenant=tenant, name="Sales")
+    page.goto(f"{live_server.url}/admin/teams/team/")
     page.check("#action-toggle")
     page.wait_for_selector(".action-counter:has-text('selected')")
     assert "1 of 1 selected" in page.locator(".action-counter").inner_text() or (

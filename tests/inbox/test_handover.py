@@ -373,7 +373,7 @@ def test_activity_log_records_creation_and_assignment(tenant, tenant_client, api
     assert assigned.data["agent_id"] == str(agent.id)
     assert assigned.data["strategy"] == "round_robin"
     assert assigned.data["tier"] == "member"
-    assert assigned.actor_label == f"api_key:{api_key[0].prefix}"
+    assert (assigned.actor_label, assigned.via) == ("api_key", f"api_key:{api_key[0].prefix}")
 
 
 def test_activity_log_records_why_a_session_stayed_unassigned(tenant, tenant_client):

@@ -118,7 +118,7 @@ def test_create_for_a_named_agent_starts_the_claim_window(
     assert notice.is_read is False
     assert notice.email_status == "pending"
     activity = ActivityLog.objects.for_tenant(tenant).get(action="lead.created")
-    assert activity.actor_label == f"api_key:{api_key[0].prefix}"
+    assert (activity.actor_label, activity.via) == ("api_key", f"api_key:{api_key[0].prefix}")
     assert activity.data["agent_id"] == str(teammate.pk)
 
 

@@ -461,14 +461,14 @@ def test_without_the_checkbox_the_message_says_the_deadline_stays_passed(
     assert sweep_sla_breaches() == {"claim": 0, "contact": 1}
 
 
-def test_a_refused_reassignment_keeps_the_admins_choices_on_the_page(owner, alice, claimed, clock):
+def test_a_refused_reassignment_keeps_the_admins_choices_on_the_page(owner, bob, claimed, clock):
     clock.move_to(T0 + minutes(18))
 
     page = admin_client(owner).post(
         page_url(claimed),
         {
-            "to_agent": str(alice.pk),  # she has it already
-            "reason": "manual",
+            "to_agent": str(bob.pk),
+            "reason": "unclaimed",  # the lead was claimed: the service refuses
             "notes": "Handing over before the holidays",
             "restart_window": "on",
             "apply": "1",
@@ -476,10 +476,10 @@ def test_a_refused_reassignment_keeps_the_admins_choices_on_the_page(owner, alic
     )
 
     assert page.status_code == 200, "the form again, not a redirect"
-    assert "not reassigned" in page.text and "already assigned" in page.text
+    assert "not reassigned" in page.text and "is for new leads" in page.text
     assert "Handing over before the holidays</textarea>" in page.text
-    assert f'<option value="{alice.pk}" selected>' in page.text
-    assert '<option value="manual" selected>' in page.text
+    assert f'<option value="{bob.pk}" selected>' in page.text
+    assert '<option value="unclaimed" selected>' in page.text
     assert CHECKED.search(page.text), "the checkbox is still ticked"
     assert stored(claimed).reassignment_count == 0
 

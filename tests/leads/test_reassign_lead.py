@@ -185,7 +185,10 @@ def test_seed_verification_steps_via_the_api_key(
     # Activity logged
     [activity] = ActivityLog.objects.for_tenant(tenant).filter(action="lead.reassigned")
     assert activity.actor_id == owner.pk
-    assert activity.actor_label == f"{owner.user.email} via api_key:{api_key[0].prefix}"
+    assert (activity.actor_label, activity.via) == (
+        owner.user.email,
+        f"api_key:{api_key[0].prefix}",
+    )
     assert activity.target_id == str(lead.pk)
     assert activity.data == {
         "from_agent_id": str(alice.pk),
@@ -555,7 +558,11 @@ def test_auto_reassign_on_breach_goes_through_the_same_service(
     assert (row.reason, row.stage) == ("unclaimed", "claim")
     assert (counter(alice), counter(bob)) == (0, 1)
     activity = ActivityLog.objects.for_tenant(tenant).get(action="lead.reassigned")
-    assert (activity.actor_id, activity.actor_label) == (None, "system")
+    assert (activity.actor_id, activity.actor_label, activity.via) == (
+        None,
+        "system",
+        "job:check_sla",
+    )
 
 
 # --- validation errors (400) -----------------------------------------------------------

@@ -131,6 +131,7 @@ def test_missed_claim_window_is_recorded_once_and_each_active_admin_is_told_once
     activity = breach_activity(due, "lead.claim_sla_breached").get()
     assert activity.tenant_id == tenant.pk
     assert activity.actor_label == "system" and activity.actor is None
+    assert activity.via == "job:check_sla"
     assert activity.data["agent_id"] == str(alice.pk)
     assert activity.data["admins_notified"] == 2
 

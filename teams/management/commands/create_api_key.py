@@ -22,7 +22,7 @@ class Command(BaseCommand):
     def handle(self, *args, tenant, name, as_json: bool, **options):
         tenant_obj = resolve_tenant(tenant)
         api_key, plaintext = create_api_key(
-            tenant=tenant_obj, name=name, actor=Actor(label="cli:create_api_key")
+            tenant=tenant_obj, name=name, actor=Actor.for_command("create_api_key")
         )
         if as_json:
             self.stdout.write(

@@ -17,7 +17,7 @@ class Command(BaseCommand):
         if api_key is None:
             raise CommandError(f"No API key with prefix {prefix!r}.")
         was_active = api_key.is_active
-        revoke_api_key(api_key=api_key, actor=Actor(label="cli:revoke_api_key"))
+        revoke_api_key(api_key=api_key, actor=Actor.for_command("revoke_api_key"))
         if was_active:
             self.stdout.write(self.style.SUCCESS(f"Revoked {prefix} of {api_key.tenant.name}."))
         else:

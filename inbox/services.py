@@ -138,24 +138,28 @@ def _get_or_create_open_session(
     return session, False
 
 
+# The one way a session gets an agent, whether the engine chose them (handover, retry,
+# an agent back online) or a person did (the admin's "Assign to…").
+GIVEN_FIELDS = ["assigned_agent", "assigned_at", "unassigned_reason", "strategy"]
+
+
+def _give_session_to(session: InboxSession, agent: Membership, *, strategy: str, now) -> list:
+    session.assigned_agent = agent
+    session.assigned_at = now
+    session.unassigned_reason = ""
+    session.strategy = strategy
+    return list(GIVEN_FIELDS)
+
+
 def _apply_decision(session: InboxSession, decision: RoutingDecision, now) -> list[str]:
-    session.strategy = decision.strategy
     session.last_assignment_attempt = decision.as_record()
     session.team = decision.team or session.team
     if decision.agent is not None:
-        session.assigned_agent = decision.agent
-        session.assigned_at = now
-        session.unassigned_reason = ""
+        _give_session_to(session, decision.agent, strategy=decision.strategy, now=now)
     else:
+        session.strategy = decision.strategy
         session.unassigned_reason = decision.reason or UnassignedReason.NO_AGENTS
-    return [
-        "strategy",
-        "last_assignment_attempt",
-        "team",
-        "assigned_agent",
-        "assigned_at",
-        "unassigned_reason",
-    ]
+    return ["last_assignment_attempt", "team", *GIVEN_FIELDS]
 
 
 def _assignment_activity(session: InboxSession, decision: RoutingDecision, actor: Actor):
@@ -454,19 +458,8 @@ def assign_session_to(
     session.tenant = tenant
     previous = session.assigned_agent_id
     now = timezone.now()
-    session.assigned_agent = agent
-    session.assigned_at = now
-    session.unassigned_reason = ""
-    session.strategy = Strategy.MANUAL
-    session.save(
-        update_fields=[
-            "assigned_agent",
-            "assigned_at",
-            "unassigned_reason",
-            "strategy",
-            "updated_at",
-        ]
-    )
+    fields = _give_session_to(session, agent, strategy=Strategy.MANUAL, now=now)
+    session.save(update_fields=[*fields, "updated_at"])
     Membership.objects.for_tenant(tenant).filter(pk=agent.pk).update(last_assigned_at=now)
     record_activities(
         [

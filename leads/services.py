@@ -177,10 +177,17 @@ def lead_event(lead: Lead, event_type: str, **extra) -> Event:
     )
 
 
-def _start_claim_window(lead: Lead, agent: Membership, now) -> None:
+def _give_lead_to(lead: Lead, agent: Membership, now) -> list[str]:
+    """The one way a lead gets an agent: routed (create, retry) or moved (reassignment,
+    automatic or by a person). Timers and counters are the caller's: they depend on why."""
     lead.assigned_agent = agent
     lead.assigned_at = now
     lead.unassigned_reason = ""
+    return ["assigned_agent", "assigned_at", "unassigned_reason"]
+
+
+def _start_claim_window(lead: Lead, agent: Membership, now) -> None:
+    _give_lead_to(lead, agent, now)
     lead.claim_deadline = now + timedelta(minutes=lead.tenant.claim_window_minutes)
 
 
@@ -574,9 +581,7 @@ def reassign_lead(
     timer_fields = _reset_timers(lead, reason, now, restart_window=restart_window)
     window_restarted = previous_deadline is not None and bool(timer_fields)
     lead.previous_agent_id = old_agent_id
-    lead.assigned_agent = to_agent
-    lead.assigned_at = now
-    lead.unassigned_reason = ""
+    given_fields = _give_lead_to(lead, to_agent, now)
     lead.reassignment_count += 1  # the row is locked, so a plain increment is exact
     lead.reassignment_reason = reason
     lead.reassigned_at = now
@@ -587,10 +592,8 @@ def reassign_lead(
     lead.save(
         update_fields=[
             *timer_fields,
+            *given_fields,
             "previous_agent",
-            "assigned_agent",
-            "assigned_at",
-            "unassigned_reason",
             "reassignment_count",
             "reassignment_reason",
             "reassigned_at",

@@ -132,7 +132,11 @@ class WebhookChannel(Channel):
         attempt.error = detail
         _record(attempt, endpoint, succeeded=False)
         if status == 410:
-            disable_endpoint(endpoint=endpoint, reason="The endpoint answered 410 Gone.")
+            disable_endpoint(
+                endpoint=endpoint,
+                reason="The endpoint answered 410 Gone.",
+                via="job:outbox_delivery",
+            )
             raise PermanentSendError(f"{detail} The endpoint is disabled.")
         if status == 429 or status >= 500:
             raise TransientSendError(detail)

@@ -240,7 +240,9 @@ def resend(*, tenant, actor: Actor, message_id) -> OutboundMessage:
     return message
 
 
-def disable_endpoint(*, endpoint: WebhookEndpoint, reason: str, notify: bool = True) -> bool:
+def disable_endpoint(
+    *, endpoint: WebhookEndpoint, reason: str, notify: bool = True, via: str = ""
+) -> bool:
     """Turn an endpoint off (410 Gone, or failing too long) and email the tenant's
     admins; whether it was active."""
     with transaction.atomic():
@@ -255,7 +257,7 @@ def disable_endpoint(*, endpoint: WebhookEndpoint, reason: str, notify: bool = T
         record_activity(
             tenant=endpoint.tenant,
             action="webhook.disabled",
-            actor=Actor.system(),
+            actor=Actor.system(via=via),
             target=endpoint,
             data={"reason": reason},
         )
@@ -298,6 +300,7 @@ def disable_failing_endpoints() -> int:
             endpoint=endpoint,
             reason=f"No delivery succeeded for {hours:g} hours "
             f"(failing since {endpoint.failing_since:%Y-%m-%d %H:%M} UTC).",
+            via="job:disable_failing_endpoints",
         )
         for endpoint in failing
     )

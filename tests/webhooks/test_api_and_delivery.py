@@ -233,6 +233,8 @@ def test_a_4xx_fails_at_once_and_410_disables_the_endpoint(
     assert endpoint.is_active is False
     assert "410" in endpoint.disabled_reason
     assert Tenant.objects.get(pk=tenant.pk).has_active_webhooks is False
+    disabled = ActivityLog.objects.for_tenant(tenant).get(action="webhook.disabled")
+    assert (disabled.actor_label, disabled.via) == ("system", "job:outbox_delivery")
     # Nothing more is queued for it, and the admins were told.
     send_event(tenant, subject="c")
     assert OutboundMessage.all_tenants.filter(channel="webhook").count() == 2
@@ -313,6 +315,8 @@ def test_an_endpoint_failing_for_three_days_is_turned_off_and_admins_are_told(
     endpoint.refresh_from_db()
     assert endpoint.is_active is False
     assert "72 hours" in endpoint.disabled_reason
+    disabled = ActivityLog.objects.for_tenant(tenant).get(action="webhook.disabled")
+    assert (disabled.actor_label, disabled.via) == ("system", "job:disable_failing_endpoints")
     deliver_outbox()
     [email] = [m for m in mailoutbox if owner.user.email in m.to]
     assert endpoint.url in email.body

@@ -18,6 +18,7 @@ from outbox.models import OutboundMessage
 from outbox.services import build_message, queue_messages
 from teams.models import Tenant
 from teams.selectors import tenant_admin_emails
+from teams.services import authorize_tenant_change
 from webhooks.events import EVENT_TYPES, WEBHOOK_TEST, Event, message_for
 from webhooks.models import WebhookEndpoint
 
@@ -66,6 +67,15 @@ def _endpoint(tenant, endpoint_id, *, lock: bool = False) -> WebhookEndpoint:
     return endpoint
 
 
+def _may_configure(*, actor: Actor, tenant) -> None:
+    """Endpoints are tenant configuration: a superuser or the tenant's admins (the admin
+    pages), the tenant's own API key (its API resolved the tenant from that key), or
+    the system."""
+    if actor.via.startswith("api_key:"):
+        return
+    authorize_tenant_change(actor=actor, tenant=tenant)
+
+
 def create_endpoint(
     *,
     tenant,
@@ -77,6 +87,7 @@ def create_endpoint(
 ) -> tuple[WebhookEndpoint, str]:
     """A new endpoint (active unless asked otherwise) and its secret, shown to the caller
     once and stored encrypted."""
+    _may_configure(actor=actor, tenant=tenant)
     # Checked before the transaction: the URL check resolves the host (DNS may be slow).
     url, events = clean_url(url), clean_events(events)
     with transaction.atomic():
@@ -115,6 +126,7 @@ def _create_endpoint(*, tenant, actor, url, events, description, is_active):
 def update_endpoint(*, tenant, actor: Actor, endpoint_id, **changes) -> WebhookEndpoint:
     """Change url, events, description or isActive; turning an endpoint back on clears why
     it was disabled and its run of failures."""
+    _may_configure(actor=actor, tenant=tenant)
     # Checked before the transaction: the URL check resolves the host (DNS may be slow).
     if "url" in changes:
         changes["url"] = clean_url(changes["url"])
@@ -164,6 +176,7 @@ def _update_endpoint(*, tenant, actor: Actor, endpoint_id, **changes) -> Webhook
 
 @transaction.atomic
 def delete_endpoint(*, tenant, actor: Actor, endpoint_id) -> None:
+    _may_configure(actor=actor, tenant=tenant)
     endpoint = _endpoint(tenant, endpoint_id, lock=True)
     record_activity(
         tenant=tenant,
@@ -179,6 +192,7 @@ def delete_endpoint(*, tenant, actor: Actor, endpoint_id) -> None:
 @transaction.atomic
 def rotate_secret(*, tenant, actor: Actor, endpoint_id) -> tuple[WebhookEndpoint, str]:
     """A new secret, effective at once: every later attempt is signed with it."""
+    _may_configure(actor=actor, tenant=tenant)
     endpoint = _endpoint(tenant, endpoint_id, lock=True)
     secret = new_secret()
     endpoint.secret_encrypted = encrypt_secret(secret)
@@ -191,6 +205,7 @@ def rotate_secret(*, tenant, actor: Actor, endpoint_id) -> tuple[WebhookEndpoint
 @transaction.atomic
 def send_test_event(*, tenant, actor: Actor, endpoint_id) -> OutboundMessage:
     """Queue a `webhook.test` event to one endpoint, whatever events it subscribed to."""
+    _may_configure(actor=actor, tenant=tenant)
     endpoint = _endpoint(tenant, endpoint_id)
     event = Event(
         tenant_id=tenant.pk,
@@ -212,6 +227,7 @@ def send_test_event(*, tenant, actor: Actor, endpoint_id) -> OutboundMessage:
 @transaction.atomic
 def resend(*, tenant, actor: Actor, message_id) -> OutboundMessage:
     """Send an event again to its endpoint, as a new delivery with a new webhook-id."""
+    _may_configure(actor=actor, tenant=tenant)
     original = (
         OutboundMessage.objects.for_tenant(tenant).filter(pk=message_id, channel="webhook").first()
     )

@@ -338,3 +338,35 @@ def test_events_queued_before_an_endpoint_was_turned_off_or_deleted_are_skipped(
     message = OutboundMessage.all_tenants.get(channel="webhook")
     assert message.status == MessageStatus.SKIPPED
     assert receiver.received == []
+
+
+@pytest.mark.django_db
+def test_only_admins_the_tenants_key_or_the_system_may_configure_endpoints(tenant, api_key):
+    from core.errors import Forbidden
+    from teams.models import Role
+    from tests.factories import MembershipFactory
+    from webhooks import services
+
+    member = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    admin = MembershipFactory(tenant=tenant, role=Role.ADMIN)
+    endpoint, _ = create_endpoint(
+        tenant=tenant, actor=Actor.system(), url="https://hooks.example.com/in"
+    )
+    as_member = Actor.for_membership(member, via="admin")
+    ref = {"tenant": tenant, "endpoint_id": endpoint.pk}
+
+    refused = [
+        lambda: create_endpoint(tenant=tenant, actor=as_member, url="https://x.example.com/"),
+        lambda: services.update_endpoint(actor=as_member, description="mine", **ref),
+        lambda: services.rotate_secret(actor=as_member, **ref),
+        lambda: services.send_test_event(actor=as_member, **ref),
+        lambda: services.delete_endpoint(actor=as_member, **ref),
+    ]
+    for attempt in refused:
+        with pytest.raises(Forbidden):
+            attempt()
+    assert WebhookEndpoint.objects.for_tenant(tenant).get().description == ""
+
+    services.update_endpoint(actor=Actor.for_membership(admin, via="admin"), description="a", **ref)
+    services.update_endpoint(actor=Actor.for_api_key(api_key[0]), description="b", **ref)
+    assert WebhookEndpoint.objects.for_tenant(tenant).get().description == "b"

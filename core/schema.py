@@ -95,10 +95,15 @@ URI_TOO_LONG = (
 )
 
 # What DRF's CharField refuses, as patterns: the NUL character always; with
-# allow_blank=False also a value that is empty once trimmed (`\s` as Python's str.strip
-# reads it).
+# allow_blank=False also a value that is empty once trimmed. The whitespace is spelled
+# out as Python's str.strip() knows it: a schema's `\s` is ECMA-262's, which leaves out
+# \x1c-\x1f and \x85, so a name of just those would pass the schema and be refused.
+PYTHON_WHITESPACE = (
+    r"\t\n\u000b\u000c\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029"
+    r"\u202f\u205f\u3000"
+)
 NO_NUL = r"^[^\u0000]*$"
-NOT_BLANK = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+NOT_BLANK = rf"^[^\u0000]*[^\u0000{PYTHON_WHITESPACE}][^\u0000]*$"
 NOT_EMPTY = r"^[^\u0000]+$"
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _ATOM = r"[-!#$%&'*+/=?^_`{}|~0-9A-Za-z]+"

@@ -334,3 +334,19 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code in (200, 503)
     except requests.RequestException:
         return False
+
+
+def test_the_not_blank_rule_names_every_character_the_server_trims(schema):
+    """Validators read a schema's `\\s` as ECMA-262 does, without \\x1c-\\x1f and \\x85,
+    which Python's strip() removes: such a name would pass the schema and get a 400."""
+    import re
+
+    lead_input = schema["components"]["schemas"]["LeadInput"]
+    name = lead_input["properties"]["name"]
+    pattern = name.get("pattern") or next(
+        option["pattern"] for option in name.get("anyOf", []) if "pattern" in option
+    )
+    assert "\\s" not in pattern
+    trimmed = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    assert not [hex(ord(c)) for c in trimmed if re.match(pattern, c * 2)]
+    assert re.match(pattern, " \x1c Ada \x85")

@@ -6,7 +6,7 @@ from django.utils.html import format_html, format_html_join
 
 from audit.models import ActivityLog
 from core.admin_columns import date_column, short
-from core.admin_scope import TenantScopedAdmin
+from core.admin_scope import ReadOnlyAdminMixin, TenantScopedAdmin
 
 # Ids the services put in `data`, and the rows they name. Models by label, as in a
 # ForeignKey: the audit app sits below the apps whose rows it names.
@@ -170,7 +170,7 @@ class ViaFilter(admin.SimpleListFilter):
 
 
 @admin.register(ActivityLog)
-class ActivityLogAdmin(TenantScopedAdmin):
+class ActivityLogAdmin(ReadOnlyAdminMixin, TenantScopedAdmin):
     """The audit trail is append-only: nobody adds, edits or deletes it, here or anywhere."""
 
     list_display = [
@@ -200,15 +200,6 @@ class ActivityLogAdmin(TenantScopedAdmin):
 
     def get_changelist(self, request, **kwargs):
         return ActivityChangeList
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="person", ordering="actor_label")
     def person(self, obj):

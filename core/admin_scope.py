@@ -234,3 +234,17 @@ class TenantScopedInline:
 
     def has_delete_permission(self, request, obj=None):
         return self.has_view_permission(request, obj)
+
+
+class ReadOnlyAdminMixin:
+    """Rows written only by services (history, logs, delivery attempts): the admin shows
+    them and never adds, edits or deletes one. Put it first among the bases."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

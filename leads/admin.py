@@ -9,7 +9,12 @@ from django.utils.html import format_html
 
 from core.actor import Actor
 from core.admin_columns import TenantColumnMixin, short, short_date, warning
-from core.admin_scope import TenantScopedAdmin, TenantScopedInline, tenant_of_selection
+from core.admin_scope import (
+    ReadOnlyAdminMixin,
+    TenantScopedAdmin,
+    TenantScopedInline,
+    tenant_of_selection,
+)
 from core.errors import DomainError
 from leads.formatting import format_deadline, time_to_deadline
 from leads.models import Lead, LeadReassignment, LeadStatus, Notification, ReassignmentReason
@@ -49,18 +54,9 @@ class BreachedFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ReadOnlyInline(TenantScopedInline, admin.TabularInline):
+class ReadOnlyInline(ReadOnlyAdminMixin, TenantScopedInline, admin.TabularInline):
     extra = 0
     can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class ReassignmentInline(ReadOnlyInline):
@@ -495,7 +491,7 @@ class NotificationAdmin(TenantColumnMixin, TenantScopedAdmin):
 
 
 @admin.register(LeadReassignment)
-class LeadReassignmentAdmin(TenantColumnMixin, TenantScopedAdmin):
+class LeadReassignmentAdmin(ReadOnlyAdminMixin, TenantColumnMixin, TenantScopedAdmin):
     """Every move of every lead, newest first: read-only, written by the reassign service."""
 
     list_display = [
@@ -521,15 +517,6 @@ class LeadReassignmentAdmin(TenantColumnMixin, TenantScopedAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in LeadReassignment._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="When", ordering="created_at")
     def created_display(self, obj):

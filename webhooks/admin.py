@@ -5,7 +5,12 @@ from django.utils.timesince import timesince
 
 from core.actor import Actor
 from core.admin_columns import TenantColumnMixin, short, short_date, warning
-from core.admin_scope import TenantScopedAdmin, TenantScopedInline, tenant_of_selection
+from core.admin_scope import (
+    ReadOnlyAdminMixin,
+    TenantScopedAdmin,
+    TenantScopedInline,
+    tenant_of_selection,
+)
 from core.errors import DomainError
 from outbox.admin import message_status
 from webhooks.events import EVENT_TYPES
@@ -176,7 +181,7 @@ class WebhookEndpointAdmin(TenantColumnMixin, TenantScopedAdmin):
 
 
 @admin.register(WebhookAttempt)
-class WebhookAttemptAdmin(TenantColumnMixin, TenantScopedAdmin):
+class WebhookAttemptAdmin(ReadOnlyAdminMixin, TenantColumnMixin, TenantScopedAdmin):
     list_display = [
         "attempted_display",
         "event_type",
@@ -205,15 +210,6 @@ class WebhookAttemptAdmin(TenantColumnMixin, TenantScopedAdmin):
         "error",
         "succeeded",
     ]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="When", ordering="attempted_at")
     def attempted_display(self, obj):

@@ -254,6 +254,31 @@ class Processes:
         server.wait_for("Ready to accept connections")
         return server
 
+    def gunicorn(self, *, workers: int = 2, **env: str) -> tuple[str, Process]:
+        """The app served as in production, on a free port: (base URL, process), once every
+        worker has booted and it answers (any status: /healthz may be 503 on purpose)."""
+        port = free_port()
+        web = self.start(
+            "gunicorn",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "config.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--access-logfile",
+                "-",
+            ],
+            env=base_env(**env),
+        )
+        web.wait_for("Booting worker", count=workers)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{base}/healthz"), timeout=15, what="gunicorn answers")
+        return base, web
+
     def celery(self, name: str, arguments: list[str], **env: str) -> Process:
         args = [sys.executable, "-m", "celery", "-A", "config", *arguments]
         return self.start(name, args, env=base_env(CELERY_TASK_ALWAYS_EAGER="false", **env))
@@ -287,6 +312,16 @@ class RedisServer(Process):
 
     def resume(self) -> None:
         self.signal(signal.SIGCONT)
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        requests.get(url, timeout=1)
+    except requests.RequestException:
+        return False
+    return True
 
 
 @contextlib.contextmanager

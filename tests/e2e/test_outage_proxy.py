@@ -11,7 +11,6 @@ reached costs a handover nothing.
 
 import contextlib
 import socket
-import sys
 import threading
 from urllib.parse import quote
 
@@ -26,7 +25,7 @@ from inbox.models import HandoverRequest, InboxSession
 from outbox.models import OutboundMessage
 from teams.models import Role
 from teams.services import create_api_key
-from tests.e2e.processes import base_env, free_port, processes, wait_until
+from tests.e2e.processes import free_port, processes, wait_until
 from tests.factories import MembershipFactory, TenantFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -164,35 +163,7 @@ def procs(proxy):
 
 def start_gunicorn(procs, **env: str):
     """gunicorn with two workers; its base URL and its process (for its log)."""
-    port = free_port()
-    web = procs.start(
-        "gunicorn",
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "config.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--access-logfile",
-            "-",
-        ],
-        env=base_env(**env),
-    )
-    web.wait_for("Booting worker", count=2)
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(f"{base}/healthz"), timeout=15, what="gunicorn answers")
-    return base, web
-
-
-def _answers(url: str) -> bool:
-    try:
-        requests.get(url, timeout=1)
-    except requests.RequestException:
-        return False
-    return True
+    return procs.gunicorn(**env)
 
 
 class Caller:

@@ -3,7 +3,6 @@ shared between processes) and a Redis of our own, called over HTTP with `request
 """
 
 import shutil
-import sys
 import time
 import uuid
 
@@ -12,7 +11,7 @@ import requests
 
 from core.actor import Actor
 from teams.services import create_api_key
-from tests.e2e.processes import Processes, base_env, free_port, processes, wait_until
+from tests.e2e.processes import Processes, free_port, processes
 from tests.factories import TenantFactory
 
 pytestmark = [
@@ -37,37 +36,10 @@ def procs():
 def gunicorn(procs: Processes, *, redis_url: str, workers: int = 2) -> str:
     """A gunicorn serving the app with `redis_url` as its Redis; its base URL once every
     worker has booted and it answers."""
-    port = free_port()
-    web = procs.start(
-        "gunicorn",
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "config.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--access-logfile",
-            "-",
-        ],
-        env=base_env(REDIS_URL=redis_url),
-    )
-    web.wait_for("Booting worker", count=workers)
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(base + WHOAMI), timeout=15, what="gunicorn answers", every=0.2)
+    base, _ = procs.gunicorn(workers=workers, REDIS_URL=redis_url)
     for _ in range(2 * workers):  # every worker loads the URLconf; no key, so nothing counts
         requests.get(base + WHOAMI, timeout=10)
     return base
-
-
-def _answers(url: str) -> bool:
-    try:
-        requests.get(url, timeout=1)
-    except requests.RequestException:
-        return False
-    return True
 
 
 def random_key() -> str:

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "audit",
     "inbox",
     "leads",
+    "workspace",
     "webhooks",
     "outbox",
 ]

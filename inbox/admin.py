@@ -306,7 +306,7 @@ def agent_with_session_load(membership, open_sessions: int) -> str:
     cap = "no cap" if membership.capacity is None else f"cap {membership.capacity}"
     plural = "" if open_sessions == 1 else "s"
     text = f"{membership.display_name} — {open_sessions} open session{plural} / {cap}"
-    return text if membership.is_available else f"{text} · away"
+    return text if membership.is_online else f"{text} · {membership.get_presence_display().lower()}"
 
 
 def _cut(text: str, limit: int) -> str:

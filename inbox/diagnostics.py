@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from inbox.models import CrmIntegration, InboxSession
 from inbox.selectors import open_sessions_per_agent
-from teams.models import ApiKey, Membership, Role, Strategy, Team, Tenant
+from teams.models import ApiKey, Membership, Presence, Role, Strategy, Team, Tenant
 from teams.routing import UnassignedReason, resolve_config, route
 from teams.routing.schedules import schedule_is_open
 
@@ -151,7 +151,7 @@ def _check_default_team(tenant: Tenant, *, tenant_agents: int) -> Check:
 def _check_team(tenant: Tenant, team: Team) -> list[Check]:
     members = _agents(tenant).filter(team_memberships__team=team)
     active = members.count()
-    available = members.filter(is_available=True).count()
+    available = members.filter(presence=Presence.ONLINE).count()
     checks = []
     data = {
         "teamId": str(team.pk),
@@ -315,7 +315,7 @@ def diagnose_handover(
             Check(
                 "availability",
                 PROBLEM,
-                "Agents exist but every one is away (not available).",
+                "Agents exist but every one is away or offline.",
                 "Mark agents available (admin: Memberships, or the tenant's agents).",
             )
         )

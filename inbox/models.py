@@ -75,6 +75,12 @@ class InboxSession(TenantOwnedModel):
     confirmation_skipped_reason = models.CharField(
         max_length=32, choices=ConfirmationSkipReason.choices, blank=True
     )
+    # The accept window (tenant setting): the assigned agent accepts before the deadline
+    # or the accept sweep moves the session on, never back to anyone in missed_agent_ids.
+    accept_deadline = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accept_misses = models.PositiveSmallIntegerField(default=0)
+    missed_agent_ids = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     closed_at = models.DateTimeField(null=True, blank=True)
@@ -109,6 +115,12 @@ class InboxSession(TenantOwnedModel):
                 name="session_open_unassigned",
             ),
             models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent"),
+            # The accept sweep: open sessions waiting for their agent to accept.
+            models.Index(
+                fields=["accept_deadline"],
+                condition=Q(status="open", accepted_at__isnull=True, accept_deadline__isnull=False),
+                name="session_awaiting_accept",
+            ),
         ]
 
     def __str__(self):
@@ -123,6 +135,63 @@ class InboxSession(TenantOwnedModel):
         """The confirmation message's delivery status; "skipped" when none was asked for."""
         message = self.confirmation_message
         return message.status if message is not None else "skipped"
+
+
+class SessionNoticeKind(models.TextChoices):
+    SESSION_ASSIGNED = "session_assigned", "Conversation assigned to you"
+    SESSION_TRANSFERRED = "session_transferred", "Conversation transferred to you"
+    ACCEPT_MISSED = "session_accept_missed", "Conversation not accepted in time"
+    NOT_ACCEPTED = "session_not_accepted", "Conversation left unassigned: nobody accepted it"
+
+
+class SessionNotice(TenantOwnedModel):
+    """An in-app notice to one agent about a conversation, and the state of its email."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("teams.Tenant", on_delete=models.CASCADE, related_name="+")
+    recipient = models.ForeignKey(
+        "teams.Membership", on_delete=models.CASCADE, related_name="session_notices"
+    )
+    session = models.ForeignKey(
+        InboxSession, on_delete=models.CASCADE, null=True, blank=True, related_name="notices"
+    )
+    kind = models.CharField(max_length=32, choices=SessionNoticeKind.choices)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    is_read = models.BooleanField(default=False)
+    read_at = models.DateTimeField(null=True, blank=True)
+    # "One notice per miss per person" as a database rule, even for racing sweeps.
+    dedupe_key = models.CharField(max_length=200, blank=True)
+    email_message = models.OneToOneField(
+        "outbox.OutboundMessage",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="session_notice_of",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        default_manager_name = "all_tenants"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["recipient", "dedupe_key"],
+                condition=~Q(dedupe_key=""),
+                name="session_notice_dedupe",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["recipient", "-created_at"],
+                condition=Q(is_read=False),
+                name="session_notice_unread",
+            ),
+            models.Index(fields=["recipient", "-created_at"], name="session_notice_recent"),
+        ]
+
+    def __str__(self):
+        return self.title
 
 
 class HandoverRequest(TenantOwnedModel):

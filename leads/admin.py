@@ -156,7 +156,7 @@ def agent_with_lead_load(membership) -> str:
         f"{membership.display_name} — {count} lead{'' if count == 1 else 's'} / "
         f"{capacity_text(membership.capacity)}"
     )
-    return text if membership.is_available else f"{text} · away"
+    return text if membership.is_online else f"{text} · {membership.get_presence_display().lower()}"
 
 
 @admin.register(Lead)

@@ -143,7 +143,7 @@ class MembershipInline(TenantScopedInline, admin.TabularInline):
     model = Membership
     fk_name = "tenant"
     extra = 0
-    fields = ["user", "role", "is_active", "is_available", "capacity", "current_lead_count"]
+    fields = ["user", "role", "is_active", "presence", "capacity", "current_lead_count"]
     readonly_fields = ["current_lead_count"]
     autocomplete_fields = ["user"]
     show_change_link = True
@@ -193,7 +193,7 @@ class MembershipAdmin(OneDoorAdmin):
         tenant_column,
         "role",
         "is_active",
-        "is_available",
+        "presence",
         "load",
     ]
 
@@ -202,7 +202,7 @@ class MembershipAdmin(OneDoorAdmin):
         cap = "no cap" if obj.capacity is None else obj.capacity
         return f"{obj.current_lead_count} / {cap}"
 
-    list_filter = ["role", "is_active", "is_available", "tenant"]
+    list_filter = ["role", "is_active", "presence", "tenant"]
     search_fields = ["user__email", "user__full_name", "id", "tenant__name"]
     list_select_related = ["user", "tenant"]
     autocomplete_fields = ["user", "tenant"]

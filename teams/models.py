@@ -113,6 +113,29 @@ class Tenant(models.Model):
             "API answers 429. Empty: no limit."
         ),
     )
+    auto_away_minutes = models.PositiveSmallIntegerField(
+        default=10,
+        help_text=(
+            "An agent who went online from the agent pages becomes away after this many "
+            "minutes without a heartbeat from them. Presence set by an admin or the API "
+            "stays until changed."
+        ),
+    )
+    session_accept_window_minutes = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Minutes an agent has to accept a conversation assigned to them before it "
+            "moves to another agent. Empty: no accept window."
+        ),
+    )
+    session_accept_max_misses = models.PositiveSmallIntegerField(
+        default=3,
+        help_text=(
+            "After this many missed accept windows a conversation stays unassigned "
+            "(reason not_accepted) and the admins are told."
+        ),
+    )
     is_active = models.BooleanField(default=True)
     # Kept by the webhooks app in the transaction that changes an endpoint, so that
     # changes of tenants without webhooks skip looking for endpoints.
@@ -127,6 +150,18 @@ class Tenant(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(contact_window_minutes__gte=1), name="tenant_contact_window_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(auto_away_minutes__gte=1), name="tenant_auto_away_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(session_accept_window_minutes__isnull=True)
+                | Q(session_accept_window_minutes__gte=1),
+                name="tenant_accept_window_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(session_accept_max_misses__gte=1),
+                name="tenant_accept_max_misses_positive",
             ),
             models.CheckConstraint(
                 condition=Q(api_rate_limit_per_minute__isnull=True)
@@ -148,6 +183,24 @@ class Role(models.TextChoices):
 ADMIN_ROLES = (Role.ADMIN, Role.SUPER_ADMIN)
 
 
+class Presence(models.TextChoices):
+    """Whether an agent takes new work: only `online` agents are assigned any."""
+
+    ONLINE = "online", "Online"
+    AWAY = "away", "Away"
+    OFFLINE = "offline", "Offline"
+
+
+class PresenceSource(models.TextChoices):
+    """Who set an agent's presence last. Only presence set from the agent pages lapses
+    to away when the pages stop sending heartbeats; the others stay until changed."""
+
+    PAGE = "page", "Agent pages"
+    ADMIN = "admin", "Admin"
+    API = "api", "API"
+    SYSTEM = "system", "System"
+
+
 class Membership(TenantOwnedModel):
     """A user's membership in a tenant: this is the agent. Its id is the "agent id"."""
 
@@ -156,8 +209,21 @@ class Membership(TenantOwnedModel):
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
     is_active = models.BooleanField(default=True)
-    is_available = models.BooleanField(
-        default=True, help_text="Agents who are away are skipped by automatic assignment."
+    presence = models.CharField(
+        max_length=10,
+        choices=Presence.choices,
+        default=Presence.ONLINE,
+        help_text="Only online agents get new conversations and leads.",
+    )
+    presence_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    presence_source = models.CharField(
+        max_length=10, choices=PresenceSource.choices, blank=True, editable=False
+    )
+    # The agent pages' latest heartbeat; auto-away reads it for page-set presence only.
+    last_seen_at = models.DateTimeField(null=True, blank=True, editable=False)
+    email_on_conversation = models.BooleanField(
+        default=False,
+        help_text="Also email the agent when a conversation is assigned or transferred to them.",
     )
     capacity = models.PositiveIntegerField(
         null=True,
@@ -165,6 +231,9 @@ class Membership(TenantOwnedModel):
         help_text="Most open conversations or leads at once; empty means no limit.",
     )
     current_lead_count = models.PositiveIntegerField(default=0, editable=False)
+    # Open sessions assigned to the agent, kept with F() in the transaction that assigns,
+    # moves or closes one (like current_lead_count); `reconcile_counters` repairs drift.
+    open_session_count = models.PositiveIntegerField(default=0, editable=False)
     last_assigned_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -176,6 +245,12 @@ class Membership(TenantOwnedModel):
             models.CheckConstraint(
                 condition=Q(current_lead_count__gte=0), name="membership_lead_count_nonneg"
             ),
+            models.CheckConstraint(
+                condition=Q(open_session_count__gte=0), name="membership_session_count_nonneg"
+            ),
+            models.CheckConstraint(
+                condition=Q(presence__in=Presence.values), name="membership_presence_valid"
+            ),
         ]
         indexes = [models.Index(fields=["tenant", "role", "is_active"])]
 
@@ -185,6 +260,10 @@ class Membership(TenantOwnedModel):
     @property
     def display_name(self) -> str:
         return self.user.get_full_name()
+
+    @property
+    def is_online(self) -> bool:
+        return self.presence == Presence.ONLINE
 
     @property
     def is_tenant_admin(self) -> bool:

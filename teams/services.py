@@ -18,6 +18,8 @@ from teams.models import (
     ADMIN_ROLES,
     ApiKey,
     Membership,
+    Presence,
+    PresenceSource,
     Role,
     Team,
     TeamMember,
@@ -153,26 +155,50 @@ def announce_agent_available(*, membership: Membership) -> None:
 
 
 @transaction.atomic
-def set_agent_availability(
-    *, membership: Membership, is_available: bool, actor: Actor
+def set_agent_presence(
+    *, membership: Membership, presence: str, actor: Actor, source: str, now=None
 ) -> Membership:
+    """Set an agent's presence (online, away, offline) and say who set it from where
+    (`source`: the agent pages, the admin, the API, the system). Coming online retries
+    waiting work at once. One activity row per change, none when nothing changed;
+    a page's presence that is unchanged still takes over from an admin's or the API's
+    (so auto-away applies to it from then on)."""
+    if presence not in Presence.values:
+        raise InvalidInput(
+            code="invalid_presence",
+            message=f"status must be one of: {', '.join(Presence.values)}.",
+            field="status",
+        )
+    now = now or timezone.now()
     membership = (
         Membership.objects.for_tenant(membership.tenant_id)
-        .select_for_update()
+        .select_for_update(of=("self",))
         .select_related("tenant", "user")
         .get(pk=membership.pk)
     )
-    if membership.is_available == is_available:
+    previous = membership.presence
+    if previous == presence and membership.presence_source == source:
         return membership
-    membership.is_available = is_available
-    membership.save(update_fields=["is_available"])
+    membership.presence = presence
+    membership.presence_source = source
+    fields = ["presence", "presence_source"]
+    if previous != presence:
+        membership.presence_changed_at = now
+        fields.append("presence_changed_at")
+    if source == PresenceSource.PAGE:
+        membership.last_seen_at = now  # the page that set it is alive now
+        fields.append("last_seen_at")
+    membership.save(update_fields=fields)
+    if previous == presence:
+        return membership
     record_activity(
         tenant=membership.tenant,
-        action="membership.available" if is_available else "membership.away",
+        action=f"membership.{presence}",
         actor=actor,
         target=membership,
+        data={"from": previous, "to": presence, "source": source},
     )
-    if is_available and membership.is_active:
+    if presence == Presence.ONLINE and membership.is_active:
         announce_agent_available(membership=membership)
     return membership
 
@@ -275,8 +301,8 @@ def _check_same_tenant(row) -> None:
 
 
 def _announce_if_available(row, fields) -> None:
-    turned_on = {"is_available", "is_active"} & set(fields)
-    if isinstance(row, Membership) and turned_on and row.is_available and row.is_active:
+    turned_on = {"presence", "is_active"} & set(fields)
+    if isinstance(row, Membership) and turned_on and row.is_online and row.is_active:
         announce_agent_available(membership=row)
 
 

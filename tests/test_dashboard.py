@@ -484,7 +484,7 @@ def test_agents_load_now_against_capacity(tenant, owner):
         "agent": "Busy Bee",
         "email": busy.user.email,
         "role": "member",
-        "available": "yes",
+        "presence": "Online",
         "open_leads": "2",
         "open_sessions": "2",
         "capacity": "3",

@@ -20,6 +20,7 @@ from teams.models import (
     DEFAULT_WATERFALL,
     AssignmentConfig,
     Membership,
+    Presence,
     Role,
     Strategy,
     Team,
@@ -94,7 +95,7 @@ AGENT_FIELDS = (
     "tenant_id",
     "role",
     "is_active",
-    "is_available",
+    "presence",
     "capacity",
     "current_lead_count",
     "last_assigned_at",
@@ -156,7 +157,7 @@ def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, lock
     in primary-key order and re-read first, so concurrent assignments queue up and each
     counts the work the previous one gave out: capacity holds under concurrency.
     """
-    available = [agent for agent in agents if agent.is_available]
+    available = [agent for agent in agents if agent.is_online]
     needs_load = strategy == Strategy.LEAST_BUSY or any(a.capacity is not None for a in available)
     if not (needs_load and available):
         return available, available, {}
@@ -165,7 +166,9 @@ def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, lock
             Membership.objects.for_tenant(tenant)
             .select_for_update(of=("self",))
             .select_related("user")
-            .filter(pk__in=[agent.pk for agent in available], is_available=True, is_active=True)
+            .filter(
+                pk__in=[agent.pk for agent in available], presence=Presence.ONLINE, is_active=True
+            )
             .order_by("pk")
         )
     current_load = load(available)

@@ -6,5 +6,6 @@ class UnassignedReason(models.TextChoices):
     MANUAL_STRATEGY = "manual_strategy", "Strategy is manual"
     TEAM_CLOSED = "team_closed", "Team is closed by its schedule"
     ASSIGNMENT_DISABLED = "assignment_disabled", "Assignment config is disabled"
-    ALL_AWAY = "all_away", "Every agent is away (not available)"
+    ALL_AWAY = "all_away", "Every agent is away or offline"
     ALL_AT_CAPACITY = "all_at_capacity", "Every available agent is at capacity"
+    NOT_ACCEPTED = "not_accepted", "Nobody accepted it within the accept window"

@@ -185,7 +185,9 @@ FORM_CASES = {
         add=_set(name="Initech", slug="initech", timezone="UTC"),
         change=_both(
             _set(claim_window_minutes="7"),
-            _add_inline_row("memberships", user=_new_agent_user, role="member", capacity="3"),
+            _add_inline_row(
+                "memberships", user=_new_agent_user, role="member", presence="online", capacity="3"
+            ),
         ),
         may_delete=False,  # a tenant is deactivated: deleting would erase its audit trail
     ),

@@ -267,7 +267,7 @@ def test_team_with_members_would_assign_one_of_them(tenant, api_key):
     MembershipFactory(tenant=tenant)
     team = TeamFactory(tenant=tenant, name="Sales")
     in_team = TeamMemberFactory(team=team).membership
-    TeamMemberFactory(team=team, membership__is_available=False)
+    TeamMemberFactory(team=team, membership__presence="away")
 
     report = diagnose_json("--tenant", tenant.slug, "--team", str(team.id))
 
@@ -280,7 +280,7 @@ def test_team_with_members_would_assign_one_of_them(tenant, api_key):
 
 def test_everyone_away_or_full_is_an_availability_problem(tenant, tenant_client):
     busy = MembershipFactory(tenant=tenant, capacity=1)
-    MembershipFactory(tenant=tenant, role=Role.ADMIN, is_available=False)
+    MembershipFactory(tenant=tenant, role=Role.ADMIN, presence="away")
     assert real_handover(tenant_client, "c1")["assignedAgent"]["id"] == str(busy.id)
 
     text = diagnose("--tenant", tenant.slug)
@@ -299,8 +299,8 @@ def test_everyone_away_or_full_is_an_availability_problem(tenant, tenant_client)
 
 
 def test_everyone_away_is_an_availability_problem_that_says_away(tenant, tenant_client):
-    MembershipFactory(tenant=tenant, capacity=1, is_available=False)
-    MembershipFactory(tenant=tenant, role=Role.ADMIN, is_available=False)
+    MembershipFactory(tenant=tenant, capacity=1, presence="away")
+    MembershipFactory(tenant=tenant, role=Role.ADMIN, presence="away")
     body = real_handover(tenant_client, "c1")
     assert body["unassignedReason"] == "all_away"
 
@@ -308,11 +308,11 @@ def test_everyone_away_is_an_availability_problem_that_says_away(tenant, tenant_
     report = diagnose_json("--tenant", tenant.slug)
 
     line, fix = lines_of(text, "availability")
-    assert line == "[PROBLEM] availability: Agents exist but every one is away (not available)."
+    assert line == "[PROBLEM] availability: Agents exist but every one is away or offline."
     assert "Mark agents available" in fix
     assert "capacity" not in line + fix
     assert lines_of(text, "session")[0] == (
-        "[PROBLEM] session: The session is unassigned: Every agent is away (not available)."
+        "[PROBLEM] session: The session is unassigned: Every agent is away or offline."
     )
     assert report["verdict"]["reason"] == "all_away"
     assert "would stay unassigned (all_away)" in text

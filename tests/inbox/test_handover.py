@@ -238,7 +238,7 @@ def test_agents_at_capacity_are_skipped_and_all_full_is_explained(tenant, tenant
 
 
 def test_unavailable_inactive_and_deactivated_people_are_never_picked(tenant, tenant_client):
-    MembershipFactory(tenant=tenant, is_available=False)
+    MembershipFactory(tenant=tenant, presence="away")
     MembershipFactory(tenant=tenant, is_active=False)
     MembershipFactory(tenant=tenant, user__is_active=False)
     active = MembershipFactory(tenant=tenant, role=Role.ADMIN)

@@ -10,7 +10,7 @@ from core.actor import Actor
 from inbox.models import InboxSession
 from inbox.services import retry_unassigned_sessions
 from teams.models import Role, Strategy
-from teams.services import set_agent_availability
+from teams.services import set_agent_presence
 from tests.factories import AssignmentConfigFactory, MembershipFactory, TeamFactory
 
 URL = "/api/v1/handover"
@@ -65,11 +65,13 @@ def test_retry_does_not_touch_other_tenants_when_scoped(tenant, other_tenant, te
 def test_an_agent_becoming_available_routes_waiting_sessions(
     tenant, tenant_client, django_capture_on_commit_callbacks
 ):
-    away = MembershipFactory(tenant=tenant, role=Role.MEMBER, is_available=False)
+    away = MembershipFactory(tenant=tenant, role=Role.MEMBER, presence="away")
     session_id = unassigned_handover(tenant_client, "c1")
 
     with django_capture_on_commit_callbacks(execute=True):
-        set_agent_availability(membership=away, is_available=True, actor=Actor.system())
+        set_agent_presence(
+            membership=away, presence="online", actor=Actor.system(), source="system"
+        )
 
     session = InboxSession.objects.for_tenant(tenant).get(pk=session_id)
     assert session.assigned_agent_id == away.id

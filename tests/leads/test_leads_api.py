@@ -168,7 +168,7 @@ def test_create_when_nobody_can_take_it_is_unassigned_with_a_reason(tenant, tena
 
 
 def test_create_when_every_agent_is_away_says_so(tenant, tenant_client, teammate, clock):
-    Membership.all_tenants.filter(pk=teammate.pk).update(is_available=False)
+    Membership.all_tenants.filter(pk=teammate.pk).update(presence="away")
 
     response = tenant_client.post(LEADS, {"name": "Jane", "phone": "+491"}, format="json")
 

@@ -338,7 +338,7 @@ def test_auto_reassign_gives_an_uncontacted_lead_a_new_agent_and_window(
 def test_auto_reassign_with_nobody_else_available_leaves_the_lead_breached(
     auto_reassign, tenant, owner, alice, clock
 ):
-    Membership.objects.for_tenant(tenant).filter(pk=owner.pk).update(is_available=False)
+    Membership.objects.for_tenant(tenant).filter(pk=owner.pk).update(presence="away")
     lead = new_lead(tenant, alice)
     clock.shift(timedelta(minutes=6))
 

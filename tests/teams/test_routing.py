@@ -224,7 +224,7 @@ def test_default_team_is_the_fallback_when_no_tier_has_agents(tenant):
 
 def test_default_team_is_the_fallback_when_every_tier_is_away(tenant):
     AssignmentConfigFactory(tenant=tenant, settings={"waterfall": ["member"]})
-    MembershipFactory(tenant=tenant, role=Role.MEMBER, is_available=False)
+    MembershipFactory(tenant=tenant, role=Role.MEMBER, presence="away")
     default_team = TeamFactory(tenant=tenant, is_default=True)
     admin = TeamMemberFactory(team=default_team, membership__role=Role.ADMIN).membership
 
@@ -329,7 +329,7 @@ def test_agent_without_capacity_is_never_skipped_however_busy(tenant):
 def test_everyone_at_capacity_or_away_is_all_at_capacity(tenant):
     """Some away, the available ones full: capacity is what stops the work."""
     full = MembershipFactory(tenant=tenant, capacity=1)
-    MembershipFactory(tenant=tenant, is_available=False)
+    MembershipFactory(tenant=tenant, presence="away")
 
     decision = pick(tenant, load=load_of({full: 1}))
 
@@ -358,8 +358,8 @@ def test_everyone_available_at_capacity_is_all_at_capacity(tenant):
 
 
 def test_everyone_away_is_all_away_not_all_at_capacity(tenant):
-    MembershipFactory(tenant=tenant, is_available=False, capacity=5)
-    MembershipFactory(tenant=tenant, role=Role.ADMIN, is_available=False)
+    MembershipFactory(tenant=tenant, presence="away", capacity=5)
+    MembershipFactory(tenant=tenant, role=Role.ADMIN, presence="away")
 
     decision = pick(tenant)
 
@@ -377,8 +377,8 @@ def test_everyone_away_is_all_away_not_all_at_capacity(tenant):
 
 def test_a_team_whose_members_are_all_away_is_all_away(tenant):
     team = TeamFactory(tenant=tenant)
-    TeamMemberFactory(team=team, membership__is_available=False)
-    TeamMemberFactory(team=team, membership__is_available=False, membership__capacity=1)
+    TeamMemberFactory(team=team, membership__presence="away")
+    TeamMemberFactory(team=team, membership__presence="away", membership__capacity=1)
 
     decision = pick(tenant, team=fresh(team))
 
@@ -386,7 +386,7 @@ def test_a_team_whose_members_are_all_away_is_all_away(tenant):
 
 
 def test_away_in_one_tier_and_full_in_another_is_all_at_capacity(tenant):
-    MembershipFactory(tenant=tenant, role=Role.MEMBER, is_available=False)
+    MembershipFactory(tenant=tenant, role=Role.MEMBER, presence="away")
     full_admin = MembershipFactory(tenant=tenant, role=Role.ADMIN, capacity=1)
 
     decision = pick(tenant, load=load_of({full_admin: 1}))
@@ -395,7 +395,7 @@ def test_away_in_one_tier_and_full_in_another_is_all_at_capacity(tenant):
 
 
 def test_tier_where_everyone_is_away_or_full_falls_through_to_the_next(tenant):
-    MembershipFactory(tenant=tenant, role=Role.MEMBER, is_available=False)
+    MembershipFactory(tenant=tenant, role=Role.MEMBER, presence="away")
     full = MembershipFactory(tenant=tenant, role=Role.MEMBER, capacity=1)
     admin = MembershipFactory(tenant=tenant, role=Role.ADMIN, capacity=1)
 
@@ -407,7 +407,7 @@ def test_tier_where_everyone_is_away_or_full_falls_through_to_the_next(tenant):
 
 
 def test_unavailable_agent_is_skipped(tenant):
-    MembershipFactory(tenant=tenant, is_available=False)
+    MembershipFactory(tenant=tenant, presence="away")
     present = MembershipFactory(tenant=tenant)
 
     assert {picked_id(pick(tenant)) for _ in range(3)} == {present.pk}
@@ -644,6 +644,7 @@ def test_all_reason_codes_are_known(tenant):
         "no_agents",
         "all_away",
         "all_at_capacity",
+        "not_accepted",
     }
 
 

@@ -403,7 +403,7 @@ def test_session_unassigned_by_a_handover(tenant_client, hook, team):
 @pytest.mark.parametrize("how", ["retry-job", "admin-run-again"])
 def test_session_unassigned_again_with_a_new_reason(how, tenant, tenant_client, owner, team, hook):
     answer = handover(tenant_client, teamId=str(team.pk))  # no_agents
-    away = MembershipFactory(tenant=tenant, role=Role.MEMBER, is_available=False)
+    away = MembershipFactory(tenant=tenant, role=Role.MEMBER, presence="away")
     TeamMemberFactory(team=team, membership=away)
 
     with door() as span:

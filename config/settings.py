@@ -92,6 +92,9 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The agent pages' header (unread notices, presence); lazy, so pages
+                # that do not show it (the admin) run none of its queries.
+                "workspace.context_processors.agent_header",
             ],
         },
     },
@@ -185,6 +188,10 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "inbox.tasks.retry_unassigned_sessions",
         "schedule": 60.0,
     },
+    # Conversations not accepted within the tenant's accept window move on.
+    "inbox-sweep-accept-windows": {"task": "inbox.tasks.sweep_accept_windows", "schedule": 15.0},
+    # Agents whose pages sent no heartbeat for the tenant's auto-away minutes become away.
+    "teams-mark-idle-agents-away": {"task": "teams.tasks.mark_idle_agents_away", "schedule": 60.0},
     "inbox-purge-idempotency-keys": {
         "task": "inbox.tasks.purge_idempotency_keys",
         "schedule": 3600.0,
@@ -234,6 +241,20 @@ WEBHOOK_DISABLE_AFTER_HOURS = env.float("WEBHOOK_DISABLE_AFTER_HOURS", default=7
 # Sent, failed and skipped messages are deleted after this many days (sessions and
 # notices then no longer show how their message went).
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=90)
+# A worker remembers a tenant's usable CRM integration or webhook endpoint (and its
+# decrypted key or signer) this long: a change reaches running workers within it.
+OUTBOX_LOOKUP_CACHE_SECONDS = env.float("OUTBOX_LOOKUP_CACHE_SECONDS", default=2.0)
+# Prepared statements and per-connection pg_temp functions on the delivery path; turn
+# off behind PgBouncer in transaction mode.
+OUTBOX_PREPARED_STATEMENTS = env.bool("OUTBOX_PREPARED_STATEMENTS", default=True)
+
+# --- Short-lived per-process caches of the hot path ------------------------------------
+# A save or delete in the same process is seen at once; other processes see it within
+# the lifetime. In memory: no cache server can make a request wait.
+# API key → tenant: a revoked key stops working everywhere within this (keep it <= 5).
+API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=4.0)
+# Routing configuration: assignment configs, team schedules, the default team, the tenant.
+ROUTING_CONFIG_CACHE_SECONDS = env.float("ROUTING_CONFIG_CACHE_SECONDS", default=5.0)
 
 # --- CRM integration (WhatsApp confirmation messages) ---------------------------------
 # Fernet keys that encrypt the CRM API keys stored in the database (comma-separated).
@@ -321,6 +342,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # 3.1 for `webhooks`: every event we POST to tenants, with an example.
     "OAS_VERSION": "3.1.0",
+    # An agent's presence is `status` in the presence API, as other enums are elsewhere.
+    "ENUM_NAME_OVERRIDES": {"PresenceEnum": "teams.models.Presence"},
     "WEBHOOKS": [
         f"webhooks.schema.{name.replace('.', '_')}"
         for name in (
@@ -328,6 +351,8 @@ SPECTACULAR_SETTINGS = {
             "session.assigned",
             "session.unassigned",
             "session.closed",
+            "session.accepted",
+            "session.accept_missed",
             "lead.created",
             "lead.assigned",
             "lead.claimed",

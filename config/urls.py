@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from config import dashboard
+from config import dashboard, redistribute
 from config.health import healthz
 from config.metrics import metrics_view
 from leads import views as leads_views
@@ -16,6 +16,7 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     # Before the admin's own URLs, whose catch-all would answer 404 for it.
     path("admin/dashboard/", include(dashboard.urlpatterns)),
+    path("admin/teams/membership/", include(redistribute.urlpatterns)),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -31,6 +32,7 @@ urlpatterns = [
     path("leads/<uuid:lead_id>/", leads_views.lead_page, name="lead-page"),
     path("leads/<uuid:lead_id>/claim/", leads_views.claim, name="lead-claim"),
     path("leads/<uuid:lead_id>/contacted/", leads_views.contacted, name="lead-contacted"),
+    path("", include("workspace.urls")),
 ]
 
 handler400 = "core.api.json_or_html_400"

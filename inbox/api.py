@@ -11,18 +11,22 @@ from drf_spectacular.utils import (
     extend_schema_field,
 )
 from rest_framework import serializers
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from core.actor import Actor
 from core.errors import NotFound
 from core.fields import StrictCharField
 from core.metrics import HANDOVER_REQUESTS, HANDOVER_UNASSIGNED
 from core.schema import error_responses
+from inbox.acceptance import accept_session, session_of_agent
 from inbox.diagnostics import diagnose_handover
 from inbox.models import Channel, ConfirmationSkipReason
 from inbox.selectors import session_for_tenant
 from inbox.services import close_session, handover
 from teams.api_base import TenantApiView
+from teams.authentication import SessionAuthentication401
 from teams.selectors import team_for_tenant
 
 MAX_CONTEXT_BYTES = 16 * 1024
@@ -320,3 +324,42 @@ class CloseSessionApi(TenantApiView):
             tenant=self.tenant, session_id=session_id, actor=Actor.for_api_key(request.auth)
         )
         return Response(SessionOutput(session).data)
+
+
+class AcceptedSessionOutput(SessionOutput):
+    acceptedAt = serializers.DateTimeField(source="accepted_at", allow_null=True)
+    acceptDeadline = serializers.DateTimeField(source="accept_deadline", allow_null=True)
+
+
+class AcceptSessionApi(APIView):
+    """The logged-in agent accepts a conversation assigned to them (the accept window)."""
+
+    authentication_classes = [SessionAuthentication401]
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        summary="Accept a conversation assigned to you",
+        description="As the logged-in agent (Django session and CSRF token, not an API "
+        "key). Ends the session's accept window; accepting again changes nothing. Late "
+        "is fine until the accept sweep has moved the session to someone else: then it "
+        "is no longer yours (404).",
+        request=None,
+        responses={
+            200: AcceptedSessionOutput,
+            **error_responses({403: "The CSRF token is missing or wrong."}),
+        },
+    )
+    def post(self, request, session_id):
+        found = session_of_agent(user=request.user, session_id=session_id)
+        if found is None:
+            raise NotFound(
+                code="session_not_found", message="No open session of yours has this id."
+            )
+        session, agent = found
+        session = accept_session(
+            tenant=session.tenant,
+            session_id=session.pk,
+            agent=agent,
+            actor=Actor.for_membership(agent, via="api"),
+        )
+        return Response(AcceptedSessionOutput(session).data)

@@ -9,5 +9,6 @@ class InboxConfig(AppConfig):
     def ready(self):
         from inbox import (  # noqa: F401
             channels,  # registers the whatsapp outbox channel
+            notices,  # registers the renderer of conversation notice emails
             receivers,  # connects signal receivers
         )

@@ -3,14 +3,18 @@ agent...") through the tenant's CRM integration (wire format in `inbox.whatsapp`
 which session channels have a sender for that confirmation at all.
 
 The integration is read when the message is sent, not when it is queued, so fixing a
-broken integration and pressing "Send again" in the admin works. Nothing here logs or
-stores the CRM API key.
+broken integration and pressing "Send again" in the admin works. A worker keeps a usable
+integration (and its decrypted key) for a moment (`outbox.lookups`) instead of reading
+and decrypting it for every message. Nothing here logs or stores the CRM API key.
 """
+
+from dataclasses import dataclass, field
 
 from core.crypto import SecretDecryptionError, decrypt_secret
 from inbox.models import Channel as SessionChannel
 from inbox.models import CrmIntegration
 from inbox.whatsapp import send_whatsapp_text
+from outbox import lookups
 from outbox.channels import Channel, Delivered, PermanentSendError, register
 from outbox.http import thread_session
 
@@ -42,6 +46,33 @@ def sending_integration(tenant_id) -> tuple[CrmIntegration | None, str | None]:
     return None, f'CRM integration "{integration.name}" cannot send: {"; ".join(problems)}.'
 
 
+@dataclass(frozen=True)
+class _Sender:
+    """What a send needs of the tenant's integration, the key decrypted."""
+
+    name: str
+    api_url: str
+    phone_number_id: str
+    api_key: str = field(default="", repr=False)
+    problem: str = ""  # why it cannot send (then nothing else is set)
+
+
+def _load_sender(tenant_id) -> tuple[_Sender, bool]:
+    integration, problem = sending_integration(tenant_id)
+    if problem is not None:
+        return _Sender("", "", "", problem=problem), False
+    try:
+        api_key = decrypt_secret(integration.api_key_encrypted)
+    except SecretDecryptionError:
+        problem = (
+            f'CRM integration "{integration.name}" has an API key that cannot be '
+            "decrypted with CRM_ENCRYPTION_KEYS: set the API key again."
+        )
+        return _Sender("", "", "", problem=problem), False
+    sender = _Sender(integration.name, integration.api_url, integration.phone_number_id, api_key)
+    return sender, True
+
+
 @register
 class WhatsAppChannel(Channel):
     name = "whatsapp"
@@ -57,24 +88,19 @@ class WhatsAppChannel(Channel):
 
     def send(self, message, *, deadline) -> Delivered:
         text = str(message.payload.get("text") or "").strip()
-        integration, problem = sending_integration(message.tenant_id)
-        if problem is None and not text:
+        tenant_id = message.tenant_id
+        sender = lookups.get(self.name, tenant_id, lambda: _load_sender(tenant_id))
+        problem = sender.problem
+        if not problem and not text:
             problem = "The session has no confirmation text to send."
-        if problem is not None:
+        if problem:
             raise PermanentSendError(problem)
-        try:
-            api_key = decrypt_secret(integration.api_key_encrypted)
-        except SecretDecryptionError:
-            raise PermanentSendError(
-                f'CRM integration "{integration.name}" has an API key that cannot be '
-                "decrypted with CRM_ENCRYPTION_KEYS: set the API key again."
-            ) from None
         # Its errors quote what the CRM answered, with the key redacted.
         answer = send_whatsapp_text(
             session=thread_session(),
-            api_url=integration.api_url,
-            api_key=api_key,
-            phone_number_id=integration.phone_number_id,
+            api_url=sender.api_url,
+            api_key=sender.api_key,
+            phone_number_id=sender.phone_number_id,
             to=message.target,
             text=text,
             idempotency_key=message.idempotency_key,

@@ -1,16 +1,20 @@
-"""Demo data for `seed_demo`: a CRM integration and sessions in several states.
+"""Demo data for `seed_demo`: a CRM integration and sessions in several states, one of
+them waiting for its agent to accept it (the demo tenant has a 10-minute accept window).
 
 Sessions go through the real handover service, so their assignment is whatever the
 demo tenant's rules give; contact ids are fixed, so a second run reuses them.
 """
 
 import os
+from datetime import timedelta
+
+from django.utils import timezone
 
 from core.actor import Actor
 from inbox.integrations import set_crm_api_key
 from inbox.models import CrmIntegration, InboxSession, SessionStatus
 from inbox.services import close_session, handover
-from teams.models import AssignmentConfig, Strategy, Team, TeamMember
+from teams.models import AssignmentConfig, Presence, Strategy, Team, TeamMember
 
 ACTOR = Actor.for_command("seed_demo")
 
@@ -57,6 +61,43 @@ def _handover(tenant, contact_id, name, **fields) -> InboxSession:
     return InboxSession.objects.for_tenant(tenant).get(pk=outcome.body["sessionId"])
 
 
+WAITING_CONTACT = ("+447700900006", "Mia Davies")
+
+
+def _waiting_for_acceptance(tenant) -> InboxSession:
+    """An open conversation whose agent (online) has not accepted it yet, its accept
+    deadline ahead. A conversation left from an earlier run that was accepted, lost its
+    agent or has an agent who is no longer online since is closed, and a new one opened."""
+    contact_id, name = WAITING_CONTACT
+    session = (
+        InboxSession.objects.for_tenant(tenant)
+        .select_related("assigned_agent")
+        .filter(contact_id=contact_id, status=SessionStatus.OPEN)
+        .first()
+    )
+    if session is not None and (
+        session.accepted_at is not None
+        or session.assigned_agent is None
+        or session.assigned_agent.presence != Presence.ONLINE
+    ):
+        close_session(tenant=tenant, session_id=session.pk, actor=ACTOR)
+        session = None
+    if session is None:
+        session = _handover(tenant, contact_id, name, context={"topic": "late delivery"})
+    now = timezone.now()
+    if session.assigned_agent_id and (
+        session.accept_deadline is None or session.accept_deadline <= now
+    ):
+        # Demo only (as the leads demo moves its deadlines): a full window from now, so
+        # the conversation shows a countdown however long ago the last run was.
+        deadline = now + timedelta(minutes=tenant.session_accept_window_minutes or 10)
+        InboxSession.objects.for_tenant(tenant).filter(pk=session.pk).update(
+            accept_deadline=deadline
+        )
+        session.accept_deadline = deadline
+    return session
+
+
 def seed(context: dict) -> None:
     tenant = context["tenant_obj"]
     _crm_integration(tenant)
@@ -79,6 +120,8 @@ def seed(context: dict) -> None:
         finished = _handover(tenant, "+447700900005", "Isla Taylor")
         finished = close_session(tenant=tenant, session_id=finished.pk, actor=ACTOR)
     sessions.append(finished)
+    waiting = _waiting_for_acceptance(tenant)
+    sessions.append(waiting)
 
     escalations_entry = {
         "id": str(escalations.pk),
@@ -92,6 +135,12 @@ def seed(context: dict) -> None:
     output = context["output"]
     if escalations_entry["id"] not in {t["id"] for t in output["teams"]}:
         output["teams"].append(escalations_entry)
+    output["waiting_session"] = {
+        "id": str(waiting.pk),
+        "contact_id": waiting.contact_id,
+        "assigned_agent_id": str(waiting.assigned_agent_id),
+        "accept_deadline": waiting.accept_deadline.isoformat(),
+    }
     output["sessions"] = [
         {
             "id": str(s.pk),

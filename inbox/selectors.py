@@ -11,17 +11,11 @@ from teams.routing.reasons import UnassignedReason
 
 
 def open_sessions_per_agent(tenant: Tenant):
-    """The inbox's measure of load, handed to the assignment engine."""
+    """Open sessions per agent, read from the agents' `open_session_count` (kept by the
+    inbox services, repaired by `reconcile_counters`): no query."""
 
     def load(agents) -> dict:
-        rows = (
-            InboxSession.objects.for_tenant(tenant)
-            .filter(status=SessionStatus.OPEN, assigned_agent__in=[a.pk for a in agents])
-            .values("assigned_agent")
-            .annotate(open_sessions=Count("id"))
-            .order_by()
-        )
-        return {row["assigned_agent"]: row["open_sessions"] for row in rows}
+        return {agent.pk: agent.open_session_count for agent in agents}
 
     return load
 

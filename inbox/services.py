@@ -7,15 +7,20 @@ session only when its agent changed or the tenant's quiet period passed). A fail
 message never undoes an assignment.
 """
 
+import copy
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
+from django.db.models import Case, Count, F, Q, When
 from django.db.models.constants import OnConflict
-from django.db.models.sql import InsertQuery
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Greatest
+from django.db.models.sql import InsertQuery, UpdateQuery
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -24,12 +29,24 @@ from core import log_context
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
 from inbox.channels import confirmation_sender
-from inbox.models import ConfirmationSkipReason, HandoverRequest, InboxSession, SessionStatus
-from inbox.selectors import open_sessions_per_agent
+from inbox.models import (
+    ConfirmationSkipReason,
+    HandoverRequest,
+    InboxSession,
+    SessionNoticeKind,
+    SessionStatus,
+)
+from inbox.notices import save_notices, session_notice
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import build_message, queue_messages
 from teams.models import Membership, Strategy, Team, Tenant
-from teams.routing import RoutingDecision, UnassignedReason, route
+from teams.routing import (
+    ROUTED_AGENT,
+    Cte,
+    RoutingDecision,
+    UnassignedReason,
+    route,
+)
 from teams.selectors import team_for_routing
 from webhooks import events
 from webhooks.events import Event, emit
@@ -140,22 +157,69 @@ def _get_or_create_open_session(
 
 # The one way a session gets an agent, whether the engine chose them (handover, retry,
 # an agent back online) or a person did (the admin's "Assign to…").
-GIVEN_FIELDS = ["assigned_agent", "assigned_at", "unassigned_reason", "strategy"]
+GIVEN_FIELDS = [
+    "assigned_agent",
+    "assigned_at",
+    "unassigned_reason",
+    "strategy",
+    "accept_deadline",
+    "accepted_at",
+]
 
 
-def _give_session_to(session: InboxSession, agent: Membership, *, strategy: str, now) -> list:
-    session.assigned_agent = agent
-    session.assigned_at = now
+# The routing statement's chosen agent, for a session given to "whoever the pick
+# statement picks" (handover's single-statement assignment; see _assignment_ctes).
+ROUTED_AGENT_ID = RawSQL(f"SELECT id FROM {ROUTED_AGENT}", [])  # noqa: S608, S611
+
+
+def _give_session_to(
+    session: InboxSession, agent, *, strategy: str, now, counted: bool = False
+) -> list:
+    """Give an open session to `agent` (None takes it away), and move the agents'
+    `open_session_count` with it (F(), in the caller's transaction, which has the
+    session locked). `counted=True`: the routing statement already counted it on the
+    new agent (route(count=True)). `agent` may be ROUTED_AGENT_ID when the session row
+    is written by the pick statement itself."""
+    previous = session.assigned_agent_id
+    if agent is None or isinstance(agent, Membership):
+        session.assigned_agent = agent
+    else:
+        session.assigned_agent_id = agent
+    session.assigned_at = now if agent is not None else None
     session.unassigned_reason = ""
     session.strategy = strategy
+    # Each new holder gets the tenant's accept window afresh (inbox.acceptance sweeps it).
+    window = session.tenant.session_accept_window_minutes if agent is not None else None
+    session.accept_deadline = now + timedelta(minutes=window) if window else None
+    session.accepted_at = None
+    if not counted and isinstance(agent, Membership | None):
+        _move_open_session_count(
+            session.tenant_id, from_id=previous, to_id=agent.pk if agent is not None else None
+        )
     return list(GIVEN_FIELDS)
 
 
+def _move_open_session_count(tenant_id, *, from_id, to_id) -> None:
+    """One open session less for `from_id`, one more for `to_id`, in one UPDATE (a
+    transfer locks both rows in the order the index gives them, not in call order)."""
+    if from_id == to_id:
+        return
+    ids = [agent_id for agent_id in (from_id, to_id) if agent_id is not None]
+    if not ids:
+        return
+    # Never below zero: a counter that drifted is repaired by reconcile_counters.
+    less = Greatest(F("open_session_count") - 1, 0)
+    change = Case(When(pk=to_id, then=F("open_session_count") + 1), default=less)
+    Membership.objects.for_tenant(tenant_id).filter(pk__in=ids).update(open_session_count=change)
+
+
 def _apply_decision(session: InboxSession, decision: RoutingDecision, now) -> list[str]:
+    """Write the routing decision on the session. The engine counted the session on the
+    agent (route(count=True))."""
     session.last_assignment_attempt = decision.as_record()
     session.team = decision.team or session.team
     if decision.agent is not None:
-        _give_session_to(session, decision.agent, strategy=decision.strategy, now=now)
+        _give_session_to(session, decision.agent, strategy=decision.strategy, now=now, counted=True)
     else:
         session.strategy = decision.strategy
         session.unassigned_reason = decision.reason or UnassignedReason.NO_AGENTS
@@ -255,7 +319,7 @@ def handover_body(session: InboxSession, *, created: bool, confirmation: str) ->
 
 
 def _queue_confirmation(
-    session: InboxSession, *, created: bool, send_message: bool, text: str, now
+    session: InboxSession, *, created: bool, send_message: bool, text: str, now, queue=True
 ) -> tuple[str, str]:
     """Queue the "Connecting you to an agent..." message if it is due: ("queued", "")
     or ("skipped", why). Sets the session's fields; the caller saves them."""
@@ -277,7 +341,8 @@ def _queue_confirmation(
         payload={"session_id": str(session.pk), "text": text},
         now=now,
     )
-    queue_messages([message])
+    if queue:  # else the caller inserts it (with a new session)
+        queue_messages([message])
     session.confirmation_message = message
     session.confirmation_skipped_reason = ""
     return "queued", ""
@@ -297,6 +362,161 @@ def _confirmed_recently(session: InboxSession, previous: OutboundMessage, now) -
     return now - sent_at < quiet
 
 
+def _insert_sql(obj, *, when: str) -> tuple[str, list]:
+    """`INSERT INTO t (…) SELECT … WHERE when` for one unsaved row, compiled by Django
+    (so defaults, pre_save and expressions apply): an insert that runs only if `when`."""
+    model = type(obj)
+    query = InsertQuery(model)
+    query.insert_values(model._meta.local_concrete_fields, [obj])
+    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
+    head, _, values = sql.partition(" VALUES (")
+    return f"{head} SELECT {values[:-1]} WHERE {when}", list(params)
+
+
+def _update_sql(obj, fields, *, when: str) -> tuple[str, list]:
+    """`UPDATE t SET <fields> WHERE pk = … AND when` for a loaded row (values may be SQL
+    expressions reading a CTE of the same statement)."""
+    model = type(obj)
+    query = UpdateQuery(model)
+    meta = model._meta
+    query.add_update_values(
+        {name: getattr(obj, meta.get_field(name).attname) for name in dict.fromkeys(fields)}
+    )
+    query.add_filter("pk", obj.pk)
+    sql, params = query.get_compiler(connection=connection).as_sql()
+    return f"{sql} AND {when}", list(params)
+
+
+def _execute_with(ctes: list[tuple[str, list]], *, first: tuple[str, list]):
+    """Run `first` (which RETURNING something) with `ctes` in one statement; its row."""
+    names = [f"w{n}" for n in range(len(ctes))]
+    sql = "WITH first AS (" + first[0] + ")"
+    params = list(first[1])
+    for name, (cte_sql, cte_params) in zip(names, ctes, strict=True):
+        sql += f", {name} AS ({cte_sql})"
+        params += cte_params
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " SELECT * FROM first", params)  # noqa: S608
+        return cursor.fetchone()
+
+
+def _create_open_session(candidate: InboxSession, rows: list) -> bool:
+    """Insert the session unless the contact already has an open one, and `rows` (its
+    activity, its confirmation) only if it went in: one statement on PostgreSQL."""
+    if connection.vendor != "postgresql":
+        if not _insert_unless_conflicting(candidate):
+            return False
+        for row in rows:
+            type(row).all_tenants.bulk_create([row])
+        return True
+    model = type(candidate)
+    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
+    query.insert_values(model._meta.local_concrete_fields, [candidate])
+    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
+    pk_column = connection.ops.quote_name(model._meta.pk.column)
+    when = "EXISTS (SELECT 1 FROM first)"
+    inserts = [_insert_sql(row, when=when) for row in rows]
+    return _execute_with(inserts, first=(f"{sql} RETURNING {pk_column}", params)) is not None
+
+
+ASSIGNED_WHEN = f"EXISTS (SELECT 1 FROM {ROUTED_AGENT})"  # noqa: S608
+NOTICE_IN_PICK_WHEN = f"EXISTS (SELECT 1 FROM {ROUTED_AGENT} WHERE NOT email_on_conversation)"  # noqa: S608
+
+
+def _assignment_ctes(session: InboxSession, decision: RoutingDecision, *, actor, now):
+    """The writes of an assignment, as statements of the pick itself (teams.routing
+    `attach`): the session row, its "session.assigned" activity and the agent's notice.
+    What depends on who was picked is read from the pick's `routed_agent` in SQL; each
+    runs only if somebody was picked."""
+    agent_sql = f"(SELECT id FROM {ROUTED_AGENT})"  # noqa: S608
+    shadow = copy.copy(session)
+    fields = _give_session_to(
+        shadow, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True
+    )
+    record = decision.as_record() | {"outcome": "assigned"}
+    record.pop("availableAgents", None)
+    shadow.last_assignment_attempt = RawSQL(  # noqa: S611
+        f"%s::jsonb || jsonb_build_object('agentId', {agent_sql}::text)",
+        [json.dumps(record, cls=DjangoJSONEncoder)],
+    )
+    shadow.team = decision.team or session.team
+    shadow.updated_at = now
+    statements = [
+        _update_sql(
+            shadow, [*fields, "last_assignment_attempt", "team", "updated_at"], when=ASSIGNED_WHEN
+        )
+    ]
+    data = {
+        "strategy": decision.strategy,
+        "tier": decision.tier,
+        "team_id": str(decision.team.pk) if decision.team else None,
+    }
+    activity = build_activity(
+        tenant=session.tenant, action="session.assigned", actor=actor, target=session
+    )
+    activity.data = RawSQL(  # noqa: S611
+        f"%s::jsonb || (SELECT jsonb_build_object('agent_id', id::text, 'agent_email',"  # noqa: S608
+        f" user_email) FROM {ROUTED_AGENT})",
+        [json.dumps(data)],
+    )
+    statements.append(_insert_sql(activity, when=ASSIGNED_WHEN))
+    # An agent who asked for emails gets the notice written after the pick, with its
+    # email (inbox.notices); everyone else's is part of the pick.
+    notice = session_notice(session, Membership(), kind=SessionNoticeKind.SESSION_ASSIGNED)
+    notice.recipient_id = RawSQL(agent_sql[1:-1], [])  # noqa: S611
+    statements.append(
+        _insert_sql(
+            notice,
+            when=NOTICE_IN_PICK_WHEN,
+        )
+    )
+    return [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+
+
+def _route_session(session, team, *, actor, now, attach: bool) -> RoutingDecision:
+    """Route an unassigned open session; with `attach`, the session's writes run in the
+    pick statement (the last before COMMIT: the pool's lock lasts one statement)."""
+
+    def assignment_ctes(provisional: RoutingDecision):
+        return _assignment_ctes(session, provisional, actor=actor, now=now)
+
+    decision = route(
+        tenant=session.tenant,
+        team=team,
+        work="sessions",
+        count=True,
+        attach=assignment_ctes if attach else None,
+    )
+    if decision.attached:
+        # The statement wrote the session, its activity and the notice; mirror it here.
+        session.last_assignment_attempt = decision.as_record()
+        session.team = decision.team or session.team
+        _give_session_to(session, decision.agent, strategy=decision.strategy, now=now, counted=True)
+        session.updated_at = now
+        if decision.agent.email_on_conversation:
+            _notify_assigned(session, decision.agent)
+    return decision
+
+
+def _notify_assigned(session: InboxSession, agent: Membership) -> None:
+    save_notices([session_notice(session, agent, kind=SessionNoticeKind.SESSION_ASSIGNED)])
+
+
+def _record_routing(session, decision, *, actor, requested_team, now, extra=None) -> None:
+    """The writes of a routing decision the pick statement did not make (unassigned, a
+    reused session, SQLite): the session row, the activity and the agent's notice."""
+    fields = _apply_decision(session, decision, now)
+    session.updated_at = now
+    session.save(update_fields=sorted({*fields, "updated_at"}))
+    activity = _assignment_activity(session, decision, actor)
+    activity.data.update(extra or {})
+    record_activities([activity])
+    if decision.agent is not None:
+        _notify_assigned(session, decision.agent)
+    else:
+        _warn_unassigned(session, decision, requested_team)
+
+
 @transaction.atomic
 def handover(
     *,
@@ -313,7 +533,14 @@ def handover(
     payload_for_idempotency=None,
 ) -> HandoverOutcome:
     """Hand a contact's conversation over to a human agent: get or create the open
-    session, assign it if it has no agent, queue the confirmation after commit."""
+    session, assign it if it has no agent, queue the confirmation in the same transaction.
+
+    A new session in the common case is four statements: BEGIN; the session with its
+    "session.created" activity and its confirmation (one INSERT … ON CONFLICT DO NOTHING
+    with dependent inserts); the pick, which also writes the assignment, its activity and
+    the agent's notice (teams.routing, `attach`); COMMIT. Team and config come from the
+    routing cache.
+    """
     idempotency_record = None
     if idempotency_key:
         claim = _claim_idempotency_key(
@@ -326,29 +553,43 @@ def handover(
         idempotency_record = claim
 
     team = _team_of_tenant(tenant=tenant, team_id=team_id) if team_id else None
-    session, created = _get_or_create_open_session(
+    now = timezone.now()
+    text = message_text or DEFAULT_HANDOVER_MESSAGE
+    candidate = InboxSession(
         tenant=tenant,
         contact_id=contact_id,
         channel=channel,
-        name=name,
+        contact_name=name,
         context=context or {},
         team=team,
     )
-    log_context.bind(tenant_id=tenant.pk, session_id=session.pk)  # on every later line
-    now = timezone.now()
-    changed: list[str] = []
-    activities = []
+    # A new session's confirmation and first activity do not depend on who takes it:
+    # they go in with the session, before the pick.
+    confirmation, skipped_reason = _queue_confirmation(
+        candidate, created=True, send_message=send_message, text=text, now=now, queue=False
+    )
+    candidate.confirmation_skipped_reason = str(skipped_reason or "")
+    created_activity = build_activity(
+        tenant=tenant,
+        action="session.created",
+        actor=actor,
+        target=candidate,
+        data={"contact_id": contact_id, "channel": channel},
+    )
+    rows = [created_activity]
+    if candidate.confirmation_message is not None:
+        rows.append(candidate.confirmation_message)
+    created = _create_open_session(candidate, rows)
     if created:
-        activities.append(
-            build_activity(
-                tenant=tenant,
-                action="session.created",
-                actor=actor,
-                target=session,
-                data={"contact_id": contact_id, "channel": channel},
-            )
-        )
+        candidate._state.adding = False
+        session = candidate
     else:
+        session = _lock_open_session(tenant=tenant, contact_id=contact_id, channel=channel)
+        session.tenant = tenant
+    log_context.bind(tenant_id=tenant.pk, session_id=session.pk)  # on every later line
+
+    changed: list[str] = []
+    if not created:
         if name and name != session.contact_name:
             session.contact_name = name
             changed.append("contact_name")
@@ -360,36 +601,41 @@ def handover(
     if session.assigned_agent_id is None:
         if team is not None and session.team_id != team.pk:
             session.team = team
+            changed.append("team")
         routing_team = team or session.team
-        decision = route(
-            tenant=tenant, team=routing_team, load=open_sessions_per_agent(tenant), work="sessions"
+        if changed:
+            session.updated_at = now
+            session.save(update_fields=sorted({*changed, "updated_at"}))
+            changed = []
+        routed = _route_session(
+            session,
+            routing_team,
+            actor=actor,
+            now=now,
+            attach=created and connection.vendor == "postgresql",
         )
-        routed = decision
-        changed += _apply_decision(session, decision, now)
-        activities.append(_assignment_activity(session, decision, actor))
-        if decision.agent is None:
-            _warn_unassigned(session, decision, routing_team)
+        if not routed.attached:
+            _record_routing(session, routed, actor=actor, requested_team=routing_team, now=now)
 
-    confirmation_before = (session.confirmation_message_id, session.confirmation_skipped_reason)
-    confirmation, skipped_reason = _queue_confirmation(
-        session,
-        created=created,
-        send_message=send_message,
-        text=message_text or DEFAULT_HANDOVER_MESSAGE,
-        now=now,
-    )
-    if skipped_reason and session.confirmation_message_id is None:
-        # The session shows (admin, diagnostics) why it has no confirmation.
-        session.confirmation_skipped_reason = skipped_reason
-    if (session.confirmation_message_id, session.confirmation_skipped_reason) != (
-        confirmation_before
-    ):
-        changed += ["confirmation_message", "confirmation_skipped_reason"]
+    if not created:
+        confirmation_before = (
+            session.confirmation_message_id,
+            session.confirmation_skipped_reason,
+        )
+        confirmation, skipped_reason = _queue_confirmation(
+            session, created=False, send_message=send_message, text=text, now=now
+        )
+        if skipped_reason and session.confirmation_message_id is None:
+            # The session shows (admin, diagnostics) why it has no confirmation.
+            session.confirmation_skipped_reason = skipped_reason
+        if (session.confirmation_message_id, session.confirmation_skipped_reason) != (
+            confirmation_before
+        ):
+            changed += ["confirmation_message", "confirmation_skipped_reason"]
+        if changed:
+            session.updated_at = now
+            session.save(update_fields=sorted({*changed, "updated_at"}))
 
-    if changed:
-        session.updated_at = now
-        session.save(update_fields=sorted({*changed, "updated_at"}))
-    record_activities(activities)
     webhook_events = [session_event(session, events.SESSION_CREATED)] if created else []
     if routed is not None:
         webhook_events.append(_routing_event(session, routed))
@@ -418,24 +664,31 @@ def run_session_assignment(
     sessions = InboxSession.objects.for_tenant(tenant).select_for_update(
         skip_locked=skip_locked, of=("self",)
     )
-    session = (
-        sessions.select_related("team__assignment_config", "team__schedule")
-        .filter(pk=session_id, status=SessionStatus.OPEN, assigned_agent__isnull=True)
-        .first()
-    )
+    session = sessions.filter(
+        pk=session_id, status=SessionStatus.OPEN, assigned_agent__isnull=True
+    ).first()
     if session is None:
         return None
     session.tenant = tenant
-    decision = route(
-        tenant=tenant, team=session.team, load=open_sessions_per_agent(tenant), work="sessions"
-    )
+    team = team_for_routing(tenant=tenant, team_id=session.team_id) if session.team_id else None
     previous_reason = session.unassigned_reason
-    fields = _apply_decision(session, decision, timezone.now())
+    now = timezone.now()
+    # Never back to an agent who let its accept window run out.
+    decision = route(
+        tenant=tenant,
+        team=team,
+        work="sessions",
+        count=True,
+        exclude_agent_ids=session.missed_agent_ids or (),
+    )
+    fields = _apply_decision(session, decision, now)
     session.save(update_fields=[*fields, "updated_at"])
     if decision.agent is not None or session.unassigned_reason != previous_reason:
         activity = _assignment_activity(session, decision, actor)
         activity.data["trigger"] = trigger
         record_activities([activity])
+        if decision.agent is not None:
+            _notify_assigned(session, decision.agent)
         emit([_routing_event(session, decision)])
     return session
 
@@ -477,6 +730,8 @@ def assign_session_to(
             )
         ]
     )
+    if previous != agent.pk:
+        _notify_assigned(session, agent)
     emit(
         [
             session_event(
@@ -501,6 +756,8 @@ def close_session(*, tenant: Tenant, session_id, actor: Actor) -> InboxSession:
         session.status = SessionStatus.CLOSED
         session.closed_at = timezone.now()
         session.save(update_fields=["status", "closed_at", "updated_at"])
+        # A closed session no longer counts against its agent.
+        _move_open_session_count(tenant.pk, from_id=session.assigned_agent_id, to_id=None)
         record_activities(
             [build_activity(tenant=tenant, action="session.closed", actor=actor, target=session)]
         )
@@ -517,7 +774,10 @@ def retry_unassigned_sessions(*, tenant_id=None, limit: int = 100) -> dict:
     """
     pending = InboxSession.all_tenants.filter(
         status=SessionStatus.OPEN, assigned_agent__isnull=True
-    ).exclude(unassigned_reason=UnassignedReason.MANUAL_STRATEGY)
+    ).exclude(
+        # Manual ones wait for a person; not_accepted ones were missed too often already.
+        unassigned_reason__in=[UnassignedReason.MANUAL_STRATEGY, UnassignedReason.NOT_ACCEPTED]
+    )
     if tenant_id is not None:
         pending = pending.filter(tenant_id=tenant_id)
     # Least recently tried first: every attempt touches updated_at, so sessions nobody
@@ -547,3 +807,51 @@ def purge_expired_idempotency_keys() -> int:
     cutoff = timezone.now() - IDEMPOTENCY_WINDOW
     deleted, _ = HandoverRequest.all_tenants.filter(created_at__lt=cutoff).delete()
     return deleted
+
+
+@dataclass(frozen=True)
+class SessionCounterDrift:
+    agent: Membership
+    stored: int
+    actual: int
+
+
+def reconcile_open_session_counts(
+    *, fix: bool = False, tenant: Tenant | None = None
+) -> list[SessionCounterDrift]:
+    """Compare every agent's `open_session_count` with its open sessions; repair if
+    asked. Returns the counters that differ (with `fix`, the ones repaired and the value
+    written), ordered by tenant and email."""
+    agents = (
+        Membership.all_tenants.select_related("user", "tenant")  # every tenant, or the one asked
+        .annotate(actual=Count("sessions", filter=Q(sessions__status=SessionStatus.OPEN)))
+        .order_by("tenant__slug", "user__email", "pk")
+    )
+    if tenant is not None:
+        agents = agents.filter(tenant=tenant)
+    drifts = [
+        SessionCounterDrift(agent=a, stored=a.open_session_count, actual=a.actual)
+        for a in agents
+        if a.open_session_count != a.actual
+    ]
+    if not fix:
+        return drifts
+    repaired = [_repair_open_session_count(drift.agent) for drift in drifts]
+    return [drift for drift in repaired if drift is not None]
+
+
+@transaction.atomic
+def _repair_open_session_count(agent: Membership) -> SessionCounterDrift | None:
+    """Recount one agent under its row lock: an assignment counting at the same time
+    waits for it (or it for the assignment), so none is lost. One agent per transaction,
+    so this never holds two agents at once."""
+    locked = Membership.all_tenants.select_for_update().get(pk=agent.pk)
+    actual = (
+        InboxSession.objects.for_tenant(locked.tenant_id)
+        .filter(assigned_agent=locked, status=SessionStatus.OPEN)
+        .count()
+    )
+    if locked.open_session_count == actual:
+        return None  # put right in the meantime
+    Membership.all_tenants.filter(pk=locked.pk).update(open_session_count=actual)
+    return SessionCounterDrift(agent=agent, stored=locked.open_session_count, actual=actual)

@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from inbox.acceptance import sweep_accept_windows as sweep_accept_windows_service
 from inbox.services import purge_expired_idempotency_keys
 from inbox.services import retry_unassigned_sessions as retry_unassigned_sessions_service
 
@@ -16,3 +17,9 @@ def retry_unassigned_sessions(tenant_id=None):
 def purge_idempotency_keys():
     """Celery beat, hourly: Idempotency-Keys are only honoured for 24 hours."""
     return purge_expired_idempotency_keys()
+
+
+@shared_task
+def sweep_accept_windows():
+    """Celery beat, every 15 s: conversations not accepted in time move on."""
+    return sweep_accept_windows_service()

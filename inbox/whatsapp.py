@@ -35,6 +35,7 @@ from urllib.parse import quote, quote_plus
 import requests
 
 from core.outbound import outbound_url_problems
+from outbox import http
 from outbox.channels import PermanentSendError, TransientSendError
 
 RESPONSE_BODY_LIMIT = 300
@@ -107,9 +108,7 @@ def send_whatsapp_text(
         "Idempotency-Key": idempotency_key,
     }
     try:
-        response = session.post(
-            url, json=payload, headers=headers, timeout=timeout, allow_redirects=False
-        )
+        response = http.post(session, url, json=payload, headers=headers, timeout=timeout)
     except requests.Timeout:
         raise TransientSendError(f"CRM request timeout: no answer in time from {url}.") from None
     except requests.ConnectionError as exc:

@@ -6,21 +6,27 @@ Agent counters (`current_lead_count`) move only with F() updates in the same
 transaction as the lead change, so they cannot drift.
 """
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import DatabaseError, transaction
+from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, F, Q
+from django.db.models.constants import OnConflict
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from audit.models import ActivityLog
 from audit.services import build_activity, record_activities
 from core import log_context
 from core.actor import SYSTEM, Actor
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from core.metrics import LEAD_SLA_BREACHES
+from leads.emails import RENDERER as EMAIL_RENDERER
 from leads.emails import attach_email
 from leads.formatting import format_deadline
 from leads.models import (
@@ -35,6 +41,8 @@ from leads.models import (
     ReassignmentStage,
 )
 from leads.serializers import LeadOutput
+from outbox.channels import get_channel
+from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import queue_messages
 from teams.models import ADMIN_ROLES, Membership, Tenant
 from teams.routing import route
@@ -717,30 +725,6 @@ CONTACT_STAGE = _Stage(
 )
 
 
-def _breach_notice(lead: Lead, admin: Membership, stage: _Stage) -> Notification:
-    deadline = getattr(lead, stage.deadline)
-    agent = lead.assigned_agent
-    who = agent.display_name if agent else "nobody"
-    verb = "claimed" if stage is CLAIM_STAGE else "contacted"
-    next_step = (
-        "It goes to another agent automatically if anyone else is available."
-        if lead.tenant.auto_reassign_on_breach
-        else "Reassign it from the admin."
-    )
-    return Notification(
-        tenant_id=lead.tenant_id,
-        recipient=admin,
-        lead=lead,
-        kind=stage.kind,
-        title=f"Lead not {verb} in time: {lead.name}"[:200],
-        body=(
-            f"{lead.name} was assigned to {who} and not {verb} by "
-            f"{format_deadline(deadline, lead.tenant)}. {next_step}"
-        ),
-        dedupe_key=f"{stage.kind}:{lead.pk}:{deadline.isoformat()}",
-    )
-
-
 @dataclass(frozen=True)
 class _Breach:
     """A breach just recorded, of a lead whose tenant wants it reassigned automatically."""
@@ -758,14 +742,108 @@ class _BatchResult:
     to_reassign: list[_Breach]
 
 
+def _insert_rows(model, rows: list[dict], *, ignore_conflicts: bool = False) -> None:
+    """INSERT `rows` (attname → value; a missing field gets its default) in one statement
+    on PostgreSQL.
+
+    The sweep's notices, their emails and its audit rows are thousands of rows of a few
+    values each. Building a model instance for each for bulk_create cost most of a sweep,
+    and so does a VALUES list of thousands of parameters (the server parses each); here
+    the rows travel as one JSON document (`INSERT … SELECT … FROM json_to_recordset(…)`),
+    which Python writes and PostgreSQL reads far faster than either handles thousands of
+    parameters, and values the rows share as one parameter each.
+    """
+    if not rows:
+        return
+    fields = model._meta.concrete_fields
+    given = [f for f in fields if f.attname in rows[0]]
+    shared = [f for f in fields if f.attname not in rows[0]]
+    prepared = {f.attname: _column(f, [row[f.attname] for row in rows]) for f in given}
+    defaults = {f.attname: f.get_db_prep_save(f.get_default(), connection) for f in shared}
+    on_conflict = OnConflict.IGNORE if ignore_conflicts else None
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in [*given, *shared])
+    head = (
+        f"{connection.ops.insert_statement(on_conflict=on_conflict)} "
+        f"{quote(model._meta.db_table)} ({columns}) "
+    )
+    tail = connection.ops.on_conflict_suffix_sql(fields, on_conflict, None, None) or ""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            names = [f"c{n}" for n in range(len(given))]
+            record = ", ".join(
+                f"{name} {f.db_type(connection)}" for name, f in zip(names, given, strict=True)
+            )
+            constants = "".join(f", %s::{f.db_type(connection)}" for f in shared)
+            records = json.dumps(
+                [
+                    dict(zip(names, values, strict=True))
+                    for values in zip(*prepared.values(), strict=True)
+                ],
+                default=_json_value,
+            )
+            # Names and types come from the model; every value is a parameter.
+            cursor.execute(
+                f"{head}SELECT {', '.join(names)}{constants} "  # noqa: S608
+                f"FROM json_to_recordset(%s::json) AS r({record}) {tail}",
+                [*defaults.values(), records],  # in the order they appear
+            )
+            return
+        # SQLite (embedded mode, small sweeps): a VALUES list, in chunks it accepts.
+        table = [
+            [*(prepared[f.attname][n] for f in given), *defaults.values()] for n in range(len(rows))
+        ]
+        size = max(1, connection.ops.bulk_batch_size(fields, table))
+        row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        for first in range(0, len(table), size):
+            chunk = table[first : first + size]
+            cursor.execute(
+                f"{head}VALUES {', '.join([row_sql] * len(chunk))} {tail}",
+                [value for row in chunk for value in row],
+            )
+
+
+def _column(field, values: list) -> list:
+    """A column's values as the database takes them: on PostgreSQL as they are, for the
+    one JSON document (`_json_value`); elsewhere each through its field, as bulk_create
+    does."""
+    if connection.vendor != "postgresql":
+        return [field.get_db_prep_save(value, connection) for value in values]
+    return values
+
+
+def _json_value(value):
+    """UUIDs and datetimes in the JSON of `_insert_rows`: their full text (an ISO time
+    with its offset and microseconds), which PostgreSQL reads back exactly."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} in a sweep row")
+
+
+_BREACH_ROW = (
+    "pk",
+    "tenant_id",
+    "name",
+    "assigned_agent_id",
+    "assigned_agent__user__full_name",
+    "assigned_agent__user__email",
+    "tenant__timezone",
+    "tenant__auto_reassign_on_breach",
+    "tenant__has_active_webhooks",
+)
+
+
 @transaction.atomic
 def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
     """Record one batch of missed deadlines of one stage.
 
-    Set-based: the statement count is the same for 1 or `batch_size` leads. Rows another
-    sweep is handling are skipped (SKIP LOCKED), and the breach column is only set where
-    still empty, so each breach is recorded, and announced, exactly once. One row beyond
-    the batch is locked too, so the caller knows whether to go on without asking again.
+    Set-based: the statement count is the same for 1 or `batch_size` leads, and no model
+    instance is built per lead or per notice. Rows another sweep is handling are skipped
+    (SKIP LOCKED), and the breach column is only set where still empty, so each breach
+    is recorded, and announced, exactly once. One row beyond the batch is locked too, so
+    the caller knows whether to go on without asking again.
     """
     due = Lead.all_tenants.filter(  # a system job across every tenant
         status=stage.status,
@@ -786,64 +864,175 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
     # Only the rows this sweep stamped: without row locks (SQLite) a racing sweep could
     # have selected the same ids, and it must not announce them a second time.
     leads = list(
-        Lead.all_tenants.filter(pk__in=ids, **{stage.breached: now}).select_related(
-            "tenant", "assigned_agent__user"
+        Lead.all_tenants.filter(pk__in=ids, **{stage.breached: now}).values_list(
+            *_BREACH_ROW, stage.deadline, named=True
         )
     )
+    if not leads:
+        return _BatchResult(recorded=0, more=more, to_reassign=[])
     admins: dict = {}
-    for admin in Membership.all_tenants.filter(
+    for admin_id, tenant_id, email in Membership.all_tenants.filter(
         tenant_id__in={lead.tenant_id for lead in leads},
         role__in=ADMIN_ROLES,
         is_active=True,
         user__is_active=True,
-    ).select_related("user"):
-        admins.setdefault(admin.tenant_id, []).append(admin)
+    ).values_list("pk", "tenant_id", "user__email"):
+        admins.setdefault(tenant_id, []).append((admin_id, email))
 
-    notices = [
-        _breach_notice(lead, admin, stage)
-        for lead in leads
-        for admin in admins.get(lead.tenant_id, [])
-    ]
-    _notify(notices, ignore_conflicts=True)
-    record_activities(
-        [
-            build_activity(
-                tenant=lead.tenant,
-                action=f"lead.{stage.kind}",
-                actor=Actor.for_job("check_sla"),
-                target=lead,
-                data={
-                    "deadline": getattr(lead, stage.deadline).isoformat(),
+    created_at = timezone.now()
+    email_channel = get_channel("email")
+    notices, emails, activities = [], [], []
+    verb = "claimed" if stage is CLAIM_STAGE else "contacted"
+    lead_type = ContentType.objects.get_for_model(Lead)
+    job = Actor.for_job("check_sla")
+    zones: dict = {}
+    for lead in leads:
+        deadline = getattr(lead, stage.deadline)
+        # format_deadline reads only the tenant's timezone: one stand-in per timezone.
+        zone = zones.get(lead.tenant__timezone) or zones.setdefault(
+            lead.tenant__timezone, Tenant(timezone=lead.tenant__timezone)
+        )
+        who = (
+            (lead.assigned_agent__user__full_name or lead.assigned_agent__user__email)
+            if lead.assigned_agent_id
+            else "nobody"
+        )
+        next_step = (
+            "It goes to another agent automatically if anyone else is available."
+            if lead.tenant__auto_reassign_on_breach
+            else "Reassign it from the admin."
+        )
+        title = f"Lead not {verb} in time: {lead.name}"[:200]
+        body = (
+            f"{lead.name} was assigned to {who} and not {verb} by "
+            f"{format_deadline(deadline, zone)}. {next_step}"
+        )
+        dedupe_key = f"{stage.kind}:{lead.pk}:{deadline.isoformat()}"
+        lead_admins = admins.get(lead.tenant_id, [])
+        for admin_id, email in lead_admins:
+            notice_id, message_id = uuid.uuid4(), uuid.uuid4()
+            emails.append(
+                _breach_email(
+                    email_channel,
+                    lead,
+                    admin_id,
+                    email,
+                    notice_id,
+                    message_id,
+                    stage,
+                    dedupe_key,
+                    created_at,
+                )
+            )
+            notices.append(
+                {
+                    "id": notice_id,
+                    "tenant_id": lead.tenant_id,
+                    "recipient_id": admin_id,
+                    "lead_id": lead.pk,
+                    "kind": stage.kind,
+                    "title": title,
+                    "body": body,
+                    "dedupe_key": dedupe_key,
+                    "email_message_id": message_id,
+                    "created_at": created_at,
+                }
+            )
+        activities.append(
+            {
+                "id": uuid.uuid4(),
+                "tenant_id": lead.tenant_id,
+                "created_at": created_at,
+                "action": f"lead.{stage.kind}",
+                "actor_id": None,
+                "actor_user_id": None,
+                "actor_label": job.label,
+                "via": job.via,
+                "target_type_id": lead_type.pk,
+                "target_id": str(lead.pk),
+                "target_label": lead.name[:255],
+                "data": {
+                    "deadline": deadline.isoformat(),
                     "agent_id": str(lead.assigned_agent_id) if lead.assigned_agent_id else None,
-                    "admins_notified": len(admins.get(lead.tenant_id, [])),
+                    "admins_notified": len(lead_admins),
                 },
-            )
-            for lead in leads
-        ]
-    )
-    emit(
-        [
-            lead_event(
-                lead,
-                events.LEAD_SLA_BREACHED,
-                stage=str(stage.name),
-                deadline=getattr(lead, stage.deadline).isoformat(),
-            )
-            for lead in leads
-        ]
-    )
+            }
+        )
+    # The emails first: a notice points at its email. A notice whose breach was already
+    # announced (a racing sweep, on a database without row locks) is dropped by its
+    # unique dedupe key, and so is its email by its idempotency key.
+    _insert_rows(OutboundMessage, emails, ignore_conflicts=True)
+    _insert_rows(Notification, notices, ignore_conflicts=True)
+    _insert_rows(ActivityLog, activities)
+    _emit_breach_events(stage, [lead for lead in leads if lead.tenant__has_active_webhooks])
 
+    auto = {lead.tenant_id for lead in leads if lead.tenant__auto_reassign_on_breach}
+    tenants = Tenant.objects.in_bulk(auto) if auto else {}
     to_reassign = [
         _Breach(
             lead_id=lead.pk,
-            tenant=lead.tenant,
+            tenant=tenants[lead.tenant_id],
             agent_id=lead.assigned_agent_id,
             deadline=getattr(lead, stage.deadline),
         )
         for lead in leads
-        if lead.tenant.auto_reassign_on_breach
+        if lead.tenant_id in auto
     ]
     return _BatchResult(recorded=len(leads), more=more, to_reassign=to_reassign)
+
+
+def _breach_email(
+    channel, lead, admin_id, email, notice_id, message_id, stage, dedupe_key, now
+) -> dict:
+    """The outbox row `leads.emails.attach_email` would build for this notice, as a row."""
+    payload = {"renderer": EMAIL_RENDERER, "notification_id": str(notice_id)}
+    return {
+        "id": message_id,
+        "tenant_id": lead.tenant_id,
+        "channel": channel.name,
+        "kind": f"lead.{stage.kind}",
+        "target": email or "",
+        "endpoint_key": channel.endpoint_key(
+            tenant_id=lead.tenant_id, target=email or "", payload=payload
+        )[:255],
+        "payload": payload,
+        "ordering_key": "",
+        "idempotency_key": f"lead-notification/{admin_id}/{dedupe_key}",
+        "status": MessageStatus.PENDING,
+        "max_attempts": channel.max_attempts or settings.OUTBOX_MAX_ATTEMPTS,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _emit_breach_events(stage: _Stage, leads: list) -> None:
+    """The `lead.sla_breached` events of the batch's leads whose tenant has endpoints,
+    each lead shown as the leads API shows it (one serializer for all of them)."""
+    if not leads:
+        return
+    full = list(
+        Lead.all_tenants.filter(pk__in=[lead.pk for lead in leads]).select_related(
+            "tenant", "assigned_agent__user"
+        )
+    )
+    shown = LeadOutput(full, many=True).data
+    emit(
+        [
+            Event(
+                tenant_id=lead.tenant_id,
+                type=events.LEAD_SLA_BREACHED,
+                data={
+                    **data,
+                    "stage": str(stage.name),
+                    "deadline": getattr(lead, stage.deadline).isoformat(),
+                },
+                subject_id=str(lead.pk),
+                tenant=lead.tenant,
+            )
+            for lead, data in zip(full, shown, strict=True)
+        ]
+    )
 
 
 @transaction.atomic

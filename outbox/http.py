@@ -34,6 +34,7 @@ class Deadline:
         self.seconds = float(seconds)
         self.expires_at = time.monotonic() + self.seconds
         self.expired = False
+        self.done = False  # the send is over: the watchdog leaves it be
         self._connections: set = set()
         self._lock = threading.Lock()
 
@@ -54,6 +55,8 @@ class Deadline:
 
     def _expire(self) -> None:
         with self._lock:
+            if self.done:  # ended meanwhile: its connection may serve another send now
+                return
             self.expired = True
             connections = list(self._connections)
         for connection in connections:
@@ -71,6 +74,11 @@ def _shut(connection) -> None:
 
 
 class _Watchdog:
+    """One thread for every deadline of the process. A send that ends only marks its
+    deadline done (the entry leaves the heap when it comes up), and the thread is woken
+    only by a deadline earlier than every other: sends cost it nothing while they keep
+    to their deadline."""
+
     def __init__(self):
         self._heap: list = []
         self._counter = itertools.count()
@@ -79,18 +87,19 @@ class _Watchdog:
 
     def add(self, deadline: Deadline) -> None:
         with self._condition:
+            first = not self._heap or deadline.expires_at < self._heap[0][0]
             heapq.heappush(self._heap, (deadline.expires_at, next(self._counter), deadline))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="outbox-deadline-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._condition.notify()
+            if first:
+                self._condition.notify()
 
     def discard(self, deadline: Deadline) -> None:
-        with self._condition:
-            self._heap = [entry for entry in self._heap if entry[2] is not deadline]
-            heapq.heapify(self._heap)
+        with deadline._lock:
+            deadline.done = True
 
     def _run(self) -> None:
         while True:
@@ -98,6 +107,9 @@ class _Watchdog:
                 while not self._heap:
                     self._condition.wait()
                 expires_at, _, deadline = self._heap[0]
+                if deadline.done:
+                    heapq.heappop(self._heap)
+                    continue
                 wait = expires_at - time.monotonic()
                 if wait > 0:
                     self._condition.wait(wait)
@@ -189,3 +201,36 @@ def thread_session() -> requests.Session:
         session.trust_env = False
         _local.session = session
     return session
+
+
+def post(
+    session: requests.Session,
+    url: str,
+    *,
+    headers: dict,
+    timeout,
+    data: bytes | None = None,
+    json=None,
+    stream: bool = False,
+) -> requests.Response:
+    """`session.post(url, ..., allow_redirects=False)`, minus what `Session.request`
+    does on every call that a channel has no use for (merging settings, cookies, hooks
+    and auth; preparing a redirect): that was about a fifth of a worker's CPU per message.
+    The same headers (the session's, then `headers`), connections, timeouts and
+    exceptions; the body is read unless `stream`, so the connection goes back to the
+    pool."""
+    request = requests.PreparedRequest()
+    request.prepare(
+        method="POST", url=url, headers={**session.headers, **headers}, data=data, json=json
+    )
+    response = session.get_adapter(url).send(
+        request,
+        stream=stream,
+        timeout=timeout,
+        verify=session.verify,
+        cert=session.cert,
+        proxies=session.proxies,
+    )
+    if not stream:
+        response.content  # noqa: B018 - reads the body
+    return response

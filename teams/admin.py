@@ -3,7 +3,11 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.utils.html import format_html
+from django.http import HttpResponseRedirect
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 
 from core.actor import Actor
 from core.admin_columns import date_column, tenant_column, text_column
@@ -13,6 +17,8 @@ from teams.models import (
     ApiKey,
     AssignmentConfig,
     Membership,
+    Presence,
+    PresenceSource,
     Team,
     TeamHoliday,
     TeamMember,
@@ -24,11 +30,18 @@ from teams.models import (
 )
 from teams.services import (
     RowChanges,
+    authorize_tenant_change,
     create_api_key,
     delete_tenant_record,
     revoke_api_key,
     save_tenant_record,
+    set_agent_presence,
 )
+
+# config/redistribute.py: an agent's open conversations and leads, and the button that
+# moves them. It shows both kinds of work, so it lives above inbox and leads; this app
+# only links to it by name.
+REDISTRIBUTE_URL_NAME = "admin-redistribute-agent"
 
 
 def admin_actor(request, tenant=None) -> Actor:
@@ -53,6 +66,60 @@ def inline_row_changes(formset) -> RowChanges:
     saved += [(row, _model_fields(model, changed)) for row, changed in formset.changed_objects]
     return RowChanges(
         label=str(model._meta.verbose_name_plural), saved=saved, deleted=formset.deleted_objects
+    )
+
+
+def _membership_rows(rows: list[RowChanges]):
+    for group in rows:
+        for row, row_fields in group.saved:
+            if isinstance(row, Membership):
+                yield row, row_fields
+
+
+def take_presence_changes(rows: list[RowChanges]) -> list[tuple[Membership, str]]:
+    """Take the presence edits out of inline agent rows: presence changes only through
+    `set_agent_presence`, which says who set it and from where (an admin). New rows are
+    created with it, marked as set by an admin. Returns (agent, new presence) to apply
+    once the rows are saved; the rows keep their stored presence until then."""
+    changes = []
+    for row, row_fields in _membership_rows(rows):
+        if row._state.adding:
+            row.presence_source = PresenceSource.ADMIN
+            row.presence_changed_at = timezone.now()
+        elif "presence" in row_fields:
+            row_fields.remove("presence")
+            changes.append((row, row.presence))
+            row.presence = Membership.all_tenants.values_list("presence", flat=True).get(pk=row.pk)
+    return changes
+
+
+def _deactivated(agent: Membership, fields) -> bool:
+    return not agent._state.adding and "is_active" in fields and not agent.is_active
+
+
+def redistribute_url(agent: Membership, next_url: str = "") -> str:
+    url = reverse(REDISTRIBUTE_URL_NAME, args=[agent.pk])
+    return f"{url}?{urlencode({'next': next_url})}" if next_url else url
+
+
+def offer_redistribution(request, agents: list[Membership]) -> None:
+    """After agents went away (offline or deactivated) in a list or on a tenant's page:
+    a link per agent to their open work and its Redistribute button."""
+    unique = list({agent.pk: agent for agent in agents}.values())
+    messages.warning(
+        request,
+        format_html(
+            "Gone offline or deactivated: {}. Open work stays with them until it is moved; "
+            "each link shows it, with a button that redistributes it.",
+            format_html_join(
+                ", ",
+                '<a href="{}">{}</a>',
+                (
+                    (redistribute_url(agent), agent.display_name or agent.user.email)
+                    for agent in unique
+                ),
+            ),
+        ),
     )
 
 
@@ -143,8 +210,16 @@ class MembershipInline(TenantScopedInline, admin.TabularInline):
     model = Membership
     fk_name = "tenant"
     extra = 0
-    fields = ["user", "role", "is_active", "presence", "capacity", "current_lead_count"]
-    readonly_fields = ["current_lead_count"]
+    fields = [
+        "user",
+        "role",
+        "is_active",
+        "presence",
+        "presence_source",
+        "capacity",
+        "current_lead_count",
+    ]
+    readonly_fields = ["presence_source", "current_lead_count"]
     autocomplete_fields = ["user"]
     show_change_link = True
 
@@ -164,7 +239,17 @@ class TenantAdmin(OneDoorAdmin):
         # Only the form's changed fields are written (the service's rule): the webhooks
         # app owns `has_active_webhooks`, and a stale page must not write it back.
         actor = admin_actor(request, obj if change else None)
+        presence_changes = take_presence_changes(rows)
+        gone = [row for row, row_fields in _membership_rows(rows) if _deactivated(row, row_fields)]
         save_tenant_record(instance=obj, fields=fields, actor=actor, rows=rows)
+        for agent, presence in presence_changes:
+            set_agent_presence(
+                membership=agent, presence=presence, actor=actor, source=PresenceSource.ADMIN
+            )
+            if presence == Presence.OFFLINE:
+                gone.append(agent)
+        if gone:
+            offer_redistribution(request, gone)
 
     list_display = [
         text_column("name", "Tenant", 28),
@@ -193,7 +278,7 @@ class MembershipAdmin(OneDoorAdmin):
         tenant_column,
         "role",
         "is_active",
-        "presence",
+        "presence_column",
         "load",
     ]
 
@@ -202,11 +287,104 @@ class MembershipAdmin(OneDoorAdmin):
         cap = "no cap" if obj.capacity is None else obj.capacity
         return f"{obj.current_lead_count} / {cap}"
 
-    list_filter = ["role", "is_active", "presence", "tenant"]
+    @admin.display(description="Presence", ordering="presence")
+    def presence_column(self, obj):
+        # Who set it matters: only presence set on the agent pages lapses to away.
+        if not obj.presence_source:
+            return obj.get_presence_display()
+        return f"{obj.get_presence_display()} ({obj.get_presence_source_display().lower()})"
+
+    list_filter = ["presence", "role", "is_active", "tenant"]
     search_fields = ["user__email", "user__full_name", "id", "tenant__name"]
     list_select_related = ["user", "tenant"]
     autocomplete_fields = ["user", "tenant"]
-    readonly_fields = ["id", "current_lead_count", "last_assigned_at", "created_at"]
+    readonly_fields = [
+        "id",
+        "presence_source",
+        "presence_changed_at",
+        "last_seen_at",
+        "current_lead_count",
+        "open_session_count",
+        "last_assigned_at",
+        "created_at",
+    ]
+    actions = ["set_online", "set_away", "set_offline"]
+
+    def save_record(self, request, form, fields, rows, change):
+        """Presence goes through `set_agent_presence` (source "admin"), which records
+        its own activity row like every presence change; the other fields through the
+        one door. A save that changes both writes one row for each change."""
+        obj = form.instance
+        actor = admin_actor(request, obj.tenant)
+        if not change:
+            obj.presence_source = PresenceSource.ADMIN
+            obj.presence_changed_at = timezone.now()
+            save_tenant_record(instance=obj, fields=fields, actor=actor, rows=rows)
+            return
+        new_presence = obj.presence
+        if "presence" in fields:
+            fields = [name for name in fields if name != "presence"]
+            obj.presence = form.initial["presence"]  # the stored value, until it is set
+        # Called even with nothing else changed: it checks that this person may.
+        save_tenant_record(instance=obj, fields=fields, actor=actor, rows=rows)
+        if new_presence != obj.presence:
+            agent = set_agent_presence(
+                membership=obj, presence=new_presence, actor=actor, source=PresenceSource.ADMIN
+            )
+            obj.presence, obj.presence_source = agent.presence, agent.presence_source
+            obj.presence_changed_at = agent.presence_changed_at
+            if agent.presence == Presence.OFFLINE:
+                request.agent_went_away = True
+        if _deactivated(obj, fields):
+            request.agent_went_away = True
+
+    def response_change(self, request, obj):
+        response = super().response_change(request, obj)
+        if getattr(request, "agent_went_away", False) and isinstance(
+            response, HttpResponseRedirect
+        ):
+            # On to their open work (the page goes on to where the save would have gone
+            # when there is none).
+            return HttpResponseRedirect(redistribute_url(obj, response.url))
+        return response
+
+    @admin.action(description="Set selected agents online", permissions=["change"])
+    def set_online(self, request, queryset):
+        return self._set_presence(request, queryset, Presence.ONLINE)
+
+    @admin.action(description="Set selected agents away", permissions=["change"])
+    def set_away(self, request, queryset):
+        return self._set_presence(request, queryset, Presence.AWAY)
+
+    @admin.action(description="Set selected agents offline", permissions=["change"])
+    def set_offline(self, request, queryset):
+        return self._set_presence(request, queryset, Presence.OFFLINE)
+
+    def _set_presence(self, request, queryset, presence: str):
+        """One service call, and one activity row, per agent whose presence changed."""
+        agents = list(queryset.select_related("user", "tenant"))
+        changed = 0
+        for agent in agents:
+            actor = admin_actor(request, agent.tenant)
+            self._call_service(authorize_tenant_change, actor=actor, tenant=agent.tenant)
+            before = agent.presence
+            set_agent_presence(
+                membership=agent, presence=presence, actor=actor, source=PresenceSource.ADMIN
+            )
+            changed += before != presence
+        label = Presence(presence).label.lower()
+        self.message_user(
+            request,
+            f"Set {changed} agent(s) {label}"
+            + (f"; {len(agents) - changed} already were." if changed < len(agents) else "."),
+            messages.SUCCESS,
+        )
+        if presence != Presence.OFFLINE or not agents:
+            return None
+        if len(agents) == 1:
+            return HttpResponseRedirect(redistribute_url(agents[0], request.get_full_path()))
+        offer_redistribution(request, agents)
+        return None
 
 
 class TeamMemberInline(TenantScopedInline, admin.TabularInline):

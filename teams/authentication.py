@@ -4,6 +4,9 @@ Written here rather than taken from djangorestframework-api-key because our keys
 carry a tenant, be read from `X-API-Key` *or* the `apiKey` query parameter (callers
 use both), use a visible `wk_` prefix, and record `last_used_at`
 without a write on every request; that library's model and lookup fit none of these.
+
+The key and its tenant come from `teams.api_key_cache` (each process remembers a lookup
+for a few seconds; a revoked key stops working within that time everywhere).
 """
 
 import hmac
@@ -14,6 +17,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 
 from core import log_context
+from teams import api_key_cache
 from teams.models import ApiKey, Tenant
 from teams.services import hash_api_key, split_api_key, touch_api_key
 from teams.throttling import ApiKeyThrottle
@@ -46,11 +50,7 @@ def _verified_key(plaintext: str) -> ApiKey:
     if parts is None:
         raise _unauthorized("api_key_malformed", "The API key is not in the wk_… format.")
     prefix, _secret = parts
-    # The one deliberate cross-tenant lookup: the key is what tells us the tenant.
-    try:
-        api_key = ApiKey.all_tenants.select_related("tenant").get(prefix=prefix)
-    except ApiKey.DoesNotExist:
-        api_key = None
+    api_key = api_key_cache.lookup(prefix)
     if api_key is None or not hmac.compare_digest(api_key.secret_hash, hash_api_key(plaintext)):
         raise _unauthorized("api_key_invalid", "The API key is not valid.")
     if not api_key.is_active:
@@ -84,6 +84,7 @@ class TenantApiKeyAuthentication(BaseAuthentication):
         touch_api_key(
             api_key=api_key, resolution_seconds=settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
         )
+        api_key_cache.note_last_used(api_key)
         return ApiKeyClient(api_key=api_key), api_key
 
     def authenticate_header(self, request):

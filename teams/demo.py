@@ -17,6 +17,8 @@ from teams.models import (
     ApiKey,
     AssignmentConfig,
     Membership,
+    Presence,
+    PresenceSource,
     Role,
     Strategy,
     Team,
@@ -28,7 +30,14 @@ from teams.models import (
     User,
     Weekday,
 )
-from teams.services import add_membership, add_team_member, create_api_key, revoke_api_key
+from teams.services import (
+    add_membership,
+    add_team_member,
+    create_api_key,
+    revoke_api_key,
+    save_tenant_record,
+    set_agent_presence,
+)
 
 DEMO_SLUG = "demo"
 OTHER_SLUG = "demo-other"
@@ -57,6 +66,10 @@ DEMO_TEAMS = [
     ("Night desk", Strategy.LEAST_BUSY, False, ["carol@demo.test", "erin@demo.test"]),
 ]
 DEMO_AGENT_PASSWORD = "demo-agent-password"  # noqa: S105 - demo data, printed on purpose
+# In no team: away, to show presence without slowing the demo's first handover (every
+# agent the routing teams and tiers rely on stays online).
+AWAY_AGENT = ("gina@demo.test", "Gina Away", Role.MEMBER)
+ACCEPT_WINDOW_MINUTES = 10
 
 
 def _user(email: str, full_name: str, *, password: str | None = None, **flags) -> User:
@@ -129,6 +142,21 @@ def _office_hours_schedule(team: Team) -> None:
     )
 
 
+def _presence(agent: Membership, presence: str) -> Membership:
+    """Put the agent back where the demo needs them, if someone changed it since."""
+    if agent.presence == presence:
+        return agent
+    return set_agent_presence(
+        membership=agent, presence=presence, actor=ACTOR, source=PresenceSource.SYSTEM
+    )
+
+
+def _accept_window(tenant: Tenant) -> None:
+    if tenant.session_accept_window_minutes != ACCEPT_WINDOW_MINUTES:
+        tenant.session_accept_window_minutes = ACCEPT_WINDOW_MINUTES
+        save_tenant_record(instance=tenant, fields=["session_accept_window_minutes"], actor=ACTOR)
+
+
 def _fresh_demo_key(tenant: Tenant) -> str:
     for old in ApiKey.objects.for_tenant(tenant).filter(name=DEMO_KEY_NAME, is_active=True):
         revoke_api_key(api_key=old, actor=ACTOR)
@@ -157,6 +185,15 @@ def seed(context: dict) -> None:
             user.set_password(DEMO_AGENT_PASSWORD)
             user.save(update_fields=["password"])
         agents[email] = _membership(tenant, user, role)
+    for email, agent in agents.items():
+        agents[email] = _presence(agent, Presence.ONLINE)
+    email, full_name, role = AWAY_AGENT
+    away_user = _user(email, full_name, password=None)
+    if not away_user.has_usable_password():
+        away_user.set_password(DEMO_AGENT_PASSWORD)
+        away_user.save(update_fields=["password"])
+    agents[email] = _presence(_membership(tenant, away_user, role), Presence.AWAY)
+    _accept_window(tenant)
 
     teams = []
     for name, strategy, is_default, emails in DEMO_TEAMS:
@@ -189,8 +226,10 @@ def seed(context: dict) -> None:
                 "agent_id": str(admin.id),
             },
             "agents": [
-                {"id": str(m.id), "email": email, "role": m.role} for email, m in agents.items()
+                {"id": str(m.id), "email": email, "role": m.role, "presence": m.presence}
+                for email, m in agents.items()
             ],
+            "accept_window_minutes": tenant.session_accept_window_minutes,
             "teams": [
                 {
                     "id": str(team.id),

@@ -252,7 +252,35 @@ class Membership(TenantOwnedModel):
                 condition=Q(presence__in=Presence.values), name="membership_presence_valid"
             ),
         ]
-        indexes = [models.Index(fields=["tenant", "role", "is_active"])]
+        indexes = [
+            models.Index(fields=["tenant", "role", "is_active"]),
+            # The routing engine picks in SQL by walking one of these from its start and
+            # stopping at the first eligible agent, so a pick costs the same in a pool of
+            # 1 or 2,000 (teams.routing.picking). Only online, active agents are in them.
+            models.Index(
+                "tenant",
+                "role",
+                "id",
+                condition=Q(presence="online", is_active=True),
+                name="membership_rr_by_role",
+            ),
+            models.Index(
+                "tenant",
+                "open_session_count",
+                models.F("last_assigned_at").asc(nulls_first=True),
+                "id",
+                condition=Q(presence="online", is_active=True),
+                name="membership_lb_sessions",
+            ),
+            models.Index(
+                "tenant",
+                "current_lead_count",
+                models.F("last_assigned_at").asc(nulls_first=True),
+                "id",
+                condition=Q(presence="online", is_active=True),
+                name="membership_lb_leads",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.user.get_full_name()} ({self.get_role_display()}, {self.tenant})"
@@ -521,16 +549,20 @@ class ApiKey(TenantOwnedModel):
 
 
 class RoundRobinCursor(TenantOwnedModel):
-    """How many picks a round-robin pool has made; the next pick is `position % size`.
+    """Where a pool's rotation stands: the agent picked last. The next pick is the first
+    eligible agent with a greater id (wrapping round to the smallest).
 
-    One row per pool (a team, or a waterfall tier of a tenant). The row is bumped with a
-    single UPDATE … RETURNING, whose row lock serialises concurrent picks from one pool,
-    so N agents get exactly 1/N of the work each.
+    One row per pool and kind of work (a team, or a waterfall tier of a tenant). The pick
+    statement locks the row (FOR UPDATE) and is the last statement before COMMIT, so
+    concurrent picks from one pool queue for one statement only and each sees the
+    previous one's agent: N agents get exactly 1/N of the work each.
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
     pool_key = models.CharField(max_length=120)
-    position = models.BigIntegerField(default=0)
+    position = models.BigIntegerField(default=0)  # picks made: for people, not routing
+    # A plain id, not a foreign key: checking one would lock the agent's row too.
+    last_agent_id = models.UUIDField(null=True, blank=True)
 
     class Meta:
         default_manager_name = "all_tenants"

@@ -1,7 +1,10 @@
 """Reads for tenancy and people. Every function takes the tenant it reads from, except
 `administered_tenant_ids`, which answers across tenants for one user."""
 
+import uuid
+
 from teams.models import ADMIN_ROLES, ApiKey, Membership, Team, Tenant
+from teams.routing.config import team_snapshot, tenant_row
 
 
 def api_keys_for_tenant(*, tenant: Tenant, include_revoked: bool = False) -> list[ApiKey]:
@@ -24,13 +27,21 @@ def team_for_tenant(*, tenant: Tenant, team_id) -> Team | None:
 
 
 def team_for_routing(*, tenant: Tenant, team_id) -> Team | None:
-    """A team of the tenant with what the assignment engine reads of it, in one query."""
-    return (
-        Team.objects.for_tenant(tenant)
-        .select_related("assignment_config", "schedule")
-        .filter(pk=team_id)
-        .first()
-    )
+    """A team of the tenant, from the routing cache (teams.routing.config: a few seconds,
+    dropped on change): no query on a hit. The engine reads its config and schedule
+    from the same cache; other columns load on access."""
+    try:
+        team_id = uuid.UUID(str(team_id))
+    except ValueError:
+        return None
+    snapshot = team_snapshot(getattr(tenant, "pk", tenant), team_id)
+    return snapshot.as_team() if snapshot is not None else None
+
+
+def tenant_for_routing(tenant_id) -> Tenant | None:
+    """The tenant's row from the routing cache (a few seconds, dropped on change), for
+    callers that know only its id (e.g. an API key cache)."""
+    return tenant_row(tenant_id)
 
 
 def administered_tenant_ids(user) -> list:

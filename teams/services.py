@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from audit.services import field_changes, record_activity
+from audit.services import build_activity, field_changes, record_activities, record_activity
 from core.actor import SYSTEM, Actor
 from core.errors import Forbidden, InvalidInput
 from teams.models import (
@@ -201,6 +201,118 @@ def set_agent_presence(
     if presence == Presence.ONLINE and membership.is_active:
         announce_agent_available(membership=membership)
     return membership
+
+
+# The agent pages send a heartbeat while open; one write per agent per this long at most.
+HEARTBEAT_RESOLUTION = timedelta(seconds=30)
+AUTO_AWAY_JOB = "mark_idle_agents_away"
+
+
+def record_page_heartbeat(*, membership: Membership, now=None) -> bool:
+    """The agent's pages are open now: remember it, writing at most once per
+    HEARTBEAT_RESOLUTION (the filter makes racing heartbeats write once). Whether it
+    wrote. It only keeps page-set presence from lapsing; it never changes presence."""
+    now = now or timezone.now()
+    seen = membership.last_seen_at
+    if seen is not None and now - seen < HEARTBEAT_RESOLUTION:
+        return False
+    written = (
+        Membership.objects.for_tenant(membership.tenant_id)
+        .filter(
+            Q(last_seen_at__isnull=True) | Q(last_seen_at__lte=now - HEARTBEAT_RESOLUTION),
+            pk=membership.pk,
+        )
+        .update(last_seen_at=now)
+    )
+    membership.last_seen_at = now
+    return bool(written)
+
+
+def go_offline_after_logout(*, user, now=None) -> list[Membership]:
+    """The user logged out of the agent pages: in every tenant where their presence
+    follows the pages, they are offline now. Presence an admin or the API set stays.
+    The memberships that changed."""
+    # Deliberately across tenants: one person's memberships, wherever they work.
+    memberships = Membership.all_tenants.filter(
+        user=user, presence_source=PresenceSource.PAGE
+    ).exclude(presence=Presence.OFFLINE)
+    changed = []
+    for membership in memberships.select_related("tenant", "user"):
+        changed.append(
+            set_agent_presence(
+                membership=membership,
+                presence=Presence.OFFLINE,
+                actor=Actor.for_membership(membership, via="agent_page"),
+                source=PresenceSource.PAGE,
+                now=now,
+            )
+        )
+    return changed
+
+
+def mark_idle_agents_away(*, now=None, batch_size: int = 500) -> int:
+    """Periodic job: online agents whose presence follows the agent pages, and whose
+    pages sent no heartbeat for their tenant's `auto_away_minutes`, become away. Presence
+    set by an admin or the API never lapses. Set-based: one batch per distinct
+    `auto_away_minutes` (tenants share a few values); how many became away."""
+    now = now or timezone.now()
+    total = 0
+    # Deliberately across tenants: the job covers every one.
+    for minutes in (
+        Tenant.objects.filter(is_active=True)
+        .order_by()
+        .values_list("auto_away_minutes", flat=True)
+        .distinct()
+    ):
+        while True:
+            marked = _mark_away_batch(now=now, minutes=minutes, batch_size=batch_size)
+            total += marked
+            if marked < batch_size:
+                break
+    return total
+
+
+@transaction.atomic
+def _mark_away_batch(*, now, minutes: int, batch_size: int) -> int:
+    idle = Membership.all_tenants.filter(
+        tenant__auto_away_minutes=minutes,
+        tenant__is_active=True,
+        presence=Presence.ONLINE,
+        presence_source=PresenceSource.PAGE,
+        last_seen_at__lt=now - timedelta(minutes=minutes),
+    )
+    # SKIP LOCKED: an agent whose presence is being set right now is that change's.
+    agents = list(
+        idle.select_for_update(skip_locked=True, of=("self",))
+        .select_related("tenant", "user")
+        .order_by("pk")[:batch_size]
+    )
+    if not agents:
+        return 0
+    Membership.all_tenants.filter(pk__in=[agent.pk for agent in agents]).update(
+        presence=Presence.AWAY, presence_changed_at=now
+    )
+    actor = Actor.for_job(AUTO_AWAY_JOB)
+    record_activities(
+        [
+            build_activity(
+                tenant=agent.tenant,
+                action=f"membership.{Presence.AWAY}",
+                actor=actor,
+                target=agent,
+                data={
+                    "from": Presence.ONLINE,
+                    "to": Presence.AWAY,
+                    "source": PresenceSource.PAGE,
+                    "why": "auto_away",
+                    "last_seen_at": agent.last_seen_at.isoformat(),
+                    "auto_away_minutes": minutes,
+                },
+            )
+            for agent in agents
+        ]
+    )
+    return len(agents)
 
 
 # --- One door for the admin's edits ----------------------------------------------------

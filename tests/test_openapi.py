@@ -99,8 +99,17 @@ SPECIFIC_ERRORS = {
     ("post", "/api/v1/leads/{lead_id}/claim"): {"403", "409"},
     ("post", "/api/v1/leads/{lead_id}/contacted"): {"403", "409"},
     ("post", "/api/v1/reassign-lead"): {"403", "404", "409"},
+    ("post", "/api/v1/sessions/{session_id}/accept"): {"403"},
+    ("get", "/api/v1/agents"): {"404"},
+    ("get", "/api/v1/teams"): {"404"},
 }
-PAGINATED = ["/api/v1/leads", "/api/v1/webhooks", "/api/v1/webhooks/{endpoint_id}/deliveries"]
+PAGINATED = [
+    "/api/v1/leads",
+    "/api/v1/webhooks",
+    "/api/v1/webhooks/{endpoint_id}/deliveries",
+    "/api/v1/agents",
+    "/api/v1/teams",
+]
 
 
 @pytest.fixture

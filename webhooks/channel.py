@@ -4,6 +4,10 @@ Standard Webhooks specification says (with the `standardwebhooks` library).
 2xx delivered; network errors, timeouts, 429 and 5xx are retried (for a day: see
 WEBHOOK_*); other answers fail; 410 Gone also disables the endpoint. Every attempt is
 logged (`WebhookAttempt`: time, status, duration, first KB of the answer, error).
+
+A worker keeps an active endpoint and its signer for a moment (`outbox.lookups`): turning
+an endpoint off or rotating its secret reaches a running worker within
+OUTBOX_LOOKUP_CACHE_SECONDS; a 410 forgets it at once.
 """
 
 import time
@@ -17,6 +21,7 @@ from standardwebhooks import Webhook
 
 from core.crypto import SecretDecryptionError, decrypt_secret
 from core.outbound import outbound_url_problems
+from outbox import http, lookups, statements
 from outbox.channels import (
     Channel,
     Delivered,
@@ -30,6 +35,28 @@ from webhooks.models import WebhookAttempt, WebhookEndpoint
 from webhooks.services import disable_endpoint
 
 RESPONSE_LOG_LIMIT = 1024
+SUCCESS_REFRESH = timedelta(minutes=1)
+
+
+def _load_endpoint(tenant_id, endpoint_id):
+    """(endpoint, signer) or (None, why it is not sent: a SendError or SkipMessage);
+    whether to keep it."""
+    endpoint = WebhookEndpoint.objects.for_tenant(tenant_id).filter(pk=endpoint_id).first()
+    if endpoint is None:
+        return (None, SkipMessage("The endpoint was deleted.")), False
+    if not endpoint.is_active:
+        return (None, SkipMessage("The endpoint is disabled.")), False
+    try:
+        secret = decrypt_secret(endpoint.secret_encrypted)
+    except SecretDecryptionError:
+        return (
+            None,
+            PermanentSendError(
+                "The endpoint's signing secret cannot be decrypted with CRM_ENCRYPTION_KEYS: "
+                "rotate the secret."
+            ),
+        ), False
+    return (endpoint, Webhook(secret)), True
 
 
 @register
@@ -60,30 +87,20 @@ class WebhookChannel(Channel):
 
     def send(self, message, *, deadline) -> Delivered:
         payload = message.payload
-        endpoint = (
-            WebhookEndpoint.objects.for_tenant(message.tenant_id)
-            .filter(pk=payload.get("endpoint_id"))
-            .first()
+        tenant_id, endpoint_id = message.tenant_id, payload.get("endpoint_id")
+        endpoint, signer = lookups.get(
+            self.name, (tenant_id, endpoint_id), lambda: _load_endpoint(tenant_id, endpoint_id)
         )
         if endpoint is None:
-            raise SkipMessage("The endpoint was deleted.")
-        if not endpoint.is_active:
-            raise SkipMessage("The endpoint is disabled.")
+            raise signer  # why it is not sent
         problems = outbound_url_problems(endpoint.url, field="url", allow_query=True)
         if problems:
             raise PermanentSendError("Endpoint refused: " + "; ".join(problems) + ".")
-        try:
-            secret = decrypt_secret(endpoint.secret_encrypted)
-        except SecretDecryptionError:
-            raise PermanentSendError(
-                "The endpoint's signing secret cannot be decrypted with CRM_ENCRYPTION_KEYS: "
-                "rotate the secret."
-            ) from None
 
         webhook_id = payload["webhook_id"]
         body = payload["body"]
         sent_at = datetime.now(tz=UTC)
-        signature = Webhook(secret).sign(msg_id=webhook_id, timestamp=sent_at, data=body)
+        signature = signer.sign(msg_id=webhook_id, timestamp=sent_at, data=body)
         headers = {
             "webhook-id": webhook_id,
             "webhook-timestamp": str(int(sent_at.timestamp())),
@@ -101,12 +118,12 @@ class WebhookChannel(Channel):
         )
         started = time.monotonic()
         try:
-            response = thread_session().post(
+            response = http.post(
+                thread_session(),
                 endpoint.url,
                 data=body.encode(),
                 headers=headers,
                 timeout=deadline.timeout(),
-                allow_redirects=False,
                 stream=True,
             )
             try:
@@ -132,6 +149,7 @@ class WebhookChannel(Channel):
         attempt.error = detail
         _record(attempt, endpoint, succeeded=False)
         if status == 410:
+            lookups.forget(self.name, (tenant_id, endpoint_id))
             disable_endpoint(
                 endpoint=endpoint,
                 reason="The endpoint answered 410 Gone.",
@@ -160,16 +178,27 @@ def _ms(started: float) -> int:
 def _record(attempt: WebhookAttempt, endpoint: WebhookEndpoint, *, succeeded: bool) -> None:
     """Log the attempt, and keep the endpoint's health: a success clears the run of
     failures (and refreshes `last_success_at` at most once a minute, so that a busy
-    endpoint's row is not written for every event); a failure starts a run."""
+    endpoint's row is not written for every event); a failure starts a run.
+
+    `endpoint` may have been read a moment ago (`outbox.lookups`): a success that finds it
+    healthy and refreshed within the minute writes nothing to it. A run of failures that
+    another worker started since is cleared by the next success after the next read."""
     attempt.succeeded = succeeded
-    attempt.save(force_insert=True)
+    statements.insert_row(attempt)  # one prepared INSERT for every attempt
     now = attempt.attempted_at
-    endpoints = WebhookEndpoint.objects.for_tenant(endpoint.tenant_id).filter(pk=endpoint.pk)
     if succeeded:
-        endpoints.filter(
+        fresh = endpoint.last_success_at is not None and (
+            endpoint.last_success_at >= now - SUCCESS_REFRESH
+        )
+        if endpoint.failing_since is None and fresh:
+            return
+        WebhookEndpoint.objects.for_tenant(endpoint.tenant_id).filter(pk=endpoint.pk).filter(
             Q(failing_since__isnull=False)
             | Q(last_success_at__isnull=True)
-            | Q(last_success_at__lt=now - timedelta(minutes=1))
+            | Q(last_success_at__lt=now - SUCCESS_REFRESH)
         ).update(failing_since=None, last_success_at=now)
+        endpoint.failing_since, endpoint.last_success_at = None, now
     else:
+        endpoints = WebhookEndpoint.objects.for_tenant(endpoint.tenant_id).filter(pk=endpoint.pk)
         endpoints.filter(failing_since=None).update(failing_since=now)
+        lookups.forget(WebhookChannel.name, (endpoint.tenant_id, str(endpoint.pk)))

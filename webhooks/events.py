@@ -21,6 +21,8 @@ SESSION_CREATED = "session.created"
 SESSION_ASSIGNED = "session.assigned"
 SESSION_UNASSIGNED = "session.unassigned"
 SESSION_CLOSED = "session.closed"
+SESSION_ACCEPTED = "session.accepted"
+SESSION_ACCEPT_MISSED = "session.accept_missed"
 LEAD_CREATED = "lead.created"
 LEAD_ASSIGNED = "lead.assigned"
 LEAD_CLAIMED = "lead.claimed"
@@ -36,6 +38,11 @@ EVENT_TYPES = {
     SESSION_ASSIGNED: "A session got an agent (handover, retry job, an admin, a transfer).",
     SESSION_UNASSIGNED: "Routing left a session without an agent; `unassignedReason` says why.",
     SESSION_CLOSED: "The conversation is over: the bot may take over again.",
+    SESSION_ACCEPTED: "The assigned agent accepted the session (accept window).",
+    SESSION_ACCEPT_MISSED: (
+        "The agent did not accept the session in time; `missedAgentId`, `misses`. A "
+        "`session.assigned` or `session.unassigned` follows when it moves on."
+    ),
     LEAD_CREATED: "A lead came in.",
     LEAD_ASSIGNED: "A lead got its first agent.",
     LEAD_CLAIMED: "The agent claimed the lead.",

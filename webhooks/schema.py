@@ -62,6 +62,18 @@ EXAMPLE_DATA = {
         "sessionStatus": "closed",
         "closedAt": "2026-11-23T10:42:00Z",
     },
+    events.SESSION_ACCEPTED: {
+        **SESSION,
+        "acceptDeadline": None,
+        "acceptedAt": "2026-11-23T10:02:00Z",
+    },
+    events.SESSION_ACCEPT_MISSED: {
+        **SESSION,
+        "acceptDeadline": "2026-11-23T10:10:00Z",
+        "missedAgentId": AGENT["id"],
+        "misses": 1,
+        "maxMisses": 3,
+    },
     events.LEAD_CREATED: LEAD,
     events.LEAD_ASSIGNED: LEAD,
     events.LEAD_CLAIMED: {

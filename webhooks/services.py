@@ -54,7 +54,12 @@ def clean_url(url: str) -> str:
 def _refresh_tenant_flag(tenant_id) -> None:
     """Tenant.has_active_webhooks, in the transaction that changed its endpoints."""
     active = WebhookEndpoint.objects.for_tenant(tenant_id).filter(is_active=True).exists()
-    Tenant.objects.filter(pk=tenant_id).update(has_active_webhooks=active)
+    tenant = Tenant.objects.select_for_update().get(pk=tenant_id)
+    if tenant.has_active_webhooks != active:
+        tenant.has_active_webhooks = active
+        # save(), not update(): the processes' caches of the tenant row (API keys, routing)
+        # hear of it here at once; other processes within their few seconds' lifetime.
+        tenant.save(update_fields=["has_active_webhooks"])
 
 
 def _endpoint(tenant, endpoint_id, *, lock: bool = False) -> WebhookEndpoint:

@@ -8,3 +8,6 @@ class WorkspaceConfig(AppConfig):
     name = "workspace"
     verbose_name = "Agent workspace"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from workspace import receivers  # noqa: F401  (connects the logout receiver)

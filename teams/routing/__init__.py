@@ -1,4 +1,14 @@
-from teams.routing.engine import RoutingDecision, resolve_config, route
+from teams.routing.config import resolve_config
+from teams.routing.engine import RoutingDecision, route
+from teams.routing.picking import ROUTED_AGENT, Cte, Pool
 from teams.routing.reasons import UnassignedReason
 
-__all__ = ["RoutingDecision", "UnassignedReason", "resolve_config", "route"]
+__all__ = [
+    "ROUTED_AGENT",
+    "Cte",
+    "Pool",
+    "RoutingDecision",
+    "UnassignedReason",
+    "resolve_config",
+    "route",
+]

@@ -1,47 +1,40 @@
 """The assignment engine: who may take work now, and who is next.
 
 Shared by handover (inbox) and lead intake (leads). It knows teams, roles, schedules
-and configs; the caller says how busy each agent is, through `load`, so neither caller
-depends on the other.
+and configs; how busy an agent is comes from the agent's own counter of the kind of
+work (`open_session_count` for "sessions", `current_lead_count` for "leads"), kept by
+the services that assign, move and close work, so the engine imports neither.
 
-    decision = route(tenant=tenant, team=team, load=open_sessions_per_agent)
+    decision = route(tenant=tenant, team=team, work="sessions")
 
-Runs inside the caller's transaction: picking advances the round-robin cursor and
-stamps the agent's `last_assigned_at`, so both roll back with the caller's change.
+Runs inside the caller's transaction. Per pool (the team, or each waterfall tier) one
+SQL statement picks the agent, stamps `last_assigned_at`, advances the round-robin
+cursor and, with `count=True`, counts the work on the agent; `attach` adds the caller's
+own writes to that statement (teams.routing.picking). Configuration (which config,
+schedule, default team) comes from a short-lived cache (teams.routing.config).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from django.db import connection
 from django.utils import timezone
 
 from core.metrics import ROUTING_DURATION
-from teams.models import (
-    DEFAULT_WATERFALL,
-    AssignmentConfig,
-    Membership,
-    Presence,
-    Role,
-    Strategy,
-    Team,
-    TeamSchedule,
-    Tenant,
-)
+from teams.models import Membership, Role, Strategy, Team, Tenant
+from teams.routing import picking
+from teams.routing.config import ResolvedConfig, resolve_config, team_snapshot, tenant_snapshot
+from teams.routing.picking import Cte, Pool
 from teams.routing.reasons import UnassignedReason
-from teams.routing.schedules import schedule_is_open
-from teams.routing.strategies import PickContext, get_strategy
 
-LoadFunction = Callable[[Sequence[Membership]], Mapping]
 ROLE_TIERS = {"member": Role.MEMBER, "admin": Role.ADMIN, "super_admin": Role.SUPER_ADMIN}
 DEFAULT_TEAM_TIER = "default_team"
+# A pick that lost a race runs again holding the pool's lock; only a change made
+# outside routing (an admin's assignment) can make it lose again.
+MAX_ATTEMPTS = 5
 
-
-@dataclass(frozen=True)
-class ResolvedConfig:
-    strategy: str
-    is_enabled: bool
-    waterfall: list[str]
-    source: str  # "team", "tenant" or "default"
+__all__ = ["ResolvedConfig", "RoutingDecision", "resolve_config", "route"]
 
 
 @dataclass
@@ -53,7 +46,11 @@ class RoutingDecision:
     reason: str | None = None
     config_source: str = "default"
     tiers: list[dict] = field(default_factory=list)
+    # Eligible agents in the pools that were counted (only pools nobody was picked in are
+    # counted: counting the winning pool would cost as much as the pool is large).
     available_agents: int = 0
+    # Whether the caller's `attach` statements ran (with the pick, on PostgreSQL).
+    attached: bool = False
 
     @property
     def assigned(self) -> bool:
@@ -61,7 +58,7 @@ class RoutingDecision:
 
     def as_record(self) -> dict:
         """What is stored about this attempt, for people asking "why (not) them?"."""
-        return {
+        record = {
             "at": timezone.now().isoformat(),
             "outcome": "assigned" if self.agent else "unassigned",
             "strategy": self.strategy,
@@ -69,120 +66,64 @@ class RoutingDecision:
             "teamId": str(self.team.pk) if self.team else None,
             "tier": self.tier,
             "tiers": self.tiers,
-            "availableAgents": self.available_agents,
             "agentId": str(self.agent.pk) if self.agent else None,
             "reason": self.reason,
         }
+        if self.agent is None:
+            record["availableAgents"] = self.available_agents
+        return record
 
 
-def resolve_config(*, tenant: Tenant, team: Team | None) -> ResolvedConfig:
-    """The team's own config; else the tenant's; else round robin with the default
-    waterfall."""
-    config = getattr(team, "assignment_config", None) if team is not None else None
-    source = "team"
-    if config is None:
-        config = AssignmentConfig.objects.for_tenant(tenant).filter(team__isnull=True).first()
-        source = "tenant"
-    if config is None:
-        return ResolvedConfig(Strategy.ROUND_ROBIN, True, list(DEFAULT_WATERFALL), "default")
-    return ResolvedConfig(config.strategy, config.is_enabled, config.waterfall, source)
+def _pools(*, tenant_id, team: Team | None, waterfall: list[str], work: str, tiers: list[dict]):
+    """Candidate pools in the order they are tried: (pool, team of the pool).
 
-
-# What routing and the handover response read of an agent; loading only these keeps a
-# 200-agent pool from costing 200 password hashes and unused columns.
-AGENT_FIELDS = (
-    "id",
-    "tenant_id",
-    "role",
-    "is_active",
-    "presence",
-    "capacity",
-    "current_lead_count",
-    "last_assigned_at",
-    "user__id",
-    "user__email",
-    "user__full_name",
-    "user__is_active",
-)
-
-
-def _active_agents(tenant: Tenant):
-    return (
-        Membership.objects.for_tenant(tenant)
-        .filter(is_active=True, user__is_active=True)
-        .select_related("user")
-        .only(*AGENT_FIELDS)
-    )
-
-
-def _team_schedule(team: Team) -> TeamSchedule | None:
-    return getattr(team, "schedule", None)
-
-
-def _pools(*, tenant: Tenant, team: Team | None, waterfall: list[str], tiers: list[dict]):
-    """Candidate pools in the order they are tried: (tier, team of the pool, agents).
-
-    With a team: only its members (a named team never falls back to others). Without: each role
-    tier of the waterfall, then the default team's members. Queries run lazily, so a
-    pool that is never reached costs nothing.
+    With a team: only its members (a named team never falls back to others). Without:
+    each role tier of the waterfall, then the default team's members.
     """
     if team is not None:
-        yield "team", team, list(_active_agents(tenant).filter(team_memberships__team=team))
+        yield Pool("team", f"{work}:team:{team.pk}", team_id=team.pk), team
         return
-
-    role_tiers = [tier for tier in waterfall if tier in ROLE_TIERS]
-    by_role: dict[str, list[Membership]] = {ROLE_TIERS[tier]: [] for tier in role_tiers}
-    if role_tiers:
-        for agent in _active_agents(tenant).filter(role__in=list(by_role)):
-            by_role[agent.role].append(agent)
     for tier in waterfall:
         if tier == "team":
             tiers.append({"tier": "team", "agents": 0, "skipped": "no teamId"})
         elif tier in ROLE_TIERS:
-            yield tier, None, by_role[ROLE_TIERS[tier]]
-
-    default_team = Team.objects.for_tenant(tenant).filter(is_default=True).first()
-    if default_team is None:
+            yield Pool(tier, f"{work}:tier:{tier}", role=ROLE_TIERS[tier]), None
+    default = tenant_snapshot(tenant_id).default_team
+    if default is None:
         tiers.append({"tier": DEFAULT_TEAM_TIER, "agents": 0, "skipped": "no default team"})
         return
-    agents = list(_active_agents(tenant).filter(team_memberships__team=default_team))
-    yield DEFAULT_TEAM_TIER, default_team, agents
+    pool = Pool(DEFAULT_TEAM_TIER, f"{work}:team:{default.id}", team_id=default.id)
+    yield pool, default.as_team()
 
 
-def _eligible(tenant: Tenant, agents, *, strategy: str, load: LoadFunction, lock: bool):
-    """Agents who are available, those of them who can take work now (below capacity),
-    and their load.
-
-    When load decides (a capacity is set, or least busy), the pool's agents are locked
-    in primary-key order and re-read first, so concurrent assignments queue up and each
-    counts the work the previous one gave out: capacity holds under concurrency.
-    """
-    available = [agent for agent in agents if agent.is_online]
-    needs_load = strategy == Strategy.LEAST_BUSY or any(a.capacity is not None for a in available)
-    if not (needs_load and available):
-        return available, available, {}
-    if lock:
-        available = list(
-            Membership.objects.for_tenant(tenant)
-            .select_for_update(of=("self",))
-            .select_related("user")
-            .filter(
-                pk__in=[agent.pk for agent in available], presence=Presence.ONLINE, is_active=True
-            )
-            .order_by("pk")
-        )
-    current_load = load(available)
-    eligible = [
-        agent
-        for agent in available
-        if agent.capacity is None or current_load.get(agent.pk, 0) < agent.capacity
+def _agent_ids(ids: Sequence) -> list:
+    return [
+        agent_id if isinstance(agent_id, uuid.UUID) else uuid.UUID(str(agent_id))
+        for agent_id in ids
     ]
-    return available, eligible, current_load
 
 
-def _pool_key(*, work: str, team: Team | None, tier: str | None) -> str:
-    # Each kind of work has its own rotation: handovers and leads both go round a team.
-    return f"{work}:team:{team.pk}" if team is not None else f"{work}:tier:{tier}"
+def _pick(pool: Pool, *, tenant_id, attach, dry_run: bool, **args):
+    """The pool's agent (the statement also ran `attach`), or None."""
+    on_postgres = connection.vendor == "postgresql"
+    for _ in range(MAX_ATTEMPTS):
+        if on_postgres:
+            ctes = attach() if attach is not None and not dry_run else []
+            sql, params = picking.pick_statement(
+                pool, tenant_id=tenant_id, dry_run=dry_run, attach=ctes, **args
+            )
+            result = picking.run_pick(sql, params)
+        else:
+            ctes = []
+            result = picking.pick_with_orm(pool, tenant_id=tenant_id, dry_run=dry_run, **args)
+        if result.agent is not None:
+            return result.agent, bool(ctes)
+        if result.candidate_id is None:
+            if dry_run or result.has_cursor:
+                return None, False
+            # The pool's first pick ever: create its cursor, then pick under its lock.
+            picking.create_cursor(tenant_id=tenant_id, pool=pool)
+    return None, False
 
 
 @ROUTING_DURATION.time()
@@ -190,22 +131,30 @@ def route(
     *,
     tenant: Tenant,
     team: Team | None,
-    load: LoadFunction,
     work: str,
+    load=None,
     exclude_agent_ids: Sequence = (),
     dry_run: bool = False,
     lock_agents: bool = True,
+    count: bool = False,
+    attach: Callable[["RoutingDecision"], list[Cte]] | None = None,
 ) -> RoutingDecision:
     """Pick an agent for one piece of work by the team's or tenant's rules.
 
     `work` names the kind of work ("sessions", "leads"): each has its own round-robin
-    rotation. `load(agents)` returns each agent's open items (missing means 0).
-    `dry_run` tells who would be picked without advancing a cursor or stamping the
-    agent. `lock_agents=False` picks without touching agent rows (no pool lock, no
-    `last_assigned_at`), for a caller that then locks agents itself in its own order.
+    rotation and its own counter of open items. `load` is accepted for older callers
+    and ignored: the counters are the load. `dry_run` tells who would be picked without
+    advancing a cursor or stamping the agent. `lock_agents=False` picks without touching
+    agent rows (no `last_assigned_at`), for a caller that then locks agents itself in
+    its own order. `count=True` adds the work to the agent's counter in the pick.
+    `attach(decision)` returns statements to run in the pick statement, given the
+    decision as it stands if this pool's pick succeeds (PostgreSQL only;
+    `decision.attached` says whether they ran).
     """
+    del load
     now = timezone.now()
-    config = resolve_config(tenant=tenant, team=team)
+    tenant_id = getattr(tenant, "pk", tenant)
+    config = resolve_config(tenant=tenant_id, team=team)
     decision = RoutingDecision(
         agent=None, strategy=config.strategy, team=team, config_source=config.source
     )
@@ -216,48 +165,49 @@ def route(
         decision.reason = UnassignedReason.MANUAL_STRATEGY
         return decision
 
-    schedule = _team_schedule(team) if team is not None else None
-    if schedule is not None and not schedule_is_open(schedule, now):
-        decision.reason = UnassignedReason.TEAM_CLOSED
-        decision.tiers = [{"tier": "team", "agents": 0, "skipped": "team closed"}]
-        return decision
+    if team is not None:
+        snapshot = team_snapshot(tenant_id, team.pk)
+        schedule = snapshot.schedule if snapshot is not None else None
+        if schedule is not None and not schedule.is_open(now):
+            decision.reason = UnassignedReason.TEAM_CLOSED
+            decision.tiers = [{"tier": "team", "agents": 0, "skipped": "team closed"}]
+            return decision
 
-    excluded = {str(agent_id) for agent_id in exclude_agent_ids}
+    exclude = _agent_ids(exclude_agent_ids)
+    args = {
+        "strategy": config.strategy,
+        "work": work,
+        "exclude": exclude,
+        "now": now,
+        "touch_agent": lock_agents,
+        "count": count and lock_agents,
+    }
+    counts = picking.pool_counts if connection.vendor == "postgresql" else None
     found_anyone = found_available = False
-    for tier, pool_team, agents in _pools(
-        tenant=tenant, team=team, waterfall=config.waterfall, tiers=decision.tiers
+    for pool, pool_team in _pools(
+        tenant_id=tenant_id, team=team, waterfall=config.waterfall, work=work, tiers=decision.tiers
     ):
-        agents = [agent for agent in agents if str(agent.pk) not in excluded]
-        entry = {"tier": tier, "agents": len(agents)}
+        entry = {"tier": pool.tier}
         if pool_team is not None and pool_team is not team:
             entry["teamId"] = str(pool_team.pk)
         decision.tiers.append(entry)
-        if not agents:
-            continue
-        found_anyone = True
-        available, eligible, current_load = _eligible(
-            tenant, agents, strategy=config.strategy, load=load, lock=lock_agents and not dry_run
-        )
-        found_available = found_available or bool(available)
-        entry["available"] = len(available)
-        entry["eligible"] = len(eligible)
-        if not eligible:
-            continue
-        context = PickContext(
-            tenant=tenant,
-            pool_key=_pool_key(work=work, team=pool_team, tier=tier),
-            load=current_load,
-            dry_run=dry_run,
-        )
-        agent = get_strategy(config.strategy).pick(eligible, context)
-        if agent is None:
-            continue
-        decision.agent, decision.tier, decision.team = agent, tier, pool_team
-        decision.available_agents = len(eligible)
-        if lock_agents and not dry_run:
-            Membership.objects.for_tenant(tenant).filter(pk=agent.pk).update(last_assigned_at=now)
-            agent.last_assigned_at = now
-        return decision
+        # The statements attached to this pool's pick see the decision as it will be if
+        # somebody is picked here (tier, team, the tiers tried so far).
+        decision.tier, decision.team = pool.tier, pool_team
+        ctes = (lambda: attach(decision)) if attach is not None else None
+        agent, attached = _pick(pool, tenant_id=tenant_id, attach=ctes, dry_run=dry_run, **args)
+        decision.tier, decision.team = None, team
+        if agent is not None:
+            decision.agent, decision.tier, decision.team = agent, pool.tier, pool_team
+            decision.attached = attached
+            return decision
+        counter = counts or picking.pool_counts_with_orm
+        agents, available, eligible = counter(pool, tenant_id=tenant_id, work=work, exclude=exclude)
+        entry["agents"] = agents
+        if agents:
+            entry["available"], entry["eligible"] = available, eligible
+        found_anyone = found_anyone or agents > 0
+        found_available = found_available or available > 0
 
     decision.reason = _why_nobody(found_anyone=found_anyone, found_available=found_available)
     return decision

@@ -432,12 +432,22 @@ ACTION_CASES = {
         _session(w, unassign=True),
         {"agent": str(w["agent"].pk), "apply": "Assign"},
     ),
+    ("teams.Membership", "set_online"): lambda w: (_agent_with_presence(w, "away"), {}),
+    ("teams.Membership", "set_away"): _select("agent"),
+    ("teams.Membership", "set_offline"): _select("agent"),
     **{
         (label, "delete_selected"): _select_disposable(case)
         for label, case in FORM_CASES.items()
         if case.may_delete
     },
 }
+
+
+def _agent_with_presence(world, presence):
+    from teams.models import Membership
+
+    Membership.all_tenants.filter(pk=world["agent"].pk).update(presence=presence)
+    return world["agent"]
 
 
 def _session(world, unassign=False):

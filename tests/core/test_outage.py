@@ -43,6 +43,13 @@ URL = "/api/v1/handover"
 AUDIT_INSERT = 'INSERT INTO "audit_activitylog"'
 
 
+def writes_the_assignment(sql: str) -> bool:
+    """The handover's last statement before COMMIT: the pick, which also writes the
+    session's agent and its "session.assigned" audit row (teams.routing attaches them).
+    The session, the idempotency key and the confirmation are written by then."""
+    return AUDIT_INSERT in sql and "routed_agent" in sql
+
+
 def caused_by(django_error: type[DatabaseError], cause: Exception) -> DatabaseError:
     """What Django raises for a driver error: its own class, the driver's as the cause."""
     error = django_error(*cause.args)
@@ -174,9 +181,7 @@ def test_an_outage_in_the_middle_of_a_handover_answers_503_and_writes_nothing(
 ):
     error = OUTAGES[outage](tmp_path)
 
-    # The audit row is the handover's last write but one: the session, the idempotency
-    # key and the confirmation message are written by then.
-    with database_failing(error, when=lambda sql: sql.startswith(AUDIT_INSERT)):
+    with database_failing(error, when=writes_the_assignment):
         response = handover(tenant_client, HTTP_IDEMPOTENCY_KEY="retry-me")
 
     assert_service_unavailable(response)
@@ -199,7 +204,7 @@ def test_a_database_bug_stays_a_500_and_writes_nothing(
 ):
     error = BUGS[bug](tmp_path)
 
-    with database_failing(error, when=lambda sql: sql.startswith(AUDIT_INSERT)):
+    with database_failing(error, when=writes_the_assignment):
         response = handover(tenant_client)
 
     assert response.status_code == 500, response.content
@@ -368,7 +373,7 @@ def test_an_outage_logs_one_warning_line_without_traceback_or_key(
     )
     caplog.set_level(logging.INFO)
 
-    with database_failing(error, when=lambda sql: sql.startswith(AUDIT_INSERT)):
+    with database_failing(error, when=writes_the_assignment):
         handover(tenant_client)
 
     logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -397,7 +402,7 @@ def test_an_outage_on_a_page_logs_one_warning_line(caplog, client, owner):
 def test_a_bug_still_logs_its_traceback(caplog, tenant, teammate, tenant_client):
     error = caused_by(IntegrityError, psycopg.errors.UniqueViolation("duplicate key value"))
 
-    with database_failing(error, when=lambda sql: sql.startswith(AUDIT_INSERT)):
+    with database_failing(error, when=writes_the_assignment):
         handover(tenant_client)
 
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -412,7 +417,7 @@ def test_a_real_statement_timeout_mid_handover_answers_503_and_writes_nothing(
     tenant, teammate, tenant_client
 ):
     def slow_audit_insert(execute, sql, params, many, context):
-        if sql.startswith(AUDIT_INSERT):
+        if writes_the_assignment(sql):
             execute("SET LOCAL statement_timeout = '50ms'", None, False, context)
             execute("SELECT pg_sleep(2)", None, False, context)
         return execute(sql, params, many, context)
@@ -434,7 +439,7 @@ def test_a_connection_dropped_mid_handover_answers_503_and_writes_nothing(
     from tests.e2e.processes import pg_connect
 
     def drop_connection_before_audit(execute, sql, params, many, context):
-        if sql.startswith(AUDIT_INSERT):
+        if writes_the_assignment(sql):
             pid = connection.connection.info.backend_pid
             with pg_connect() as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", [pid])

@@ -111,6 +111,9 @@ BINDINGS = {
     "body.team_id": "teams",
     "body.teamId": "teams",
     "query.teamId": "teams",
+    "path.agent_id": "agents",
+    "query.team_id": "teams",
+    "query.agent_id": "agents",
 }
 # 422 is a handover whose Idempotency-Key was already used with another body: the fuzzer
 # repeats simple keys, and no schema can rule that out.

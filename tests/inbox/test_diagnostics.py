@@ -292,7 +292,11 @@ def test_everyone_away_or_full_is_an_availability_problem(tenant, tenant_client)
     assert report["verdict"]["reason"] == "all_at_capacity"
     assert "would stay unassigned (all_at_capacity)" in text
 
-    InboxSession.objects.for_tenant(tenant).update(status="closed")
+    from core.actor import Actor
+    from inbox.services import close_session
+
+    for session in InboxSession.objects.for_tenant(tenant):
+        close_session(tenant=tenant, session_id=session.pk, actor=Actor.system())
     freed = diagnose_json("--tenant", tenant.slug)
     assert [c["check"] for c in freed["checks"]].count("availability") == 0
     assert freed["verdict"]["agent"]["id"] == str(busy.id), "closed sessions free capacity"

@@ -79,17 +79,18 @@ def test_concurrent_duplicates_with_one_idempotency_key_execute_once(tenant, api
     assert ActivityLog.objects.for_tenant(tenant).filter(action="session.created").count() == 1
 
 
-# BEGIN, API key, tenant config, session insert, routing reads and the cursor, session
-# update, activity rows, the outbox message (the confirmation: nothing is published to a
-# broker), COMMIT.
-HANDOVER_BUDGET = 11
+# BEGIN; the session with its "created" activity and confirmation; the pick, which also
+# writes the assignment, its activity and the agent's notice; COMMIT. Plus the API key
+# lookup when the key cache misses: 6 at most (issue #10).
+HANDOVER_BUDGET = 6
 
 
 # Budgets are measured outside a test transaction, as in production: the service's
 # atomic block is a real BEGIN/COMMIT (both counted) rather than SAVEPOINT/RELEASE.
+@pytest.mark.postgres
 @pytest.mark.parametrize("team_size", [1, 200])
 @pytest.mark.django_db(transaction=True)
-def test_one_handover_runs_at_most_11_sql_statements(
+def test_one_handover_runs_at_most_6_sql_statements(
     tenant,
     tenant_client,
     team_size,
@@ -110,6 +111,7 @@ def test_one_handover_runs_at_most_11_sql_statements(
     assert response.json()["status"] == "assigned"
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_handover_without_team_also_fits_the_budget(
     tenant, tenant_client, django_assert_max_num_queries

@@ -17,6 +17,8 @@ from django.db import connection
 from audit.models import ActivityLog
 from core.actor import Actor
 from leads import tasks
+from leads.emails import attach_email
+from leads.formatting import format_deadline
 from leads.models import (
     Lead,
     LeadReassignment,
@@ -418,6 +420,77 @@ def test_two_sweeps_at_once_record_and_announce_each_breach_once(tenant, owner, 
         ActivityLog.objects.for_tenant(tenant).filter(action="lead.claim_sla_breached").count()
         == 50
     )
+
+
+# --- what the set-based batch writes ---------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_breach_email_is_the_outbox_row_attach_email_builds(tenant, owner, alice, clock):
+    """The sweep writes its emails as rows, not through attach_email: they must not
+    differ in anything the outbox worker or the renderer reads."""
+    lead = new_lead(tenant, alice, "Unclaimed")
+    clock.shift(timedelta(minutes=6))
+
+    sweep_sla_breaches()
+
+    notice = breach_notices(lead).select_related("email_message", "recipient__user").get()
+    written = notice.email_message
+    expected = attach_email(
+        Notification(
+            pk=notice.pk,
+            tenant_id=notice.tenant_id,
+            recipient=notice.recipient,
+            kind=notice.kind,
+            dedupe_key=notice.dedupe_key,
+        )
+    )
+    for field in (
+        "tenant_id",
+        "channel",
+        "kind",
+        "target",
+        "endpoint_key",
+        "payload",
+        "ordering_key",
+        "idempotency_key",
+        "status",
+        "attempts",
+        "max_attempts",
+        "claim_token",
+        "lease_expires_at",
+        "last_error",
+        "provider_message_id",
+        "finished_at",
+    ):
+        assert getattr(written, field) == getattr(expected, field), field
+    assert written.next_attempt_at == START + timedelta(minutes=6)
+    assert notice.body == (
+        "Unclaimed was assigned to Alice Agent and not claimed by "
+        f"{format_deadline(lead.claim_deadline, tenant)}. Reassign it from the admin."
+    )
+    assert notice.title == "Lead not claimed in time: Unclaimed"
+    assert notice.is_read is False and notice.read_at is None
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="SQLite takes this path anyway")
+@pytest.mark.django_db
+def test_the_values_list_path_of_sqlite_writes_the_same(tenant, owner, alice, clock, monkeypatch):
+    """The batch's rows go in as arrays on PostgreSQL and as a VALUES list elsewhere;
+    the second is plain SQL, so it is checked here too, on PostgreSQL."""
+    MembershipFactory(tenant=tenant, role=Role.ADMIN)
+    leads = [new_lead(tenant, alice, f"Lead {n}") for n in range(3)]
+    clock.shift(timedelta(minutes=6))
+    monkeypatch.setattr(connection, "vendor", "other")
+
+    assert sweep_sla_breaches() == {"claim": 3, "contact": 0}
+
+    monkeypatch.undo()
+    for lead in leads:
+        notices = breach_notices(lead).select_related("email_message")
+        assert notices.count() == 2
+        assert {n.email_message.status for n in notices} == {MessageStatus.PENDING}
+        assert breach_activity(lead, "lead.claim_sla_breached").get().data["admins_notified"] == 2
 
 
 # --- query budget ----------------------------------------------------------------------

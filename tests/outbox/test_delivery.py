@@ -323,3 +323,68 @@ def test_messages_are_created_in_order_even_on_a_clock_that_does_not_move(tenant
     assert first.created_at < second.created_at
     # Back in the present, a message is stamped with the present again.
     assert abs((_queue(tenant).created_at - timezone.now()).total_seconds()) < 5
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_stores_an_outcome_and_claims_the_next_message_in_one_call(tenant):
+    first, second = _queue(tenant), _queue(tenant, behave="transient")
+    (claimed,) = claim_due(limit=1)
+    assert claimed.pk == first.pk
+
+    followers: list = []
+    attempt(claimed, followers=followers)
+
+    assert _reload(first).status == MessageStatus.SENT
+    assert [m.pk for m in followers] == [second.pk]
+    assert _reload(second).status == MessageStatus.SENDING
+    assert followers[0].claim_token == _reload(second).claim_token
+    # A retry's outcome is stored the same way; nothing else is due, nothing is claimed.
+    more: list = []
+    attempt(followers[0], followers=more)
+    assert _reload(second).status == MessageStatus.PENDING
+    assert _reload(second).attempts == 1
+    assert more == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_outcome_from_a_lost_claim_is_not_stored_when_claiming_the_next_either(tenant):
+    message = _queue(tenant)
+    (stale,) = claim_due(limit=1)
+    OutboundMessage.all_tenants.filter(pk=message.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    (fresh,) = claim_due(limit=1)
+    followers: list = []
+    attempt(stale, followers=followers)
+    assert _reload(message).status == MessageStatus.SENDING
+    assert _reload(message).claim_token == fresh.claim_token
+    assert followers == []
+
+
+def test_a_lookup_is_kept_for_a_moment_and_only_when_usable(settings):
+    from outbox import lookups
+
+    settings.OUTBOX_LOOKUP_CACHE_SECONDS = 60
+    lookups.clear()
+    loads = []
+
+    def load(value, keep):
+        def loader():
+            loads.append(value)
+            return value, keep
+
+        return loader
+
+    assert lookups.get("probe", 1, load("a", True)) == "a"
+    assert lookups.get("probe", 1, load("b", True)) == "a"  # kept
+    assert lookups.get("probe", 2, load("broken", False)) == "broken"
+    assert lookups.get("probe", 2, load("fixed", True)) == "fixed"  # a problem is not kept
+    lookups.forget("probe", 1)
+    assert lookups.get("probe", 1, load("c", True)) == "c"
+    settings.OUTBOX_LOOKUP_CACHE_SECONDS = 0
+    lookups.clear()
+    assert lookups.get("probe", 1, load("d", True)) == "d"
+    assert lookups.get("probe", 1, load("e", True)) == "e"
+    assert loads == ["a", "broken", "fixed", "c", "d", "e"]

@@ -21,7 +21,7 @@ from teams.models import (
 )
 from teams.routing import UnassignedReason, resolve_config, route
 from teams.routing.schedules import schedule_is_open
-from teams.routing.strategies import STRATEGIES, PickContext, get_strategy
+from teams.routing.strategies import STRATEGIES, get_strategy
 from tests.factories import (
     AssignmentConfigFactory,
     MembershipFactory,
@@ -33,29 +33,26 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db
 
 
-def no_load(agents):
-    return {}
-
-
 def load_of(mapping):
-    """A load function returning `mapping` (agent -> open items) keyed by agent id."""
-    by_id = {agent.pk: count for agent, count in mapping.items()}
-
-    def load(agents):
-        return {agent.pk: by_id[agent.pk] for agent in agents if agent.pk in by_id}
-
-    return load
+    """Give agents open sessions: the engine reads each agent's `open_session_count`."""
+    for agent, count in mapping.items():
+        Membership.objects.for_tenant(agent.tenant_id).filter(pk=agent.pk).update(
+            open_session_count=count
+        )
 
 
 def pick(tenant, team=None, **kwargs):
-    kwargs.setdefault("load", no_load)
     kwargs.setdefault("work", "sessions")
     return route(tenant=tenant, team=team, **kwargs)
 
 
 def tried(decision):
-    """The tiers record as (tier, agents found, eligible or why skipped)."""
-    return [(t["tier"], t["agents"], t.get("skipped", t.get("eligible"))) for t in decision.tiers]
+    """The tiers record as (tier, agents found, eligible or why skipped). The pool an agent
+    was picked from is not counted (that would cost as much as the pool is large):
+    ("member", None, None)."""
+    return [
+        (t["tier"], t.get("agents"), t.get("skipped", t.get("eligible"))) for t in decision.tiers
+    ]
 
 
 def picked_id(decision):
@@ -151,8 +148,7 @@ def test_default_waterfall_prefers_members_and_records_the_tiers_it_tried(tenant
     assert picked_id(decision) in {m.pk for m in members}
     assert decision.tier == "member"
     assert decision.team is None
-    assert tried(decision) == [("team", 0, "no teamId"), ("member", 2, 2)]
-    assert decision.available_agents == 2
+    assert tried(decision) == [("team", 0, "no teamId"), ("member", None, None)]
 
 
 def test_tiers_without_active_agents_are_passed_over(tenant):
@@ -168,7 +164,7 @@ def test_tiers_without_active_agents_are_passed_over(tenant):
         ("team", 0, "no teamId"),
         ("member", 0, None),
         ("admin", 0, None),
-        ("super_admin", 1, 1),
+        ("super_admin", None, None),
     ]
 
 
@@ -181,7 +177,7 @@ def test_custom_waterfall_order_picks_admins_before_members(tenant):
 
     assert {picked_id(d) for d in decisions} == {admin.pk}
     assert decisions[0].tier == "admin"
-    assert tried(decisions[0]) == [("admin", 1, 1)], "no team tier when the waterfall omits it"
+    assert tried(decisions[0]) == [("admin", None, None)], "no team tier when it is omitted"
 
 
 def test_waterfall_that_omits_a_role_never_picks_people_with_that_role(tenant):
@@ -212,7 +208,7 @@ def test_default_team_is_the_fallback_when_no_tier_has_agents(tenant):
     assert picked_id(decision) == fallback.pk
     assert decision.tier == "default_team"
     assert decision.team == default_team
-    assert tried(decision) == [("admin", 0, None), ("default_team", 1, 1)]
+    assert tried(decision) == [("admin", 0, None), ("default_team", None, None)]
     assert decision.tiers[-1]["teamId"] == str(default_team.pk)
     record = decision.as_record()
     assert (record["tier"], record["teamId"], record["outcome"]) == (
@@ -231,7 +227,7 @@ def test_default_team_is_the_fallback_when_every_tier_is_away(tenant):
     decision = pick(tenant)
 
     assert picked_id(decision) == admin.pk
-    assert tried(decision) == [("member", 1, 0), ("default_team", 1, 1)]
+    assert tried(decision) == [("member", 1, 0), ("default_team", None, None)]
 
 
 def test_default_team_is_not_used_while_a_tier_has_agents(tenant):
@@ -310,20 +306,19 @@ def test_excluding_every_candidate_leaves_it_unassigned(tenant):
 def test_agent_at_capacity_is_skipped_by_the_load_passed_in(tenant):
     full = MembershipFactory(tenant=tenant, capacity=2)
     free = MembershipFactory(tenant=tenant, capacity=2)
-    load = load_of({full: 2, free: 1})
+    load_of({full: 2, free: 0})
 
-    decisions = [pick(tenant, load=load) for _ in range(3)]
+    decisions = [pick(tenant) for _ in range(3)]
 
     assert {picked_id(d) for d in decisions} == {free.pk}
-    assert decisions[0].available_agents == 1
 
 
 def test_agent_without_capacity_is_never_skipped_however_busy(tenant):
     unlimited = MembershipFactory(tenant=tenant, capacity=None)
     full = MembershipFactory(tenant=tenant, capacity=1)
-    load = load_of({unlimited: 10_000, full: 1})
+    load_of({unlimited: 10_000, full: 1})
 
-    assert {picked_id(pick(tenant, load=load)) for _ in range(3)} == {unlimited.pk}
+    assert {picked_id(pick(tenant)) for _ in range(3)} == {unlimited.pk}
 
 
 def test_everyone_at_capacity_or_away_is_all_at_capacity(tenant):
@@ -331,7 +326,8 @@ def test_everyone_at_capacity_or_away_is_all_at_capacity(tenant):
     full = MembershipFactory(tenant=tenant, capacity=1)
     MembershipFactory(tenant=tenant, presence="away")
 
-    decision = pick(tenant, load=load_of({full: 1}))
+    load_of({full: 1})
+    decision = pick(tenant)
 
     assert decision.agent is None
     assert decision.reason == UnassignedReason.ALL_AT_CAPACITY
@@ -350,7 +346,8 @@ def test_everyone_available_at_capacity_is_all_at_capacity(tenant):
     first = MembershipFactory(tenant=tenant, capacity=1)
     second = MembershipFactory(tenant=tenant, role=Role.ADMIN, capacity=2)
 
-    decision = pick(tenant, load=load_of({first: 1, second: 2}))
+    load_of({first: 1, second: 2})
+    decision = pick(tenant)
 
     assert decision.agent is None
     assert decision.reason == UnassignedReason.ALL_AT_CAPACITY
@@ -389,7 +386,8 @@ def test_away_in_one_tier_and_full_in_another_is_all_at_capacity(tenant):
     MembershipFactory(tenant=tenant, role=Role.MEMBER, presence="away")
     full_admin = MembershipFactory(tenant=tenant, role=Role.ADMIN, capacity=1)
 
-    decision = pick(tenant, load=load_of({full_admin: 1}))
+    load_of({full_admin: 1})
+    decision = pick(tenant)
 
     assert decision.reason == UnassignedReason.ALL_AT_CAPACITY
 
@@ -399,11 +397,12 @@ def test_tier_where_everyone_is_away_or_full_falls_through_to_the_next(tenant):
     full = MembershipFactory(tenant=tenant, role=Role.MEMBER, capacity=1)
     admin = MembershipFactory(tenant=tenant, role=Role.ADMIN, capacity=1)
 
-    decision = pick(tenant, load=load_of({full: 1}))
+    load_of({full: 1})
+    decision = pick(tenant)
 
     assert picked_id(decision) == admin.pk
     assert decision.tier == "admin"
-    assert tried(decision) == [("team", 0, "no teamId"), ("member", 2, 0), ("admin", 1, 1)]
+    assert tried(decision) == [("team", 0, "no teamId"), ("member", 2, 0), ("admin", None, None)]
 
 
 def test_unavailable_agent_is_skipped(tenant):
@@ -519,7 +518,8 @@ def test_least_busy_picks_the_fewest_open_items(tenant):
     busy = MembershipFactory(tenant=tenant)
     idle = MembershipFactory(tenant=tenant)
 
-    decision = pick(tenant, load=load_of({busy: 3, idle: 1}))
+    load_of({busy: 3, idle: 1})
+    decision = pick(tenant)
 
     assert picked_id(decision) == idle.pk
     assert decision.strategy == "least_busy"
@@ -530,7 +530,8 @@ def test_least_busy_counts_an_agent_missing_from_the_load_as_zero(tenant):
     busy = MembershipFactory(tenant=tenant)
     unlisted = MembershipFactory(tenant=tenant)
 
-    assert picked_id(pick(tenant, load=load_of({busy: 1}))) == unlisted.pk
+    load_of({busy: 1})
+    assert picked_id(pick(tenant)) == unlisted.pk
 
 
 def test_least_busy_tie_goes_to_never_assigned_then_longest_idle_then_id(tenant):
@@ -542,12 +543,12 @@ def test_least_busy_tie_goes_to_never_assigned_then_longest_idle_then_id(tenant)
         last_assigned_at=base + datetime.timedelta(minutes=5)
     )
     Membership.objects.for_tenant(tenant).filter(pk=earlier.pk).update(last_assigned_at=base)
-    equal = load_of({a: 1 for a in agents})
+    load_of({a: 1 for a in agents})
 
-    assert picked_id(pick(tenant, load=equal)) == never.pk
+    assert picked_id(pick(tenant)) == never.pk
     # `never` is now the most recently assigned: `earlier` has waited longest.
-    assert picked_id(pick(tenant, load=equal)) == earlier.pk
-    assert picked_id(pick(tenant, load=equal)) == recent.pk
+    assert picked_id(pick(tenant)) == earlier.pk
+    assert picked_id(pick(tenant)) == recent.pk
 
 
 def test_least_busy_full_tie_goes_to_the_lowest_id(tenant):
@@ -566,9 +567,9 @@ def test_least_busy_load_beats_idleness(tenant):
         last_assigned_at=datetime.datetime(2020, 1, 6, tzinfo=datetime.UTC)
     )
 
-    load = load_of({never_assigned: 2, just_assigned: 0})
+    load_of({never_assigned: 2, just_assigned: 0})
 
-    assert picked_id(pick(tenant, load=load)) == just_assigned.pk
+    assert picked_id(pick(tenant)) == just_assigned.pk
 
 
 # --- The strategy registry -------------------------------------------------------------
@@ -581,13 +582,8 @@ def test_strategy_registry_has_one_class_per_strategy(tenant):
         assert get_strategy(name) is strategy
 
 
-def test_manual_strategy_never_picks(tenant):
-    agents = [MembershipFactory(tenant=tenant) for _ in range(2)]
-    ctx = PickContext(tenant=tenant, pool_key="tier:member", load={})
-
-    assert STRATEGIES["manual"].pick(agents, ctx) is None
-    assert STRATEGIES["round_robin"].pick(agents, ctx) in agents
-    assert STRATEGIES["least_busy"].pick(agents, ctx) in agents
+def test_only_manual_never_picks(tenant):
+    assert {name for name, strategy in STRATEGIES.items() if not strategy.picks} == {"manual"}
 
 
 # --- Step 2 and 7: why nobody was picked -----------------------------------------------

@@ -248,3 +248,100 @@ def test_seed_demo_lead_counters_reconcile_without_drift():
     out = StringIO()
     call_command("reconcile_lead_counts", stdout=out)
     assert "No drift" in out.getvalue()
+
+
+# --- presence and the accept window (issue 13) -------------------------------------------
+
+
+def routing_agent_ids(data: dict) -> set[str]:
+    """Everyone a demo handover may be routed to: the teams' members and the role tiers
+    (every agent with a role in the default waterfall), except the one meant to be away."""
+    in_teams = {agent_id for team in data["teams"] for agent_id in team["agent_ids"]}
+    return in_teams | {a["id"] for a in data["agents"] if a["email"] != "gina@demo.test"}
+
+
+@pytest.mark.django_db
+def test_seed_demo_keeps_routing_agents_online_and_one_agent_away(api_client):
+    data = seed_demo_json()
+
+    stored = Membership.all_tenants.in_bulk([a["id"] for a in data["agents"]], field_name="pk")
+    presence = {str(pk): m.presence for pk, m in stored.items()}
+    assert {presence[agent_id] for agent_id in routing_agent_ids(data)} == {"online"}
+    [away] = [a for a in data["agents"] if a["presence"] == "away"]
+    assert away["email"] == "gina@demo.test" and presence[away["id"]] == "away"
+    assert away["id"] not in {i for team in data["teams"] for i in team["agent_ids"]}
+
+    # The first handover with the printed key routes at once, with or without a team.
+    headers = {"HTTP_X_API_KEY": data["api_key"]}
+    first = api_client.post(
+        "/api/v1/handover", {"contactId": "+447700900999", "name": "Jane"}, format="json", **headers
+    )
+    assert first.status_code == 201, first.content
+    assert first.json()["status"] == "assigned"
+    assert first.json()["assignedAgent"]["id"] != away["id"]
+    for team in data["teams"]:
+        if team["name"] in ("Support", "Sales"):
+            response = api_client.post(
+                "/api/v1/handover",
+                {"contactId": f"team-{team['name']}", "teamId": team["id"]},
+                format="json",
+                **headers,
+            )
+            assert response.json()["status"] == "assigned", response.content
+
+
+@pytest.mark.django_db
+def test_seed_demo_has_a_conversation_waiting_for_acceptance():
+    data = seed_demo_json()
+
+    tenant = Tenant.objects.get(pk=data["tenant"]["id"])
+    assert tenant.session_accept_window_minutes == 10 == data["accept_window_minutes"]
+    waiting = InboxSession.all_tenants.select_related("assigned_agent").get(
+        pk=data["waiting_session"]["id"]
+    )
+    assert waiting.status == "open" and waiting.accepted_at is None
+    assert waiting.assigned_agent.presence == "online"
+    assert timezone.now() < waiting.accept_deadline <= timezone.now() + timedelta(minutes=10)
+    assert str(waiting.pk) in {s["id"] for s in data["sessions"]}
+
+
+@pytest.mark.django_db
+def test_seed_demo_run_again_later_restores_presence_and_the_waiting_conversation(time_machine):
+    time_machine.move_to(timezone.now(), tick=False)
+    first = seed_demo_json()
+    alice = Membership.all_tenants.get(user__email="alice@demo.test")
+    Membership.all_tenants.filter(pk=alice.pk).update(presence="away")
+    time_machine.shift(timedelta(hours=2))  # the accept deadline has long passed
+
+    second = seed_demo_json()
+
+    assert second["waiting_session"]["id"] == first["waiting_session"]["id"]
+    waiting = InboxSession.all_tenants.get(pk=second["waiting_session"]["id"])
+    assert waiting.accept_deadline > timezone.now() and waiting.accepted_at is None
+    alice.refresh_from_db()
+    assert alice.presence == "online"
+    assert Membership.all_tenants.filter(user__email="gina@demo.test").count() == 1
+    assert InboxSession.all_tenants.filter(contact_id="+447700900006", status="open").count() == 1
+
+
+@pytest.mark.django_db
+def test_seed_demo_replaces_a_waiting_conversation_that_was_accepted():
+    first = seed_demo_json()
+    InboxSession.all_tenants.filter(pk=first["waiting_session"]["id"]).update(
+        accepted_at=timezone.now()
+    )
+
+    second = seed_demo_json()
+
+    assert second["waiting_session"]["id"] != first["waiting_session"]["id"]
+    assert InboxSession.all_tenants.get(pk=first["waiting_session"]["id"]).status == "closed"
+    assert InboxSession.all_tenants.get(pk=second["waiting_session"]["id"]).accepted_at is None
+
+
+@pytest.mark.django_db
+def test_seed_demo_human_output_shows_presence_and_the_waiting_conversation():
+    out = StringIO()
+    call_command("seed_demo", stdout=out)
+    text = out.getvalue()
+    assert "presence:" in text and "away: gina@demo.test" in text
+    assert "accept window: 10 min; waiting for acceptance: +447700900006" in text

@@ -1014,3 +1014,19 @@ def test_an_endpoint_added_in_the_admin_switched_off_gets_nothing(
 
     assert kinds(added) == []
     assert added.is_active is False
+
+
+def test_a_tenants_first_endpoint_hears_the_very_next_handover(tenant, tenant_client):
+    """The API key's tenant is remembered by the process; creating the first endpoint must
+    not leave the next few seconds of events unsent."""
+    MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    warm = tenant_client.post(
+        HANDOVER, {"contactId": "+4915100000070", "sendHandoverMessage": False}, format="json"
+    )
+    assert warm.status_code == 201  # the key and its tenant (no webhooks yet) are remembered
+    endpoint = endpoint_for(tenant)
+    response = tenant_client.post(
+        HANDOVER, {"contactId": "+4915100000071", "sendHandoverMessage": False}, format="json"
+    )
+    assert response.status_code == 201
+    assert "session.created" in kinds(endpoint)

@@ -1,5 +1,6 @@
 import json
 import os
+from datetime import datetime
 from importlib import import_module
 from importlib.util import find_spec
 
@@ -21,8 +22,9 @@ def demo_seeders():
 
 class Command(BaseCommand):
     help = (
-        "Create (or refresh) a demo tenant with an admin, agents in every role, teams, "
-        "an API key and a second tenant for isolation checks. Safe to run again."
+        "Create (or refresh) a demo tenant with an admin, agents in every role (online, "
+        "and one away), teams, an API key, a conversation waiting for acceptance and a "
+        "second tenant for isolation checks. Safe to run again."
     )
 
     def add_arguments(self, parser):
@@ -53,3 +55,20 @@ class Command(BaseCommand):
         self.stdout.write(f"  API key:      {output['api_key']}")
         self.stdout.write(f"  agents:       {len(output['agents'])}, teams: {len(output['teams'])}")
         self.stdout.write(f"  other tenant: {output['other_tenant']['id']} (isolation checks)")
+        by_presence = {}
+        for agent in output["agents"]:
+            by_presence.setdefault(agent["presence"], []).append(agent["email"])
+        online = len(by_presence.pop("online", []))
+        others = "".join(
+            f", {presence}: {', '.join(emails)}" for presence, emails in sorted(by_presence.items())
+        )
+        self.stdout.write(f"  presence:     online: {online} (every team and tier){others}")
+        waiting = output["waiting_session"]
+        agent_email = next(
+            a["email"] for a in output["agents"] if a["id"] == waiting["assigned_agent_id"]
+        )
+        until = datetime.fromisoformat(waiting["accept_deadline"]).strftime("%H:%M UTC")
+        self.stdout.write(
+            f"  accept window: {output['accept_window_minutes']} min; waiting for acceptance: "
+            f"{waiting['contact_id']} by {agent_email} (until {until})"
+        )

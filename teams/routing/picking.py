@@ -1,0 +1,382 @@
+"""The pick, in SQL: one statement finds a pool's next agent and writes everything that
+depends on who it is.
+
+The statement walks an index from its start and stops at the first eligible agent, so
+it costs the same for a pool of 1 or 2,000 agents and however much open work there is:
+
+* round robin: the next agent id after the pool's cursor (`RoundRobinCursor
+  .last_agent_id`), wrapping round to the smallest, along the team-member unique index
+  (team, agent) or `membership_rr_by_role` (tenant, role, id);
+* least busy: the smallest (work counter, last_assigned_at nulls first, id) along
+  `membership_lb_sessions` / `membership_lb_leads`.
+
+Eligible means online, active, with an active user, not excluded, and below capacity by
+the counter of the kind of work (`open_session_count` for sessions,
+`current_lead_count` for leads): counters kept with F() by the services that assign,
+move and close work, repaired by `manage.py reconcile_counters`.
+
+Writing statements (CTEs, in this order of data flow):
+
+    routing_lock   SELECT the pool's cursor FOR UPDATE: picks of one pool queue here
+    routing_pick   the candidate (statement snapshot)
+    routed_agent   UPDATE the agent: last_assigned_at, the counter (+1, when the caller
+                   counts the work), re-checking presence and capacity on the newest
+                   row version (and, for least busy, that its load did not move), so
+                   capacity holds under concurrency
+    routing_cursor UPDATE the cursor to the agent
+    + the caller's CTEs (`attach`), which read `routed_agent`
+
+The caller runs it as the last statement before COMMIT, so the cursor's lock is held for
+one statement. When the candidate lost a race (someone filled its capacity, or moved its
+load, after this statement's snapshot was taken) the statement changed nothing; the
+engine runs it again, now with a fresh snapshot and still holding the pool's lock.
+"""
+
+# ruff: noqa: S608 (the SQL is built from model table names and fixed fragments; every
+# value is a parameter)
+from dataclasses import dataclass
+
+from django.db import connection
+
+from teams.models import Membership, RoundRobinCursor, Strategy, TeamMember, User
+
+COUNTERS = {"sessions": "open_session_count", "leads": "current_lead_count"}
+ROUTED_AGENT = "routed_agent"  # the CTE attached statements read the chosen agent from
+AGENT_COLUMNS = (
+    "id",
+    "tenant_id",
+    "user_id",
+    "role",
+    "is_active",
+    "presence",
+    "capacity",
+    "current_lead_count",
+    "open_session_count",
+    "last_assigned_at",
+    "email_on_conversation",
+)
+USER_COLUMNS = ("user_email", "user_full_name", "user_is_active")
+
+M = Membership._meta.db_table
+TM = TeamMember._meta.db_table
+U = User._meta.db_table
+C = RoundRobinCursor._meta.db_table
+
+
+@dataclass(frozen=True)
+class Cte:
+    """A statement to run with the pick, as `name AS (sql)`; it may read `routed_agent`
+    (columns AGENT_COLUMNS + USER_COLUMNS), which is empty when nobody was picked."""
+
+    name: str
+    sql: str
+    params: list
+
+
+@dataclass(frozen=True)
+class Pool:
+    tier: str
+    key: str  # the cursor's pool_key
+    team_id: object = None  # a team's members ...
+    role: str | None = None  # ... or the tenant's agents with this role
+
+
+@dataclass(frozen=True)
+class PickResult:
+    has_cursor: bool
+    candidate_id: object
+    agent: Membership | None
+
+
+def _counter(work: str) -> str:
+    return COUNTERS.get(work, COUNTERS["sessions"])
+
+
+def _eligible(counter: str, exclude: list) -> tuple[str, list]:
+    sql = (
+        "m.presence = 'online' AND m.is_active AND u.is_active"
+        f" AND (m.capacity IS NULL OR m.{counter} < m.capacity)"
+    )
+    if exclude:
+        return f"{sql} AND NOT (m.id = ANY(%s::uuid[]))", [list(exclude)]
+    return sql, []
+
+
+_CANDIDATE_COLUMNS = (
+    "m.id, m.{counter} AS load, m.last_assigned_at, u.email, u.full_name,"
+    " u.is_active AS user_is_active"
+)
+
+
+def _candidate(pool: Pool, *, tenant_id, strategy, counter, exclude, after: str = ""):
+    """SELECT of the pool's first eligible agent in the strategy's order (one row)."""
+    eligible, eligible_params = _eligible(counter, exclude)
+    columns = _CANDIDATE_COLUMNS.format(counter=counter)
+    if strategy == Strategy.LEAST_BUSY:
+        scope, scope_params = "", []
+        if pool.team_id is not None:
+            scope = f" AND EXISTS (SELECT 1 FROM {TM} tm WHERE tm.team_id = %s AND tm.membership_id = m.id)"  # noqa: E501
+            scope_params = [pool.team_id]
+        elif pool.role is not None:
+            scope, scope_params = " AND m.role = %s", [pool.role]
+        return (
+            f"SELECT {columns} FROM {M} m JOIN {U} u ON u.id = m.user_id"
+            f" WHERE m.tenant_id = %s AND {eligible}{scope}"
+            f" ORDER BY m.{counter}, m.last_assigned_at ASC NULLS FIRST, m.id LIMIT 1",
+            [tenant_id, *eligible_params, *scope_params],
+        )
+    if pool.team_id is not None:
+        key = "tm.membership_id"
+        return (
+            f"SELECT {columns} FROM {TM} tm JOIN {M} m ON m.id = tm.membership_id"
+            f" JOIN {U} u ON u.id = m.user_id"
+            f" WHERE tm.team_id = %s AND m.tenant_id = %s AND {eligible}"
+            f"{f' AND {key} > {after}' if after else ''} ORDER BY {key} LIMIT 1",
+            [pool.team_id, tenant_id, *eligible_params],
+        )
+    return (
+        f"SELECT {columns} FROM {M} m JOIN {U} u ON u.id = m.user_id"
+        f" WHERE m.tenant_id = %s AND m.role = %s AND {eligible}"
+        f"{f' AND m.id > {after}' if after else ''} ORDER BY m.id LIMIT 1",
+        [tenant_id, pool.role, *eligible_params],
+    )
+
+
+def pick_statement(
+    pool: Pool,
+    *,
+    tenant_id,
+    strategy: str,
+    work: str,
+    exclude: list,
+    now,
+    dry_run: bool = False,
+    touch_agent: bool = True,
+    count: bool = False,
+    attach: list[Cte] = (),
+) -> tuple[str, list]:
+    counter = _counter(work)
+    args = {"tenant_id": tenant_id, "strategy": strategy, "counter": counter, "exclude": exclude}
+    lock = "" if dry_run else " FOR UPDATE"
+    ctes = [
+        (
+            "routing_lock",
+            f"SELECT last_agent_id FROM {C} WHERE tenant_id = %s AND pool_key = %s{lock}",
+            [tenant_id, pool.key],
+        )
+    ]
+    gate = "" if dry_run else " WHERE EXISTS (SELECT 1 FROM routing_lock)"
+    if strategy == Strategy.LEAST_BUSY:
+        sql, params = _candidate(pool, **args)
+        ctes.append(("routing_pick", f"SELECT * FROM ({sql}) p{gate} LIMIT 1", params))
+    else:
+        after_sql, after_params = _candidate(
+            pool, **args, after="(SELECT last_agent_id FROM routing_lock)"
+        )
+        first_sql, first_params = _candidate(pool, **args)
+        ctes.append(
+            (
+                "routing_pick",
+                f"SELECT * FROM (({after_sql}) UNION ALL ({first_sql})) p{gate} LIMIT 1",
+                [*after_params, *first_params],
+            )
+        )
+
+    agent_columns = ", ".join(f"m.{column}" for column in AGENT_COLUMNS)
+    user_columns = "p.email AS user_email, p.full_name AS user_full_name, p.user_is_active"
+    if dry_run or not touch_agent:
+        ctes.append(
+            (
+                ROUTED_AGENT,
+                f"SELECT {agent_columns}, {user_columns} FROM {M} m JOIN routing_pick p ON p.id = m.id",  # noqa: E501
+                [],
+            )
+        )
+    else:
+        changes = ["last_assigned_at = %s"]
+        if count:
+            changes.append(f"{counter} = m.{counter} + 1")
+        # Evaluated again on the newest row version if a concurrent transaction changed
+        # the agent after this statement's snapshot: capacity holds under concurrency.
+        recheck = (
+            "m.presence = 'online' AND m.is_active"
+            f" AND (m.capacity IS NULL OR m.{counter} < m.capacity)"
+        )
+        if strategy == Strategy.LEAST_BUSY:
+            recheck += (
+                f" AND m.{counter} = p.load"
+                " AND m.last_assigned_at IS NOT DISTINCT FROM p.last_assigned_at"
+            )
+        ctes.append(
+            (
+                ROUTED_AGENT,
+                f"UPDATE {M} m SET {', '.join(changes)} FROM routing_pick p"
+                f" WHERE m.id = p.id AND {recheck} RETURNING {agent_columns}, {user_columns}",
+                [now],
+            )
+        )
+    if not dry_run:
+        ctes.append(
+            (
+                "routing_cursor",
+                f"UPDATE {C} c SET last_agent_id = a.id, position = c.position + 1"
+                f" FROM {ROUTED_AGENT} a WHERE c.tenant_id = %s AND c.pool_key = %s",
+                [tenant_id, pool.key],
+            )
+        )
+    ctes.extend((cte.name, cte.sql, cte.params) for cte in attach)
+
+    sql = "WITH " + ",\n".join(f"{name} AS ({body})" for name, body, _ in ctes)
+    sql += (
+        "\nSELECT EXISTS (SELECT 1 FROM routing_lock), (SELECT id FROM routing_pick), a.*"
+        f" FROM (SELECT 1) AS one LEFT JOIN {ROUTED_AGENT} a ON true"
+    )
+    return sql, [param for _, _, params in ctes for param in params]
+
+
+def run_pick(sql: str, params: list) -> PickResult:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    has_cursor, candidate_id, *agent_row = row
+    return PickResult(has_cursor, candidate_id, _agent_from(agent_row))
+
+
+def _agent_from(values) -> Membership | None:
+    if values[0] is None:
+        return None
+    columns = dict(zip((*AGENT_COLUMNS, *USER_COLUMNS), values, strict=True))
+    user = User(
+        id=columns.pop("user_id"),
+        email=columns.pop("user_email"),
+        full_name=columns.pop("user_full_name"),
+        is_active=columns.pop("user_is_active"),
+    )
+    agent = Membership(**columns)
+    agent.user_id = user.pk
+    for obj in (user, agent):
+        obj._state.adding = False
+        obj._state.db = "default"
+    agent.user = user
+    return agent
+
+
+def create_cursor(*, tenant_id, pool: Pool) -> None:
+    RoundRobinCursor.objects.for_tenant(tenant_id).bulk_create(
+        [RoundRobinCursor(pool_key=pool.key)], ignore_conflicts=True
+    )
+
+
+def pool_counts(pool: Pool, *, tenant_id, work: str, exclude: list) -> tuple[int, int, int]:
+    """(active agents, of them online, of them below capacity): for the record of a
+    pool nobody in was picked, and the reason. Counts the pool: only when it failed."""
+    counter = _counter(work)
+    joins, where, params = "", ["m.tenant_id = %s"], [tenant_id]
+    if pool.team_id is not None:
+        joins = f" JOIN {TM} tm ON tm.membership_id = m.id AND tm.team_id = %s"
+        params.insert(0, pool.team_id)
+    elif pool.role is not None:
+        where.append("m.role = %s")
+        params.append(pool.role)
+    if exclude:
+        where.append("NOT (m.id = ANY(%s::uuid[]))")
+        params.append(list(exclude))
+    sql = (
+        "SELECT count(*), count(*) FILTER (WHERE m.presence = 'online'),"
+        " count(*) FILTER (WHERE m.presence = 'online'"
+        f" AND (m.capacity IS NULL OR m.{counter} < m.capacity))"
+        f" FROM {M} m{joins} JOIN {U} u ON u.id = m.user_id"
+        f" WHERE {' AND '.join(where)} AND m.is_active AND u.is_active"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def pick_with_orm(
+    pool: Pool,
+    *,
+    tenant_id,
+    strategy: str,
+    work: str,
+    exclude: list,
+    now,
+    dry_run: bool = False,
+    touch_agent: bool = True,
+    count: bool = False,
+) -> PickResult:
+    """The same pick in several ORM statements, for databases without data-modifying
+    CTEs (SQLite, embedded mode). Same order, same re-checks."""
+    from django.db.models import F, Q
+
+    counter = _counter(work)
+    cursors = RoundRobinCursor.objects.for_tenant(tenant_id).filter(pool_key=pool.key)
+    cursor = (cursors if dry_run else cursors.select_for_update()).first()
+    if cursor is None and not dry_run:
+        return PickResult(False, None, None)
+    agents = (
+        Membership.objects.for_tenant(tenant_id)
+        .filter(presence="online", is_active=True, user__is_active=True)
+        .filter(Q(capacity__isnull=True) | Q(**{f"{counter}__lt": F("capacity")}))
+        .exclude(pk__in=list(exclude))
+        .select_related("user")
+    )
+    if pool.team_id is not None:
+        agents = agents.filter(team_memberships__team_id=pool.team_id)
+    else:
+        agents = agents.filter(role=pool.role)
+    if strategy == Strategy.LEAST_BUSY:
+        order = (counter, F("last_assigned_at").asc(nulls_first=True), "pk")
+        candidate = agents.order_by(*order).first()
+    else:
+        last = cursor.last_agent_id if cursor is not None else None
+        candidate = (agents.filter(pk__gt=last) if last else agents.none()).order_by("pk").first()
+        candidate = candidate or agents.order_by("pk").first()
+    if candidate is None:
+        return PickResult(cursor is not None, None, None)
+    if not (dry_run or not touch_agent):
+        recheck = Membership.objects.for_tenant(tenant_id).filter(
+            Q(capacity__isnull=True) | Q(**{f"{counter}__lt": F("capacity")}),
+            pk=candidate.pk,
+            presence="online",
+            is_active=True,
+        )
+        if strategy == Strategy.LEAST_BUSY:
+            recheck = recheck.filter(
+                **{counter: getattr(candidate, counter)},
+                last_assigned_at=candidate.last_assigned_at,
+            )
+        changes = {"last_assigned_at": now}
+        if count:
+            changes[counter] = F(counter) + 1
+        if not recheck.update(**changes):
+            return PickResult(True, candidate.pk, None)
+        candidate.last_assigned_at = now
+        if count:
+            setattr(candidate, counter, getattr(candidate, counter) + 1)
+    if not dry_run:
+        cursors.update(last_agent_id=candidate.pk, position=F("position") + 1)
+    return PickResult(True, candidate.pk, candidate)
+
+
+def pool_counts_with_orm(pool: Pool, *, tenant_id, work: str, exclude: list):
+    from django.db.models import Count, F, Q
+
+    counter = _counter(work)
+    agents = (
+        Membership.objects.for_tenant(tenant_id)
+        .filter(is_active=True, user__is_active=True)
+        .exclude(pk__in=list(exclude))
+    )
+    if pool.team_id is not None:
+        agents = agents.filter(team_memberships__team_id=pool.team_id)
+    else:
+        agents = agents.filter(role=pool.role)
+    online = Q(presence="online")
+    below = Q(capacity__isnull=True) | Q(**{f"{counter}__lt": F("capacity")})
+    totals = agents.aggregate(
+        agents=Count("pk"),
+        available=Count("pk", filter=online),
+        eligible=Count("pk", filter=online & below),
+    )
+    return totals["agents"], totals["available"], totals["eligible"]

@@ -34,6 +34,7 @@ from audit.services import build_activity, record_activities
 from core import log_context
 from core.actor import Actor
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
+from core.transactions import retry_on_deadlock
 from inbox.models import InboxSession, SessionNoticeKind, SessionStatus
 from inbox.notices import save_notices, session_notice
 from inbox.services import _give_session_to, session_event
@@ -173,6 +174,7 @@ def _may_transfer(actor: Actor, tenant: Tenant, session: InboxSession) -> None:
     raise NotFound(code="session_not_found", message="No open session of yours has this id.")
 
 
+@retry_on_deadlock
 @transaction.atomic
 def transfer_session(
     *,
@@ -201,7 +203,7 @@ def transfer_session(
 
     decision = None
     if to_agent is not None:
-        if to_agent.tenant_id != tenant.pk or not to_agent.is_active:
+        if to_agent.tenant_id != tenant.pk or not (to_agent.is_active and to_agent.user.is_active):
             raise NotFound(code="agent_not_found", message="Agent not found.", field="to_agent_id")
         if to_agent.pk == previous:
             raise Conflict(
@@ -297,6 +299,8 @@ def _record_miss_batch(now, batch_size: int) -> tuple[list[_Miss], bool]:
         assigned_agent__isnull=False,
         accepted_at__isnull=True,
         accept_deadline__lte=now,
+        # A tenant that turned its window off lets the deadlines still standing lapse.
+        tenant__session_accept_window_minutes__isnull=False,
     )
     sessions = list(
         due.select_for_update(skip_locked=True, of=("self",))
@@ -386,6 +390,7 @@ def _record_miss_batch(now, batch_size: int) -> tuple[list[_Miss], bool]:
     return misses, more
 
 
+@retry_on_deadlock
 @transaction.atomic
 def _move_on(miss: _Miss, now) -> str:
     """Step 2 for one session: give it to another agent by the engine, or leave it

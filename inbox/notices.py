@@ -17,8 +17,8 @@ from django.urls import NoReverseMatch, reverse
 
 from core import log_context
 from inbox.models import InboxSession, SessionNotice, SessionNoticeKind, SessionStatus
-from outbox.channels import PermanentSendError, SkipMessage
-from outbox.email import EmailContent, register_renderer
+from outbox.channels import SkipMessage
+from outbox.email import EmailContent, email_to, register_renderer
 from outbox.models import OutboundMessage
 from outbox.services import build_message, queue_messages
 from teams.models import Membership
@@ -133,21 +133,11 @@ def render_for_outbox(message) -> EmailContent:
     skip_reason = _reason_to_skip(notice)
     if skip_reason:
         raise SkipMessage(skip_reason)
-    address = (notice.recipient.user.email or "").strip()
-    if not address:
-        raise PermanentSendError("The recipient has no email address.")
-    try:
-        subject, text, html = render_notice_email(notice)
-    except Exception as exc:  # a template bug must not be retried forever
-        logger.exception("Could not render the email of session notice %s", notice.pk)
-        raise PermanentSendError(
-            f"The email could not be rendered: {type(exc).__name__}: {exc}"
-        ) from None
-    return EmailContent(
-        subject=subject,
-        text=text,
-        html=html,
-        to=address,
+    return email_to(
+        notice.recipient.user.email,
+        lambda: render_notice_email(notice),
+        what=f"session notice {notice.pk}",
+        logger=logger,
         metadata={
             "notice_id": str(notice.pk),
             "tenant_id": str(notice.tenant_id),
@@ -169,7 +159,7 @@ def render_notice_email(notice: SessionNotice) -> tuple[str, str, str]:
 
 def conversations_url() -> str:
     try:
-        path = reverse("my-conversations")
+        path = reverse("conversations")
     except NoReverseMatch:  # the agent pages are not mounted (API-only deployments)
         path = "/conversations/"
     return f"{settings.PUBLIC_BASE_URL}{path}"

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audit.services import build_activity, record_activities
 from core.actor import Actor
+from core.transactions import retry_on_deadlock
 from inbox.acceptance import _api_time, _give_with_window, _take_back
 from inbox.models import InboxSession, SessionNoticeKind, SessionStatus
 from inbox.notices import save_notices, session_notice
@@ -77,6 +78,7 @@ def redistribute_sessions(
     return result
 
 
+@retry_on_deadlock
 @transaction.atomic
 def _move_session(*, tenant: Tenant, agent: Membership, session_id, actor: Actor, keeps: bool):
     session = (

@@ -48,6 +48,7 @@ from teams.routing import (
     route,
 )
 from teams.selectors import team_for_routing
+from teams.services import CounterDrift, reconcile_agent_counter
 from webhooks import events
 from webhooks.events import Event, emit
 
@@ -188,10 +189,12 @@ def _give_session_to(
     session.assigned_at = now if agent is not None else None
     session.unassigned_reason = ""
     session.strategy = strategy
-    # Each new holder gets the tenant's accept window afresh (inbox.acceptance sweeps it).
-    window = session.tenant.session_accept_window_minutes if agent is not None else None
-    session.accept_deadline = now + timedelta(minutes=window) if window else None
-    session.accepted_at = None
+    # Each new holder gets the tenant's accept window afresh (inbox.acceptance sweeps it);
+    # given again to the agent who has it, what they accepted (or not yet) stands.
+    if agent is None or session.assigned_agent_id != previous:
+        window = session.tenant.session_accept_window_minutes if agent is not None else None
+        session.accept_deadline = now + timedelta(minutes=window) if window else None
+        session.accepted_at = None
     if not counted and isinstance(agent, Membership | None):
         _move_open_session_count(
             session.tenant_id, from_id=previous, to_id=agent.pk if agent is not None else None
@@ -486,6 +489,8 @@ def _route_session(session, team, *, actor, now, attach: bool) -> RoutingDecisio
         work="sessions",
         count=True,
         attach=assignment_ctes if attach else None,
+        # Never back to an agent who let its accept window run out.
+        exclude_agent_ids=session.missed_agent_ids or (),
     )
     if decision.attached:
         # The statement wrote the session, its activity and the notice; mirror it here.
@@ -598,7 +603,11 @@ def handover(
             changed.append("context")
 
     routed = None
-    if session.assigned_agent_id is None:
+    # A session nobody accepted N times waits for a person: a new message does not
+    # start the round again.
+    if session.assigned_agent_id is None and (
+        session.unassigned_reason != UnassignedReason.NOT_ACCEPTED
+    ):
         if team is not None and session.team_id != team.pk:
             session.team = team
             changed.append("team")
@@ -745,10 +754,15 @@ def assign_session_to(
 
 
 @transaction.atomic
-def close_session(*, tenant: Tenant, session_id, actor: Actor) -> InboxSession:
-    session = (
-        InboxSession.objects.for_tenant(tenant).select_for_update().filter(pk=session_id).first()
-    )
+def close_session(
+    *, tenant: Tenant, session_id, actor: Actor, assigned_to: Membership | None = None
+) -> InboxSession:
+    """Close a session (and free its agent). `assigned_to`: only if it is still with that
+    agent when locked (an agent's own Close must not close a session moved meanwhile)."""
+    sessions = InboxSession.objects.for_tenant(tenant).select_for_update().filter(pk=session_id)
+    if assigned_to is not None:
+        sessions = sessions.filter(assigned_agent=assigned_to)
+    session = sessions.first()
     if session is None:
         raise NotFound(code="session_not_found", message="Session not found.")
     session.tenant = tenant
@@ -809,49 +823,19 @@ def purge_expired_idempotency_keys() -> int:
     return deleted
 
 
-@dataclass(frozen=True)
-class SessionCounterDrift:
-    agent: Membership
-    stored: int
-    actual: int
-
-
 def reconcile_open_session_counts(
     *, fix: bool = False, tenant: Tenant | None = None
-) -> list[SessionCounterDrift]:
+) -> list[CounterDrift]:
     """Compare every agent's `open_session_count` with its open sessions; repair if
-    asked. Returns the counters that differ (with `fix`, the ones repaired and the value
-    written), ordered by tenant and email."""
-    agents = (
-        Membership.all_tenants.select_related("user", "tenant")  # every tenant, or the one asked
-        .annotate(actual=Count("sessions", filter=Q(sessions__status=SessionStatus.OPEN)))
-        .order_by("tenant__slug", "user__email", "pk")
+    asked (teams.services.reconcile_agent_counter)."""
+    return reconcile_agent_counter(
+        counter="open_session_count",
+        actual=Count("sessions", filter=Q(sessions__status=SessionStatus.OPEN)),
+        count_now=lambda agent: (
+            InboxSession.objects.for_tenant(agent.tenant_id)
+            .filter(assigned_agent=agent, status=SessionStatus.OPEN)
+            .count()
+        ),
+        fix=fix,
+        tenant=tenant,
     )
-    if tenant is not None:
-        agents = agents.filter(tenant=tenant)
-    drifts = [
-        SessionCounterDrift(agent=a, stored=a.open_session_count, actual=a.actual)
-        for a in agents
-        if a.open_session_count != a.actual
-    ]
-    if not fix:
-        return drifts
-    repaired = [_repair_open_session_count(drift.agent) for drift in drifts]
-    return [drift for drift in repaired if drift is not None]
-
-
-@transaction.atomic
-def _repair_open_session_count(agent: Membership) -> SessionCounterDrift | None:
-    """Recount one agent under its row lock: an assignment counting at the same time
-    waits for it (or it for the assignment), so none is lost. One agent per transaction,
-    so this never holds two agents at once."""
-    locked = Membership.all_tenants.select_for_update().get(pk=agent.pk)
-    actual = (
-        InboxSession.objects.for_tenant(locked.tenant_id)
-        .filter(assigned_agent=locked, status=SessionStatus.OPEN)
-        .count()
-    )
-    if locked.open_session_count == actual:
-        return None  # put right in the meantime
-    Membership.all_tenants.filter(pk=locked.pk).update(open_session_count=actual)
-    return SessionCounterDrift(agent=agent, stored=locked.open_session_count, actual=actual)

@@ -26,7 +26,7 @@ from leads.models import (
     ReassignmentReason,
 )
 from outbox.channels import PermanentSendError, SkipMessage
-from outbox.email import EmailContent, register_renderer
+from outbox.email import EmailContent, email_to, register_renderer
 from outbox.models import OutboundMessage
 from outbox.services import build_message
 
@@ -113,21 +113,11 @@ def render_for_outbox(message) -> EmailContent:
         raise SkipMessage(skip_reason)
     if notification.lead is None:
         raise PermanentSendError("The notification has no lead to tell about.")
-    address = (notification.recipient.user.email or "").strip()
-    if not address:
-        raise PermanentSendError("The recipient has no email address.")
-    try:
-        subject, text, html = render_notification_email(notification)
-    except Exception as exc:  # a template bug must not be retried forever
-        logger.exception("Could not render the email of notification %s", notification.pk)
-        raise PermanentSendError(
-            f"The email could not be rendered: {type(exc).__name__}: {exc}"
-        ) from None
-    return EmailContent(
-        subject=subject,
-        text=text,
-        html=html,
-        to=address,
+    return email_to(
+        notification.recipient.user.email,
+        lambda: render_notification_email(notification),
+        what=f"notification {notification.pk}",
+        logger=logger,
         metadata={
             "notification_id": str(notification.pk),
             "tenant_id": str(notification.tenant_id),

@@ -47,6 +47,7 @@ from outbox.services import queue_messages
 from teams.models import ADMIN_ROLES, Membership, Tenant
 from teams.routing import route
 from teams.selectors import team_for_routing
+from teams.services import CounterDrift, reconcile_agent_counter
 from webhooks import events
 from webhooks.events import Event, emit
 
@@ -1125,51 +1126,17 @@ def sweep_sla_breaches(*, now=None, batch_size: int = SWEEP_BATCH_SIZE) -> dict:
 # --- counters --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CounterDrift:
-    agent: Membership
-    stored: int
-    actual: int
-
-
 def reconcile_lead_counts(*, fix: bool = False, tenant: Tenant | None = None) -> list[CounterDrift]:
-    """Compare every agent's `current_lead_count` with its open leads; repair if asked.
-
-    Returns the counters that differ (with `fix`, the ones repaired and the value written),
-    ordered by tenant and email.
-    """
-    agents = (
-        Membership.all_tenants.select_related("user", "tenant")  # every tenant, or the one asked
-        .annotate(actual=Count("leads", filter=Q(leads__status__in=OPEN_LEAD_STATUSES)))
-        .order_by("tenant__slug", "user__email", "pk")
+    """Compare every agent's `current_lead_count` with its open leads; repair if asked
+    (teams.services.reconcile_agent_counter)."""
+    return reconcile_agent_counter(
+        counter="current_lead_count",
+        actual=Count("leads", filter=Q(leads__status__in=OPEN_LEAD_STATUSES)),
+        count_now=lambda agent: (
+            Lead.objects.for_tenant(agent.tenant_id)
+            .filter(assigned_agent=agent, status__in=OPEN_LEAD_STATUSES)
+            .count()
+        ),
+        fix=fix,
+        tenant=tenant,
     )
-    if tenant is not None:
-        agents = agents.filter(tenant=tenant)
-    drifts = [
-        CounterDrift(agent=a, stored=a.current_lead_count, actual=a.actual)
-        for a in agents
-        if a.current_lead_count != a.actual
-    ]
-    if not fix:
-        return drifts
-    repaired = [_repair_lead_count(drift.agent) for drift in drifts]
-    return [drift for drift in repaired if drift is not None]
-
-
-@transaction.atomic
-def _repair_lead_count(agent: Membership) -> CounterDrift | None:
-    """Recount one agent under its row lock, so a reassignment in between is not lost.
-
-    One transaction per agent: no two agents are held at once, so this cannot deadlock
-    with a reassignment that locks its two agents in primary-key order.
-    """
-    locked = Membership.all_tenants.select_for_update().get(pk=agent.pk)
-    actual = (
-        Lead.objects.for_tenant(locked.tenant_id)
-        .filter(assigned_agent=locked, status__in=OPEN_LEAD_STATUSES)
-        .count()
-    )
-    if locked.current_lead_count == actual:
-        return None  # put right in the meantime
-    Membership.all_tenants.filter(pk=locked.pk).update(current_lead_count=actual)
-    return CounterDrift(agent=agent, stored=locked.current_lead_count, actual=actual)

@@ -8,6 +8,7 @@ can also carry its content in its payload (``subject``, ``text``, ``html``).
 """
 
 import contextlib
+import logging
 import smtplib
 import threading
 from collections.abc import Callable
@@ -35,6 +36,31 @@ class EmailContent:
     html: str = ""
     to: str = ""  # defaults to the message's target
     metadata: dict = field(default_factory=dict)
+
+
+def email_to(
+    address: str,
+    render: Callable[[], tuple[str, str, str]],
+    *,
+    what: str,
+    metadata: dict,
+    logger: logging.Logger,
+) -> EmailContent:
+    """The email of a notice to `address`, with `render()` giving (subject, text, html).
+    No address, or a template that cannot render, is a permanent failure: retrying would
+    change nothing. `what` names the notice in the caller's `logger` ("notification
+    <id>")."""
+    address = (address or "").strip()
+    if not address:
+        raise PermanentSendError("The recipient has no email address.")
+    try:
+        subject, text, html = render()
+    except Exception as exc:  # a template bug must not be retried forever
+        logger.exception("Could not render the email of %s", what)
+        raise PermanentSendError(
+            f"The email could not be rendered: {type(exc).__name__}: {exc}"
+        ) from None
+    return EmailContent(subject=subject, text=text, html=html, to=address, metadata=metadata)
 
 
 Renderer = Callable[[object], EmailContent]

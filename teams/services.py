@@ -485,3 +485,52 @@ def delete_tenant_record(*, instance, actor: Actor) -> None:
         data={"row": str(instance)},
     )
     instance.delete()
+
+
+# --- counters ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CounterDrift:
+    agent: Membership
+    stored: int
+    actual: int
+
+
+def reconcile_agent_counter(
+    *, counter: str, actual, count_now, fix: bool = False, tenant: Tenant | None = None
+) -> list[CounterDrift]:
+    """Compare every agent's `counter` (a Membership field kept with F()) with `actual`
+    (an aggregate over their open work); repair if asked, recounting each agent with
+    `count_now(locked_agent)`. Returns the counters that differ (with `fix`, the ones
+    repaired and the value written), ordered by tenant and email."""
+    agents = (
+        Membership.all_tenants.select_related("user", "tenant")  # every tenant, or the one asked
+        .annotate(actual=actual)
+        .order_by("tenant__slug", "user__email", "pk")
+    )
+    if tenant is not None:
+        agents = agents.filter(tenant=tenant)
+    drifts = [
+        CounterDrift(agent=agent, stored=getattr(agent, counter), actual=agent.actual)
+        for agent in agents
+        if getattr(agent, counter) != agent.actual
+    ]
+    if not fix:
+        return drifts
+    repaired = [_repair_counter(drift.agent, counter, count_now) for drift in drifts]
+    return [drift for drift in repaired if drift is not None]
+
+
+@transaction.atomic
+def _repair_counter(agent: Membership, counter: str, count_now) -> CounterDrift | None:
+    """Recount one agent under its row lock: work assigned or moved at the same time
+    waits for it (or it for the work), so none is lost. One agent per transaction, so this
+    never holds two agents at once (no deadlock with a move that locks two)."""
+    locked = Membership.all_tenants.select_for_update().get(pk=agent.pk)
+    actual = count_now(locked)
+    stored = getattr(locked, counter)
+    if stored == actual:
+        return None  # put right in the meantime
+    Membership.all_tenants.filter(pk=locked.pk).update(**{counter: actual})
+    return CounterDrift(agent=agent, stored=stored, actual=actual)

@@ -131,7 +131,12 @@ def _accept(request, session, membership):
 
 
 def _close(request, session, membership):
-    close_session(tenant=membership.tenant, session_id=session.pk, actor=_actor(membership))
+    close_session(
+        tenant=membership.tenant,
+        session_id=session.pk,
+        actor=_actor(membership),
+        assigned_to=membership,
+    )
 
 
 def _transfer_target(membership: Membership, value: str) -> dict:

@@ -136,15 +136,25 @@ _lock = threading.Lock()
 _MISSING = object()
 
 
+def _fresh(stored, now) -> bool:
+    # A clock that went back counts as expired too.
+    return stored is not None and 0 <= now - stored[0] < CACHE_SECONDS
+
+
 def _cached(tenant_id, key, load):
+    """`load()`'s value, remembered for CACHE_SECONDS; None (no such row) is not
+    remembered, so ids made up by a caller cannot fill the cache."""
     now = time.time()
     stored = _entries.get(tenant_id, {}).get(key)
-    # A clock that went back counts as expired too.
-    if stored is not None and 0 <= now - stored[0] < CACHE_SECONDS:
+    if _fresh(stored, now):
         return stored[1]
     value = load()
+    if value is None:
+        return value
     with _lock:
-        entries = dict(_entries.get(tenant_id, {}))
+        # Expired entries go when the tenant's dict is rebuilt: it holds at most what
+        # was used within the lifetime.
+        entries = {k: v for k, v in _entries.get(tenant_id, {}).items() if _fresh(v, now)}
         entries[key] = (now, value)
         _entries[tenant_id] = entries
     return value

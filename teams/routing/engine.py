@@ -206,6 +206,7 @@ def route(
         entry["agents"] = agents
         if agents:
             entry["available"], entry["eligible"] = available, eligible
+            decision.available_agents += eligible
         found_anyone = found_anyone or agents > 0
         found_available = found_available or available > 0
 

@@ -525,3 +525,70 @@ def test_the_retry_sweep_leaves_not_accepted_sessions_alone(team, clock):
     )
     retry_unassigned_sessions(tenant_id=team.tenant_id)
     assert reload(session).assigned_agent_id is None
+
+
+def test_a_new_message_never_brings_it_back_to_the_agent_who_missed_it(team, clock):
+    missed = agent_in(team)
+    session = InboxSessionFactory(
+        tenant=team.tenant,
+        team=team,
+        contact_id="+4915100000090",
+        unassigned_reason=UnassignedReason.ALL_AWAY,
+        missed_agent_ids=[str(missed.pk)],
+        confirmation=False,
+    )
+    again = _handover(team.tenant, "+4915100000090", team)
+    assert again.pk == session.pk
+    assert again.assigned_agent_id is None
+    fresh = agent_in(team)
+    assert _handover(team.tenant, "+4915100000090", team).assigned_agent_id == fresh.pk
+
+
+def test_a_new_message_leaves_a_not_accepted_session_for_the_admins(team, clock):
+    agent_in(team)
+    session = InboxSessionFactory(
+        tenant=team.tenant,
+        team=team,
+        contact_id="+4915100000091",
+        unassigned_reason=UnassignedReason.NOT_ACCEPTED,
+        confirmation=False,
+    )
+    again = _handover(team.tenant, "+4915100000091", team)
+    assert again.pk == session.pk
+    assert again.assigned_agent_id is None
+    assert again.unassigned_reason == UnassignedReason.NOT_ACCEPTED
+
+
+def test_assigning_it_to_the_agent_who_has_it_keeps_their_accept(team, clock):
+    from inbox.services import assign_session_to
+
+    agent = agent_in(team)
+    session = waiting_session(team, agent)
+    accept_session(tenant=team.tenant, session_id=session.pk, agent=agent, actor=Actor.system())
+    assign_session_to(tenant=team.tenant, session_id=session.pk, agent=agent, actor=Actor.system())
+    session = reload(session)
+    assert session.accepted_at == T0
+    assert session.accept_deadline is None
+
+
+def test_an_agents_close_does_not_close_a_session_moved_to_someone_else(team, clock):
+    from core.errors import NotFound
+    from inbox.services import close_session
+
+    first, second = agent_in(team), agent_in(team)
+    session = waiting_session(team, second)
+    with pytest.raises(NotFound):
+        close_session(
+            tenant=team.tenant, session_id=session.pk, actor=Actor.system(), assigned_to=first
+        )
+    assert reload(session).status == "open"
+
+
+def test_a_tenant_that_turned_its_window_off_has_nothing_swept(team, clock):
+    agent = agent_in(team)
+    session = waiting_session(team, agent)
+    team.tenant.session_accept_window_minutes = None
+    team.tenant.save()
+    clock.move_to(T0 + timedelta(minutes=WINDOW + 1))
+    assert sweep_accept_windows()["missed"] == 0
+    assert reload(session).assigned_agent_id == agent.pk

@@ -216,6 +216,32 @@ def test_a_change_made_elsewhere_shows_up_within_the_lifetime(tenant, tenant_cli
     assert after["unassignedReason"] == "manual_strategy", "after it, the change applies"
 
 
+@pytest.mark.django_db
+def test_made_up_team_ids_do_not_fill_the_cache(tenant, tenant_client):
+    import uuid
+
+    routing_config.forget_all()
+    for _ in range(50):
+        response = tenant_client.post(
+            URL, {"contactId": "x", "teamId": str(uuid.uuid4())}, format="json"
+        )
+        assert response.status_code == 404
+    assert len(routing_config._entries.get(tenant.pk, {})) <= 2  # the tenant's own rows
+
+
+@pytest.mark.django_db
+def test_expired_entries_leave_when_the_tenant_is_cached_again(tenant, monkeypatch):
+    clock = [1_000_000.0]
+    monkeypatch.setattr(routing_config.time, "time", lambda: clock[0])
+    routing_config.forget_all()
+    teams = [TeamFactory(tenant=tenant) for _ in range(3)]
+    for team in teams:
+        routing_config.team_snapshot(tenant.pk, team.pk)
+    clock[0] += routing_config.CACHE_SECONDS + 1
+    routing_config.team_snapshot(tenant.pk, teams[0].pk)
+    assert len(routing_config._entries[tenant.pk]) == 1
+
+
 # --- 2,000 agents, real threads ---------------------------------------------------------
 
 

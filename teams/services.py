@@ -315,6 +315,31 @@ def _mark_away_batch(*, now, minutes: int, batch_size: int) -> int:
     return len(agents)
 
 
+@transaction.atomic
+def set_conversation_emails(*, membership: Membership, enabled: bool, actor: Actor) -> Membership:
+    """The agent's own preference: also email them when a conversation is assigned or
+    transferred to them (the in-app notice comes either way). One activity row per
+    change, none when nothing changed."""
+    membership = (
+        Membership.objects.for_tenant(membership.tenant_id)
+        .select_for_update(of=("self",))
+        .select_related("tenant", "user")
+        .get(pk=membership.pk)
+    )
+    if membership.email_on_conversation == enabled:
+        return membership
+    membership.email_on_conversation = enabled
+    membership.save(update_fields=["email_on_conversation"])
+    record_activity(
+        tenant=membership.tenant,
+        action="membership.updated",
+        actor=actor,
+        target=membership,
+        data={"changes": {"email_on_conversation": [not enabled, enabled]}},
+    )
+    return membership
+
+
 # --- One door for the admin's edits ----------------------------------------------------
 #
 # Every change the admin makes to a tenant's configuration (the tenant and its SLA

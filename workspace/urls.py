@@ -17,6 +17,7 @@ urlpatterns = [
         views.notice_read,
         name="notification-read",
     ),
+    path("notifications/email/", views.conversation_emails, name="conversation-emails"),
     path("presence/", views.presence, name="presence"),
     path("presence/heartbeat", views.heartbeat, name="presence-heartbeat"),
 ]

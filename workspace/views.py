@@ -24,7 +24,7 @@ from core.errors import DomainError, InvalidInput
 from inbox.acceptance import accept_session, session_of_agent, transfer_session
 from inbox.services import close_session
 from teams.models import Membership, PresenceSource, Team
-from teams.services import record_page_heartbeat, set_agent_presence
+from teams.services import record_page_heartbeat, set_agent_presence, set_conversation_emails
 from workspace.context_processors import memberships_of_request
 from workspace.selectors import (
     conversations_of,
@@ -185,9 +185,32 @@ def _notifications_context(request) -> dict:
 
 
 @login_required
+@require_POST
+def conversation_emails(request):
+    """The agent's "email me about new conversations" switch, for every tenant they work
+    for (like presence: it is about the person, not the tenant)."""
+    enabled = request.POST.get("enabled") == "on"
+    with transaction.atomic():
+        for membership in memberships_of_request(request):
+            set_conversation_emails(
+                membership=membership, enabled=enabled, actor=_actor(membership)
+            )
+    if enabled:
+        messages.success(request, "You will also get an email for each new conversation.")
+    else:
+        messages.success(request, "No more emails for new conversations: notices only.")
+    return _back(request, "notifications")
+
+
+@login_required
 @require_GET
 def notifications(request):
-    return render(request, "workspace/notifications.html", _notifications_context(request))
+    context = _notifications_context(request)
+    memberships = memberships_of_request(request)
+    context["conversation_emails"] = bool(memberships) and all(
+        m.email_on_conversation for m in memberships
+    )
+    return render(request, "workspace/notifications.html", context)
 
 
 @fragment

@@ -347,8 +347,12 @@ class WrkResult:
 
 
 def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    """wrk's "842.00us", "13.72ms", "1.02s" or "1.50m" in milliseconds."""
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if found is None:
+        raise ValueError(f"wrk printed a latency this cannot read: {text!r}")
+    number, unit = found.groups()
+    return float(number) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000}[unit]
 
 
 def run_wrk(base: str, *, method: str, path: str, key: str, seconds: float, team=None) -> WrkResult:
@@ -383,7 +387,7 @@ def run_wrk(base: str, *, method: str, path: str, key: str, seconds: float, team
     finally:
         os.unlink(handle.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50_ms = _ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p50_ms = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.MULTILINE).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     if m := re.search(r"Socket errors: (.*)", out):

@@ -438,3 +438,41 @@ def test_query_counts_do_not_grow_with_the_rows(
     # session + user, memberships; a beat within the minute writes nothing
     with django_assert_max_num_queries(3):
         assert client.post("/presence/heartbeat").status_code == 204
+
+
+# --- Email preference --------------------------------------------------------------------
+
+
+def test_an_agent_turns_conversation_emails_on_and_off_from_the_notices_page(
+    tenant, other_tenant, agent
+):
+    elsewhere = MembershipFactory(tenant=other_tenant, user=agent.user)
+    client = login(agent)
+    page = client.get(NOTIFICATIONS).content.decode()
+    assert 'name="enabled"' in page and 'name="enabled" checked' not in page
+
+    response = client.post("/notifications/email/", {"enabled": "on"})
+
+    assert response.status_code == 302
+    for membership in (agent, elsewhere):
+        membership.refresh_from_db()
+        assert membership.email_on_conversation is True
+    rows = ActivityLog.all_tenants.filter(action="membership.updated", target_id=str(agent.pk))
+    assert [row.data["changes"] for row in rows] == [{"email_on_conversation": [False, True]}]
+    assert 'name="enabled" checked' in client.get(NOTIFICATIONS).content.decode()
+
+    client.post("/notifications/email/", {})  # the box unticked
+    agent.refresh_from_db()
+    assert agent.email_on_conversation is False
+
+
+def test_with_emails_on_a_new_conversation_also_queues_an_email(tenant, agent):
+    from outbox.models import OutboundMessage
+
+    login(agent).post("/notifications/email/", {"enabled": "on"})
+    agent.refresh_from_db()  # as the admin's "Assign to…" loads the agent it assigns
+    conversation(tenant, agent, contact="Ada Lovelace")
+    notice_row = SessionNotice.objects.for_tenant(tenant).get(recipient=agent)
+    assert notice_row.email_message is not None
+    email = OutboundMessage.all_tenants.get(pk=notice_row.email_message_id)
+    assert email.channel == "email" and email.target == agent.user.email

@@ -281,13 +281,7 @@ class HandoverDiagnosticsApi(TenantApiView):
         team = None
         team_uuid = filters.validated_data.get("teamId")
         if team_uuid is not None:
-            team = team_for_tenant(tenant=self.tenant, team_id=team_uuid)
-            if team is None:
-                raise NotFound(
-                    code="team_not_found",
-                    message=f"Team {team_uuid} does not exist in this tenant.",
-                    field="teamId",
-                )
+            team = team_for_tenant(tenant=self.tenant, team_id=team_uuid, field="teamId")
         return Response(diagnose_handover(tenant=self.tenant, team=team).as_dict())
 
 

@@ -148,13 +148,7 @@ class AgentsApi(TenantApiView):
         team = None
         team_id = filters.validated_data.get("team_id")
         if team_id is not None:
-            team = team_for_tenant(tenant=self.tenant, team_id=team_id)
-            if team is None:
-                raise NotFound(
-                    code="team_not_found",
-                    message=f"Team {team_id} does not exist in this tenant.",
-                    field="team_id",
-                )
+            team = team_for_tenant(tenant=self.tenant, team_id=team_id, field="team_id")
         agents = directory_agents(
             tenant=self.tenant, presence=filters.validated_data.get("presence"), team=team
         )

@@ -3,6 +3,7 @@
 
 import uuid
 
+from core.errors import NotFound
 from teams.models import ADMIN_ROLES, ApiKey, Membership, Team, Tenant
 from teams.routing.config import team_snapshot, tenant_row
 
@@ -22,8 +23,17 @@ def active_agents(*, tenant: Tenant):
     )
 
 
-def team_for_tenant(*, tenant: Tenant, team_id) -> Team | None:
-    return Team.objects.for_tenant(tenant).filter(pk=team_id).first()
+def team_for_tenant(*, tenant: Tenant, team_id, field: str) -> Team:
+    """The tenant's team `team_id`, or a 404 naming `field` (a team of another tenant
+    does not exist for this one)."""
+    team = Team.objects.for_tenant(tenant).filter(pk=team_id).first()
+    if team is None:
+        raise NotFound(
+            code="team_not_found",
+            message=f"Team {team_id} does not exist in this tenant.",
+            field=field,
+        )
+    return team
 
 
 def team_for_routing(*, tenant: Tenant, team_id) -> Team | None:

@@ -11,7 +11,6 @@ from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -23,8 +22,8 @@ from core.actor import Actor
 from core.errors import DomainError, InvalidInput
 from inbox.acceptance import accept_session, session_of_agent, transfer_session
 from inbox.services import close_session
-from teams.models import Membership, PresenceSource, Team
-from teams.services import record_page_heartbeat, set_agent_presence, set_conversation_emails
+from teams.models import Membership, Team
+from teams.services import record_page_heartbeat
 from workspace.context_processors import memberships_of_request
 from workspace.selectors import (
     conversations_of,
@@ -33,7 +32,12 @@ from workspace.selectors import (
     notices_version,
     unread_notice_count,
 )
-from workspace.services import mark_all_notices_read, mark_notice_read
+from workspace.services import (
+    mark_all_notices_read,
+    mark_notice_read,
+    set_conversation_emails_everywhere,
+    set_presence_everywhere,
+)
 
 VIA = "agent_page"
 LIVE_VERSION_HEADER = "X-Live-Version"
@@ -190,11 +194,9 @@ def conversation_emails(request):
     """The agent's "email me about new conversations" switch, for every tenant they work
     for (like presence: it is about the person, not the tenant)."""
     enabled = request.POST.get("enabled") == "on"
-    with transaction.atomic():
-        for membership in memberships_of_request(request):
-            set_conversation_emails(
-                membership=membership, enabled=enabled, actor=_actor(membership)
-            )
+    set_conversation_emails_everywhere(
+        memberships=memberships_of_request(request), enabled=enabled, via=VIA
+    )
     if enabled:
         messages.success(request, "You will also get an email for each new conversation.")
     else:
@@ -259,14 +261,7 @@ def presence(request):
     memberships = memberships_of_request(request)
     status = request.POST.get("status", "")
     try:
-        with transaction.atomic():  # all tenants or none
-            for membership in memberships:
-                set_agent_presence(
-                    membership=membership,
-                    presence=status,
-                    actor=_actor(membership),
-                    source=PresenceSource.PAGE,
-                )
+        set_presence_everywhere(memberships=memberships, presence=status, via=VIA)
     except DomainError as exc:
         messages.error(request, exc.message)
     else:

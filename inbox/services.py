@@ -17,10 +17,8 @@ from datetime import timedelta
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Case, Count, F, Q, When
-from django.db.models.constants import OnConflict
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Greatest
-from django.db.models.sql import InsertQuery, UpdateQuery
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -28,6 +26,7 @@ from audit.services import build_activity, record_activities
 from core import log_context
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
+from core.row_sql import insert_sql, update_sql
 from inbox.channels import confirmation_sender
 from inbox.models import (
     ConfirmationSkipReason,
@@ -125,11 +124,8 @@ def _insert_unless_conflicting(obj) -> bool:
     which would cost a second query on every new session. A concurrent insert of the same
     open session makes this wait for that transaction, then insert nothing.
     """
-    model = type(obj)
-    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
-    query.insert_values(model._meta.local_concrete_fields, [obj])
-    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
-    pk_column = connection.ops.quote_name(model._meta.pk.column)
+    sql, params = insert_sql(obj, ignore_conflicts=True)
+    pk_column = connection.ops.quote_name(type(obj)._meta.pk.column)
     with connection.cursor() as cursor:
         cursor.execute(f"{sql} RETURNING {pk_column}", params)
         return cursor.fetchone() is not None
@@ -365,31 +361,6 @@ def _confirmed_recently(session: InboxSession, previous: OutboundMessage, now) -
     return now - sent_at < quiet
 
 
-def _insert_sql(obj, *, when: str) -> tuple[str, list]:
-    """`INSERT INTO t (…) SELECT … WHERE when` for one unsaved row, compiled by Django
-    (so defaults, pre_save and expressions apply): an insert that runs only if `when`."""
-    model = type(obj)
-    query = InsertQuery(model)
-    query.insert_values(model._meta.local_concrete_fields, [obj])
-    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
-    head, _, values = sql.partition(" VALUES (")
-    return f"{head} SELECT {values[:-1]} WHERE {when}", list(params)
-
-
-def _update_sql(obj, fields, *, when: str) -> tuple[str, list]:
-    """`UPDATE t SET <fields> WHERE pk = … AND when` for a loaded row (values may be SQL
-    expressions reading a CTE of the same statement)."""
-    model = type(obj)
-    query = UpdateQuery(model)
-    meta = model._meta
-    query.add_update_values(
-        {name: getattr(obj, meta.get_field(name).attname) for name in dict.fromkeys(fields)}
-    )
-    query.add_filter("pk", obj.pk)
-    sql, params = query.get_compiler(connection=connection).as_sql()
-    return f"{sql} AND {when}", list(params)
-
-
 def _execute_with(ctes: list[tuple[str, list]], *, first: tuple[str, list]):
     """Run `first` (which RETURNING something) with `ctes` in one statement; its row."""
     names = [f"w{n}" for n in range(len(ctes))]
@@ -412,13 +383,10 @@ def _create_open_session(candidate: InboxSession, rows: list) -> bool:
         for row in rows:
             type(row).all_tenants.bulk_create([row])
         return True
-    model = type(candidate)
-    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
-    query.insert_values(model._meta.local_concrete_fields, [candidate])
-    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
-    pk_column = connection.ops.quote_name(model._meta.pk.column)
+    sql, params = insert_sql(candidate, ignore_conflicts=True)
+    pk_column = connection.ops.quote_name(type(candidate)._meta.pk.column)
     when = "EXISTS (SELECT 1 FROM first)"
-    inserts = [_insert_sql(row, when=when) for row in rows]
+    inserts = [insert_sql(row, when=when) for row in rows]
     return _execute_with(inserts, first=(f"{sql} RETURNING {pk_column}", params)) is not None
 
 
@@ -445,7 +413,7 @@ def _assignment_ctes(session: InboxSession, decision: RoutingDecision, *, actor,
     shadow.team = decision.team or session.team
     shadow.updated_at = now
     statements = [
-        _update_sql(
+        update_sql(
             shadow, [*fields, "last_assignment_attempt", "team", "updated_at"], when=ASSIGNED_WHEN
         )
     ]
@@ -462,13 +430,13 @@ def _assignment_ctes(session: InboxSession, decision: RoutingDecision, *, actor,
         f" user_email) FROM {ROUTED_AGENT})",
         [json.dumps(data)],
     )
-    statements.append(_insert_sql(activity, when=ASSIGNED_WHEN))
+    statements.append(insert_sql(activity, when=ASSIGNED_WHEN))
     # An agent who asked for emails gets the notice written after the pick, with its
     # email (inbox.notices); everyone else's is part of the pick.
     notice = session_notice(session, Membership(), kind=SessionNoticeKind.SESSION_ASSIGNED)
     notice.recipient_id = RawSQL(agent_sql[1:-1], [])  # noqa: S611
     statements.append(
-        _insert_sql(
+        insert_sql(
             notice,
             when=NOTICE_IN_PICK_WHEN,
         )

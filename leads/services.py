@@ -6,7 +6,6 @@ Agent counters (`current_lead_count`) move only with F() updates in the same
 transaction as the lead change, so they cannot drift.
 """
 
-import json
 import logging
 import uuid
 from collections import namedtuple
@@ -745,23 +744,15 @@ class _BatchResult:
 
 
 def _insert_rows(model, rows: list[dict], *, ignore_conflicts: bool = False) -> None:
-    """INSERT `rows` (attname → value; a missing field gets its default) in one statement
-    on PostgreSQL.
-
-    The sweep's notices, their emails and its audit rows are thousands of rows of a few
-    values each. Building a model instance for each for bulk_create cost most of a sweep,
-    and so does a VALUES list of thousands of parameters (the server parses each); here
-    the rows travel as one JSON document (`INSERT … SELECT … FROM json_to_recordset(…)`),
-    which Python writes and PostgreSQL reads far faster than either handles thousands of
-    parameters, and values the rows share as one parameter each.
-    """
+    """INSERT `rows` (attname → value; a missing field gets its default) as VALUES lists,
+    in chunks the database accepts. The sweep's rows where `_insert_breach_rows` cannot
+    build them in SQL (SQLite: embedded mode, whose sweeps are small)."""
     if not rows:
         return
     fields = model._meta.concrete_fields
     given = [f for f in fields if f.attname in rows[0]]
     shared = [f for f in fields if f.attname not in rows[0]]
-    prepared = {f.attname: _column(f, [row[f.attname] for row in rows]) for f in given}
-    defaults = {f.attname: f.get_db_prep_save(f.get_default(), connection) for f in shared}
+    defaults = [f.get_db_prep_save(f.get_default(), connection) for f in shared]
     on_conflict = OnConflict.IGNORE if ignore_conflicts else None
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in [*given, *shared])
@@ -770,58 +761,19 @@ def _insert_rows(model, rows: list[dict], *, ignore_conflicts: bool = False) -> 
         f"{quote(model._meta.db_table)} ({columns}) "
     )
     tail = connection.ops.on_conflict_suffix_sql(fields, on_conflict, None, None) or ""
+    table = [
+        [*(f.get_db_prep_save(row[f.attname], connection) for f in given), *defaults]
+        for row in rows
+    ]
+    size = max(1, connection.ops.bulk_batch_size(fields, table))
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            names = [f"c{n}" for n in range(len(given))]
-            record = ", ".join(
-                f"{name} {f.db_type(connection)}" for name, f in zip(names, given, strict=True)
-            )
-            constants = "".join(f", %s::{f.db_type(connection)}" for f in shared)
-            records = json.dumps(
-                [
-                    dict(zip(names, values, strict=True))
-                    for values in zip(*prepared.values(), strict=True)
-                ],
-                default=_json_value,
-            )
-            # Names and types come from the model; every value is a parameter.
-            cursor.execute(
-                f"{head}SELECT {', '.join(names)}{constants} "  # noqa: S608
-                f"FROM json_to_recordset(%s::json) AS r({record}) {tail}",
-                [*defaults.values(), records],  # in the order they appear
-            )
-            return
-        # SQLite (embedded mode, small sweeps): a VALUES list, in chunks it accepts.
-        table = [
-            [*(prepared[f.attname][n] for f in given), *defaults.values()] for n in range(len(rows))
-        ]
-        size = max(1, connection.ops.bulk_batch_size(fields, table))
-        row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
         for first in range(0, len(table), size):
             chunk = table[first : first + size]
             cursor.execute(
                 f"{head}VALUES {', '.join([row_sql] * len(chunk))} {tail}",
                 [value for row in chunk for value in row],
             )
-
-
-def _column(field, values: list) -> list:
-    """A column's values as the database takes them: on PostgreSQL as they are, for the
-    one JSON document (`_json_value`); elsewhere each through its field, as bulk_create
-    does."""
-    if connection.vendor != "postgresql":
-        return [field.get_db_prep_save(value, connection) for value in values]
-    return values
-
-
-def _json_value(value):
-    """UUIDs and datetimes in the JSON of `_insert_rows`: their full text (an ISO time
-    with its offset and microseconds), which PostgreSQL reads back exactly."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} in a sweep row")
 
 
 _BREACH_ROW = (
@@ -922,7 +874,8 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
     is recorded, and announced, exactly once. One row beyond the batch is locked too, so
     the caller knows whether to go on without asking again.
     """
-    if connection.vendor == "postgresql":
+    postgres = connection.vendor == "postgresql"
+    if postgres:
         leads, more = _stamp_batch(stage, now, batch_size)
     else:
         leads, more = _stamp_batch_with_orm(stage, now, batch_size)
@@ -938,12 +891,45 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
         admins.setdefault(tenant_id, []).append((admin_id, email))
 
     created_at = timezone.now()
-    email_channel = get_channel("email")
-    notices, emails, activities = [], [], []
+    texts = _breach_texts(stage, leads)
+    if postgres:
+        _insert_breach_rows(stage, leads, texts, admins, created_at)
+    else:
+        emails, notices, activities = _breach_rows(stage, leads, texts, admins, created_at)
+        # The emails first: a notice points at its email. A notice whose breach was
+        # already announced (a racing sweep, without row locks) is dropped by its unique
+        # dedupe key, and so is its email by its idempotency key.
+        _insert_rows(OutboundMessage, emails, ignore_conflicts=True)
+        _insert_rows(Notification, notices, ignore_conflicts=True)
+        _insert_rows(ActivityLog, activities)
+    _emit_breach_events(stage, [lead for lead in leads if lead.tenant__has_active_webhooks])
+
+    auto = {lead.tenant_id for lead in leads if lead.tenant__auto_reassign_on_breach}
+    tenants = Tenant.objects.in_bulk(auto) if auto else {}
+    to_reassign = [
+        _Breach(
+            lead_id=lead.pk,
+            tenant=tenants[lead.tenant_id],
+            agent_id=lead.assigned_agent_id,
+            deadline=getattr(lead, stage.deadline),
+        )
+        for lead in leads
+        if lead.tenant_id in auto
+    ]
+    return _BatchResult(recorded=len(leads), more=more, to_reassign=to_reassign)
+
+
+_BreachText = namedtuple("_BreachText", "title body dedupe_key deadline")
+
+
+def _breach_texts(stage: _Stage, leads: list) -> list[_BreachText]:
+    """Per lead, what its admins read and what keeps the breach announced once: the
+    notices' title and body, their dedupe key, and the missed deadline as ISO text.
+    Both ways of writing the rows (`_insert_breach_rows`, `_breach_rows`) take them
+    from here."""
     verb = "claimed" if stage is CLAIM_STAGE else "contacted"
-    lead_type = ContentType.objects.get_for_model(Lead)
-    job = Actor.for_job("check_sla")
     zones: dict = {}
+    texts = []
     for lead in leads:
         deadline = getattr(lead, stage.deadline)
         # format_deadline reads only the tenant's timezone: one stand-in per timezone.
@@ -960,12 +946,29 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
             if lead.tenant__auto_reassign_on_breach
             else "Reassign it from the admin."
         )
-        title = f"Lead not {verb} in time: {lead.name}"[:200]
-        body = (
-            f"{lead.name} was assigned to {who} and not {verb} by "
-            f"{format_deadline(deadline, zone)}. {next_step}"
+        iso = deadline.isoformat()
+        texts.append(
+            _BreachText(
+                title=f"Lead not {verb} in time: {lead.name}"[:200],
+                body=(
+                    f"{lead.name} was assigned to {who} and not {verb} by "
+                    f"{format_deadline(deadline, zone)}. {next_step}"
+                ),
+                dedupe_key=f"{stage.kind}:{lead.pk}:{iso}",
+                deadline=iso,
+            )
         )
-        dedupe_key = f"{stage.kind}:{lead.pk}:{deadline.isoformat()}"
+    return texts
+
+
+def _breach_rows(stage: _Stage, leads: list, texts: list, admins: dict, created_at):
+    """The batch's rows, built in Python (attname → value): per lead and admin a notice
+    and its email, per lead an audit row. What `_insert_breach_rows` writes in SQL."""
+    email_channel = get_channel("email")
+    lead_type = ContentType.objects.get_for_model(Lead)
+    job = Actor.for_job("check_sla")
+    notices, emails, activities = [], [], []
+    for lead, text in zip(leads, texts, strict=True):
         lead_admins = admins.get(lead.tenant_id, [])
         for admin_id, email in lead_admins:
             notice_id, message_id = uuid.uuid4(), uuid.uuid4()
@@ -978,7 +981,7 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
                     notice_id,
                     message_id,
                     stage,
-                    dedupe_key,
+                    text.dedupe_key,
                     created_at,
                 )
             )
@@ -989,9 +992,9 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
                     "recipient_id": admin_id,
                     "lead_id": lead.pk,
                     "kind": stage.kind,
-                    "title": title,
-                    "body": body,
-                    "dedupe_key": dedupe_key,
+                    "title": text.title,
+                    "body": text.body,
+                    "dedupe_key": text.dedupe_key,
                     "email_message_id": message_id,
                     "created_at": created_at,
                 }
@@ -1010,33 +1013,13 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
                 "target_id": str(lead.pk),
                 "target_label": lead.name[:255],
                 "data": {
-                    "deadline": deadline.isoformat(),
+                    "deadline": text.deadline,
                     "agent_id": str(lead.assigned_agent_id) if lead.assigned_agent_id else None,
                     "admins_notified": len(lead_admins),
                 },
             }
         )
-    # The emails first: a notice points at its email. A notice whose breach was already
-    # announced (a racing sweep, on a database without row locks) is dropped by its
-    # unique dedupe key, and so is its email by its idempotency key.
-    _insert_rows(OutboundMessage, emails, ignore_conflicts=True)
-    _insert_rows(Notification, notices, ignore_conflicts=True)
-    _insert_rows(ActivityLog, activities)
-    _emit_breach_events(stage, [lead for lead in leads if lead.tenant__has_active_webhooks])
-
-    auto = {lead.tenant_id for lead in leads if lead.tenant__auto_reassign_on_breach}
-    tenants = Tenant.objects.in_bulk(auto) if auto else {}
-    to_reassign = [
-        _Breach(
-            lead_id=lead.pk,
-            tenant=tenants[lead.tenant_id],
-            agent_id=lead.assigned_agent_id,
-            deadline=getattr(lead, stage.deadline),
-        )
-        for lead in leads
-        if lead.tenant_id in auto
-    ]
-    return _BatchResult(recorded=len(leads), more=more, to_reassign=to_reassign)
+    return emails, notices, activities
 
 
 def _breach_email(
@@ -1062,6 +1045,174 @@ def _breach_email(
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _insert_select(model, values: dict[str, str], source: str, tail: str = "") -> str:
+    """`INSERT INTO <model's table> (<every column>) SELECT … FROM <source> <tail>`:
+    `values` maps attnames to SQL expressions; every other column gets its default,
+    the parameter `%(default_<attname>)s` (see `_insert_defaults`)."""
+    quote = connection.ops.quote_name
+    fields = model._meta.concrete_fields
+    unknown = set(values) - {f.attname for f in fields}
+    if unknown:
+        raise ValueError(f"{model.__name__} has no {', '.join(sorted(unknown))}")
+    columns = ", ".join(quote(f.column) for f in fields)
+    selected = ", ".join(
+        values.get(f.attname) or f"%(default_{f.attname})s::{f.db_type(connection)}" for f in fields
+    )
+    return (
+        f"INSERT INTO {quote(model._meta.db_table)} ({columns}) "  # noqa: S608
+        f"SELECT {selected} FROM {source} {tail}"
+    )
+
+
+def _insert_defaults(model, values: dict[str, str]) -> dict:
+    """The parameters `_insert_select` leaves for the columns `values` does not give."""
+    return {
+        f"default_{f.attname}": f.get_db_prep_save(f.get_default(), connection)
+        for f in model._meta.concrete_fields
+        if f.attname not in values
+    }
+
+
+# What each row of `_insert_breach_rows` takes from the batch (`lead`, `pair`: a lead and
+# one of its tenant's admins) and from the statement's parameters.
+_BREACH_EMAIL = {
+    "id": "p.message_id",
+    "tenant_id": "p.tenant_id",
+    "channel": "%(channel)s::text",
+    "kind": "%(action)s::text",
+    "target": "p.email",
+    "endpoint_key": "p.endpoint_key",
+    "payload": "jsonb_build_object("
+    "'renderer', %(renderer)s::text, 'notification_id', p.notice_id::text)",
+    "ordering_key": "''",
+    "idempotency_key": "'lead-notification/' || p.admin_id::text || '/' || p.dedupe_key",
+    "status": "%(pending)s::text",
+    "max_attempts": "%(max_attempts)s::integer",
+    "next_attempt_at": "%(now)s::timestamptz",
+    "created_at": "%(now)s::timestamptz",
+    "updated_at": "%(now)s::timestamptz",
+}
+_BREACH_NOTICE = {
+    "id": "p.notice_id",
+    "tenant_id": "p.tenant_id",
+    "recipient_id": "p.admin_id",
+    "lead_id": "p.lead_id",
+    "kind": "%(kind)s::text",
+    "title": "p.title",
+    "body": "p.body",
+    "dedupe_key": "p.dedupe_key",
+    "email_message_id": "p.message_id",
+    "created_at": "%(now)s::timestamptz",
+}
+_BREACH_ACTIVITY = {
+    "id": "gen_random_uuid()",
+    "tenant_id": "l.tenant_id",
+    "created_at": "%(now)s::timestamptz",
+    "action": "%(action)s::text",
+    "actor_label": "%(actor_label)s::text",
+    "via": "%(via)s::text",
+    "target_type_id": "%(target_type)s::integer",
+    "target_id": "l.id::text",
+    "target_label": "l.label",
+    "data": "jsonb_build_object('deadline', l.deadline, 'agent_id', l.agent_id::text,"
+    " 'admins_notified', coalesce(n.admins, 0))",
+}
+_BREACH_SQL: list = []
+
+
+def _breach_sql() -> str:
+    """The statement of `_insert_breach_rows`, built once (the same text every batch:
+    psycopg prepares it once a connection has run it a few times)."""
+    if not _BREACH_SQL:
+        _BREACH_SQL.append(
+            f"""
+            WITH lead AS (
+                SELECT * FROM unnest(
+                    %(lead_ids)s::uuid[], %(tenant_ids)s::uuid[], %(agent_ids)s::uuid[],
+                    %(labels)s::text[], %(titles)s::text[], %(bodies)s::text[],
+                    %(dedupe_keys)s::text[], %(deadlines)s::text[]
+                ) AS l(id, tenant_id, agent_id, label, title, body, dedupe_key, deadline)
+            ), admin AS (
+                SELECT * FROM unnest(
+                    %(admin_tenant_ids)s::uuid[], %(admin_ids)s::uuid[],
+                    %(admin_emails)s::text[], %(endpoint_keys)s::text[]
+                ) AS a(tenant_id, id, email, endpoint_key)
+            ), pair AS MATERIALIZED (
+                SELECT l.id AS lead_id, l.tenant_id, l.title, l.body, l.dedupe_key,
+                       a.id AS admin_id, a.email, a.endpoint_key,
+                       gen_random_uuid() AS notice_id, gen_random_uuid() AS message_id
+                FROM lead AS l JOIN admin AS a ON a.tenant_id = l.tenant_id
+            ), admins AS (
+                SELECT tenant_id, count(*) AS admins FROM admin GROUP BY tenant_id
+            ), email AS (
+                {_insert_select(OutboundMessage, _BREACH_EMAIL, "pair AS p", "ON CONFLICT DO NOTHING")}
+            ), notice AS (
+                {_insert_select(Notification, _BREACH_NOTICE, "pair AS p", "ON CONFLICT DO NOTHING")}
+            )
+            {_insert_select(ActivityLog, _BREACH_ACTIVITY, "lead AS l LEFT JOIN admins AS n ON n.tenant_id = l.tenant_id")}
+            """  # noqa: S608, E501 (names from the models; every value is a parameter)
+        )
+    return _BREACH_SQL[0]
+
+
+def _insert_breach_rows(stage: _Stage, leads: list, texts: list, admins: dict, created_at):
+    """Write the batch's notices, their emails and its audit rows in one statement
+    (PostgreSQL): the same rows as `_breach_rows` builds, made by the server from one
+    array per value of the leads and of their tenants' admins.
+
+    Python builds each lead's texts (`_breach_texts`: the deadline in the tenant's time
+    zone, as every notice shows it) and each admin's outbox endpoint; the server pairs
+    every lead with its tenant's admins and builds the rows, their ids and payloads.
+    Building those tens of thousands of rows in Python, and reading them back on the
+    server, was most of a big sweep's time. A notice (or email) whose breach was already
+    announced is dropped by its unique dedupe (idempotency) key, as `_breach_rows`' are.
+    """
+    email_channel = get_channel("email")
+    job = Actor.for_job("check_sla")
+    # Which far side an admin's email goes to depends on the tenant and the address (the
+    # payload's notice id does not change it): one key per admin.
+    shared_payload = {"renderer": EMAIL_RENDERER}
+    batch_admins = [
+        (tenant_id, admin_id, email or "")
+        for tenant_id in {lead.tenant_id: None for lead in leads}
+        for admin_id, email in admins.get(tenant_id, [])
+    ]
+    params = {
+        "lead_ids": [lead.pk for lead in leads],
+        "tenant_ids": [lead.tenant_id for lead in leads],
+        "agent_ids": [lead.assigned_agent_id for lead in leads],
+        "labels": [lead.name[:255] for lead in leads],
+        "titles": [text.title for text in texts],
+        "bodies": [text.body for text in texts],
+        "dedupe_keys": [text.dedupe_key for text in texts],
+        "deadlines": [text.deadline for text in texts],
+        "admin_tenant_ids": [tenant_id for tenant_id, _, _ in batch_admins],
+        "admin_ids": [admin_id for _, admin_id, _ in batch_admins],
+        "admin_emails": [email for _, _, email in batch_admins],
+        "endpoint_keys": [
+            email_channel.endpoint_key(tenant_id=tenant_id, target=email, payload=shared_payload)[
+                :255
+            ]
+            for tenant_id, _, email in batch_admins
+        ],
+        "now": created_at,
+        "kind": str(stage.kind),
+        "action": f"lead.{stage.kind}",
+        "channel": email_channel.name,
+        "renderer": EMAIL_RENDERER,
+        "pending": str(MessageStatus.PENDING),
+        "max_attempts": email_channel.max_attempts or settings.OUTBOX_MAX_ATTEMPTS,
+        "actor_label": job.label,
+        "via": job.via,
+        "target_type": ContentType.objects.get_for_model(Lead).pk,
+        **_insert_defaults(OutboundMessage, _BREACH_EMAIL),
+        **_insert_defaults(Notification, _BREACH_NOTICE),
+        **_insert_defaults(ActivityLog, _BREACH_ACTIVITY),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_breach_sql(), params)
 
 
 def _emit_breach_events(stage: _Stage, leads: list) -> None:

@@ -16,7 +16,7 @@ Django's compiler as before.
 
 import threading
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models.constants import OnConflict
 from django.db.models.expressions import RawSQL
 from django.db.models.sql.subqueries import InsertQuery, UpdateQuery
@@ -33,11 +33,11 @@ def _plain(fields) -> bool:
     return not any(hasattr(field, "get_placeholder") for field in fields)
 
 
-def _value_sql(field, value) -> tuple[str | None, list]:
+def _value_sql(field, value, db) -> tuple[str | None, list]:
     """(the expression's SQL, its params) for a RawSQL value; (None, [param]) else."""
     if isinstance(value, RawSQL):
         return f"({value.sql})", list(value.params)
-    return None, [field.get_db_prep_save(value, connection=connection)]
+    return None, [field.get_db_prep_save(value, connection=db)]
 
 
 def _remember(key, build):
@@ -60,7 +60,9 @@ def insert_sql(obj, *, when: str | None = None, ignore_conflicts: bool = False) 
         hasattr(value, "resolve_expression") and not isinstance(value, RawSQL) for value in values
     ):
         return _insert_with_compiler(obj, when=when, ignore_conflicts=ignore_conflicts)
-    compiled = [_value_sql(field, value) for field, value in zip(fields, values, strict=True)]
+    # The connection itself, not the proxy: every field asks it something.
+    db = connections[DEFAULT_DB_ALIAS]
+    compiled = [_value_sql(field, value, db) for field, value in zip(fields, values, strict=True)]
     key = ("insert", model, when, ignore_conflicts, tuple(sql for sql, _ in compiled))
 
     def build() -> str:
@@ -84,7 +86,8 @@ def update_sql(obj, fields: list[str], *, when: str) -> tuple[str, list]:
         hasattr(value, "resolve_expression") and not isinstance(value, RawSQL) for value in values
     ):
         return _update_with_compiler(obj, chosen, when=when)
-    compiled = [_value_sql(field, value) for field, value in zip(chosen, values, strict=True)]
+    db = connections[DEFAULT_DB_ALIAS]
+    compiled = [_value_sql(field, value, db) for field, value in zip(chosen, values, strict=True)]
     key = ("update", model, when, tuple(f.column for f in chosen), tuple(s for s, _ in compiled))
     pk = meta.pk
 
@@ -97,7 +100,7 @@ def update_sql(obj, fields: list[str], *, when: str) -> tuple[str, list]:
         return f"UPDATE {table} SET {changes} WHERE {table}.{_quote(pk.column)} = %s AND {when}"  # noqa: S608
 
     params = [param for _, params in compiled for param in params]
-    params.append(pk.get_db_prep_value(obj.pk, connection))
+    params.append(pk.get_db_prep_value(obj.pk, db))
     return _remember(key, build), params
 
 

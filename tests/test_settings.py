@@ -19,6 +19,7 @@ _CONFIG_VARS = (
     "REDIS_URL",
     "CELERY_TASK_ALWAYS_EAGER",
     "DB_CONN_MAX_AGE",
+    "DB_PREPARED_STATEMENTS",
     "DJANGO_SETTINGS_MODULE",
     "OUTBOUND_ALLOW_HTTP",
     "OUTBOUND_ALLOW_PRIVATE_NETWORKS",
@@ -104,6 +105,9 @@ def test_with_both_urls_the_product_runs_on_postgres_and_redis():
     assert loaded["database_is_postgres"] is True
     assert loaded["conn_max_age"] == 60
     assert loaded["options"]["connect_timeout"] == 5
+    # Values bound on the server; a statement run 5 times on a connection is prepared.
+    assert loaded["options"]["server_side_binding"] is True
+    assert loaded["options"]["prepare_threshold"] == 5
     assert loaded["broker_url"] == REDIS_URL
     assert loaded["celery_broker_url"] == REDIS_URL
     assert loaded["always_eager"] is False
@@ -126,6 +130,13 @@ def test_each_url_switches_only_its_own_part(env_vars, engine, broker_url, alway
     assert loaded["engine"] == engine
     assert loaded["broker_url"] == broker_url
     assert loaded["always_eager"] is always_eager
+
+
+def test_prepared_statements_turn_off_for_a_pooler_in_transaction_mode():
+    loaded = _load_settings(DATABASE_URL=POSTGRES_URL, DB_PREPARED_STATEMENTS="false")
+
+    assert loaded["options"]["prepare_threshold"] is None
+    assert loaded["options"]["server_side_binding"] is True  # unnamed statements are fine
 
 
 def test_deploy_check_refuses_development_secrets(settings):

@@ -34,6 +34,58 @@ def counts(*agents):
     ]
 
 
+# --- prepared statements ------------------------------------------------------------------
+
+
+def prepared_statements() -> dict:
+    """This connection's prepared statements: {statement: times run}."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements")
+        return dict(cursor.fetchall())
+
+
+def runs_of(prepared: dict, start: str) -> int:
+    return sum(runs for statement, runs in prepared.items() if statement.startswith(start))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_plans_the_handovers_two_statements_once_and_reuses_them(
+    tenant, tenant_client
+):
+    MembershipFactory(tenant=tenant)
+    for n in range(12):
+        response = tenant_client.post(URL, {"contactId": f"c-{n}"}, format="json")
+        assert response.status_code == 201 and response.json()["status"] == "assigned"
+
+    prepared = prepared_statements()
+    # psycopg prepares a statement on its 5th run: of 12 runs, the last 7 or 8 reuse it.
+    assert runs_of(prepared, 'WITH first AS (INSERT INTO "inbox_inboxsession"') >= 7, prepared
+    assert runs_of(prepared, "WITH routing_lock AS (") >= 7, prepared
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_prepared_statements_can_be_turned_off_for_poolers_in_transaction_mode(
+    tenant, tenant_client
+):
+    """DB_PREPARED_STATEMENTS=false (PgBouncer in transaction mode): nothing is prepared."""
+    MembershipFactory(tenant=tenant)
+    connection.close()
+    options = connection.settings_dict["OPTIONS"]
+    saved = options.get("prepare_threshold")
+    options["prepare_threshold"] = None
+    try:
+        for n in range(8):
+            assert (
+                tenant_client.post(URL, {"contactId": f"c-{n}"}, format="json").status_code == 201
+            )
+        assert prepared_statements() == {}
+    finally:
+        connection.close()
+        options["prepare_threshold"] = saved
+
+
 # --- the statement budget ---------------------------------------------------------------
 
 

@@ -461,9 +461,13 @@ def test_an_agent_turns_conversation_emails_on_and_off_from_the_notices_page(
     assert [row.data["changes"] for row in rows] == [{"email_on_conversation": [False, True]}]
     assert 'name="enabled" checked' in client.get(NOTIFICATIONS).content.decode()
 
+    client.post("/notifications/email/", {"enabled": "on"})  # again: nothing changes
+    assert rows.all().count() == 1, "a preference set to what it was is not a change"
+
     client.post("/notifications/email/", {})  # the box unticked
     agent.refresh_from_db()
     assert agent.email_on_conversation is False
+    assert rows.all().count() == 2
 
 
 def test_with_emails_on_a_new_conversation_also_queues_an_email(tenant, agent):

@@ -5,7 +5,6 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
@@ -34,6 +33,7 @@ from teams.services import (
     create_api_key,
     delete_tenant_record,
     revoke_api_key,
+    save_record_with_presence,
     save_tenant_record,
     set_agent_presence,
 )
@@ -67,34 +67,6 @@ def inline_row_changes(formset) -> RowChanges:
     return RowChanges(
         label=str(model._meta.verbose_name_plural), saved=saved, deleted=formset.deleted_objects
     )
-
-
-def _membership_rows(rows: list[RowChanges]):
-    for group in rows:
-        for row, row_fields in group.saved:
-            if isinstance(row, Membership):
-                yield row, row_fields
-
-
-def take_presence_changes(rows: list[RowChanges]) -> list[tuple[Membership, str]]:
-    """Take the presence edits out of inline agent rows: presence changes only through
-    `set_agent_presence`, which says who set it and from where (an admin). New rows are
-    created with it, marked as set by an admin. Returns (agent, new presence) to apply
-    once the rows are saved; the rows keep their stored presence until then."""
-    changes = []
-    for row, row_fields in _membership_rows(rows):
-        if row._state.adding:
-            row.presence_source = PresenceSource.ADMIN
-            row.presence_changed_at = timezone.now()
-        elif "presence" in row_fields:
-            row_fields.remove("presence")
-            changes.append((row, row.presence))
-            row.presence = Membership.all_tenants.values_list("presence", flat=True).get(pk=row.pk)
-    return changes
-
-
-def _deactivated(agent: Membership, fields) -> bool:
-    return not agent._state.adding and "is_active" in fields and not agent.is_active
 
 
 def redistribute_url(agent: Membership, next_url: str = "") -> str:
@@ -239,15 +211,7 @@ class TenantAdmin(OneDoorAdmin):
         # Only the form's changed fields are written (the service's rule): the webhooks
         # app owns `has_active_webhooks`, and a stale page must not write it back.
         actor = admin_actor(request, obj if change else None)
-        presence_changes = take_presence_changes(rows)
-        gone = [row for row, row_fields in _membership_rows(rows) if _deactivated(row, row_fields)]
-        save_tenant_record(instance=obj, fields=fields, actor=actor, rows=rows)
-        for agent, presence in presence_changes:
-            set_agent_presence(
-                membership=agent, presence=presence, actor=actor, source=PresenceSource.ADMIN
-            )
-            if presence == Presence.OFFLINE:
-                gone.append(agent)
+        gone = save_record_with_presence(instance=obj, fields=fields, actor=actor, rows=rows)
         if gone:
             offer_redistribution(request, gone)
 
@@ -315,28 +279,10 @@ class MembershipAdmin(OneDoorAdmin):
         its own activity row like every presence change; the other fields through the
         one door. A save that changes both writes one row for each change."""
         obj = form.instance
-        actor = admin_actor(request, obj.tenant)
-        if not change:
-            obj.presence_source = PresenceSource.ADMIN
-            obj.presence_changed_at = timezone.now()
-            save_tenant_record(instance=obj, fields=fields, actor=actor, rows=rows)
-            return
-        new_presence = obj.presence
-        if "presence" in fields:
-            fields = [name for name in fields if name != "presence"]
-            obj.presence = form.initial["presence"]  # the stored value, until it is set
-        # Called even with nothing else changed: it checks that this person may.
-        save_tenant_record(instance=obj, fields=fields, actor=actor, rows=rows)
-        if new_presence != obj.presence:
-            agent = set_agent_presence(
-                membership=obj, presence=new_presence, actor=actor, source=PresenceSource.ADMIN
-            )
-            obj.presence, obj.presence_source = agent.presence, agent.presence_source
-            obj.presence_changed_at = agent.presence_changed_at
-            if agent.presence == Presence.OFFLINE:
-                request.agent_went_away = True
-        if _deactivated(obj, fields):
-            request.agent_went_away = True
+        gone = save_record_with_presence(
+            instance=obj, fields=fields, actor=admin_actor(request, obj.tenant), rows=rows
+        )
+        request.agent_went_away = bool(gone)
 
     def response_change(self, request, obj):
         response = super().response_change(request, obj)

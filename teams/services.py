@@ -491,6 +491,53 @@ def save_tenant_record(
 
 
 @transaction.atomic
+def save_record_with_presence(
+    *, instance, fields: list[str], actor: Actor, rows: list[RowChanges] = ()
+) -> list[Membership]:
+    """`save_tenant_record` for a tenant with its agents (inline rows) or for one agent,
+    where presence edits go through `set_agent_presence` (source "admin", its own
+    activity row, waiting work retried when someone comes online) and every other field
+    through the one door; one transaction. A new agent is created with the presence it
+    was given, marked as set by an admin.
+
+    Returns the agents who went away with this save (set offline, or deactivated), whose
+    open work the admin then offers to redistribute."""
+    fields = list(fields)
+    agents = [(row, row_fields) for group in rows for row, row_fields in group.saved]
+    if isinstance(instance, Membership):
+        agents.insert(0, (instance, fields))
+    now = timezone.now()
+    presence_edits, gone = [], []
+    for agent, agent_fields in agents:
+        if not isinstance(agent, Membership):
+            continue
+        if agent._state.adding:
+            agent.presence_source = PresenceSource.ADMIN
+            agent.presence_changed_at = now
+            continue
+        if "is_active" in agent_fields and not agent.is_active:
+            gone.append(agent)
+        if "presence" in agent_fields:
+            # Written by set_agent_presence below; until then the row keeps its own.
+            agent_fields.remove("presence")
+            presence_edits.append((agent, agent.presence))
+            agent.presence = Membership.all_tenants.values_list("presence", flat=True).get(
+                pk=agent.pk
+            )
+    # First, and even with nothing else changed: it checks that the actor may.
+    save_tenant_record(instance=instance, fields=fields, actor=actor, rows=rows)
+    for agent, presence in presence_edits:
+        updated = set_agent_presence(
+            membership=agent, presence=presence, actor=actor, source=PresenceSource.ADMIN
+        )
+        agent.presence, agent.presence_source = updated.presence, updated.presence_source
+        agent.presence_changed_at = updated.presence_changed_at
+        if updated.presence == Presence.OFFLINE:
+            gone.append(agent)
+    return list({agent.pk: agent for agent in gone}.values())
+
+
+@transaction.atomic
 def delete_tenant_record(*, instance, actor: Actor) -> None:
     """Delete one configuration record (and what cascades with it), recorded once, by
     name: the row written survives the record it names."""

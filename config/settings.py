@@ -187,6 +187,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # Embedded mode has no worker: run each task in a background thread so that a slow CRM
 # or mail server never holds up an HTTP response.
 EMBEDDED_TASKS_IN_BACKGROUND = env.bool("EMBEDDED_TASKS_IN_BACKGROUND", default=not REDIS_URL)
+# Database connections an SLA sweep drains a backlog with (more than one batch of 500
+# due): its own and helper threads'; SKIP LOCKED gives each due lead to one of them.
+SLA_SWEEP_CONNECTIONS = env.int("SLA_SWEEP_CONNECTIONS", default=2)
 # Periodic jobs. Celery beat runs them in production; in embedded mode `bin/run` starts
 # `manage.py run_periodic_jobs`, which runs the same schedule in-process.
 CELERY_BEAT_SCHEDULE: dict = {

@@ -6,7 +6,9 @@ Agent counters (`current_lead_count`) move only with F() updates in the same
 transaction as the lead change, so they cannot drift.
 """
 
+import contextvars
 import logging
+import threading
 import uuid
 from collections import namedtuple
 from dataclasses import dataclass
@@ -745,8 +747,8 @@ class _BatchResult:
 
 def _insert_rows(model, rows: list[dict], *, ignore_conflicts: bool = False) -> None:
     """INSERT `rows` (attname → value; a missing field gets its default) as VALUES lists,
-    in chunks the database accepts. The sweep's rows where `_insert_breach_rows` cannot
-    build them in SQL (SQLite: embedded mode, whose sweeps are small)."""
+    in chunks the database accepts: the sweep's rows where `_insert_breach_rows` does not
+    build them (SQLite: embedded mode, whose sweeps are small)."""
     if not rows:
         return
     fields = model._meta.concrete_fields
@@ -816,19 +818,33 @@ def _stamp_batch_with_orm(stage: _Stage, now, batch_size: int) -> tuple[list, bo
     return leads, more
 
 
-_BREACH_ROW_TYPES: dict = {}
+# What `_stamp_batch` reads of each stamped lead: what the batch decides in Python (the
+# deadline in the tenant's time zone, events, automatic reassignment). The notices' other
+# values are read by the statement that writes them (`_insert_breach_rows`).
+_STAMPED_ROW = (
+    "pk",
+    "tenant_id",
+    "assigned_agent_id",
+    "tenant__timezone",
+    "tenant__auto_reassign_on_breach",
+    "tenant__has_active_webhooks",
+)
+_STAMPED_ROW_TYPES: dict = {}
 
 
 def _stamp_batch(stage: _Stage, now, batch_size: int) -> tuple[list, bool]:
     """Lock, stamp and read one batch in a single statement (PostgreSQL): the due leads
     (one beyond the batch, SKIP LOCKED), the batch's breach stamped, and each stamped
-    lead with what its notices need; and whether more were due. The same rows, in the
-    same shape, as `_stamp_batch_with_orm`, without sending the batch's ids back and
-    forth twice."""
-    row_type = _BREACH_ROW_TYPES.get(stage.deadline)
+    lead (`_STAMPED_ROW` and its deadline); and whether more were due.
+
+    Oldest deadline first, ties in any order: the index of open windows hands the
+    leads over in that order, so a backlog is not sorted whole for every batch (as it
+    was with the primary key as tie-breaker), and the batch is stamped through the
+    primary key rather than by a join that read every unbreached lead."""
+    row_type = _STAMPED_ROW_TYPES.get(stage.deadline)
     if row_type is None:
-        row_type = _BREACH_ROW_TYPES[stage.deadline] = namedtuple(
-            "BreachRow", [*_BREACH_ROW, stage.deadline], rename=True
+        row_type = _STAMPED_ROW_TYPES[stage.deadline] = namedtuple(
+            "StampedRow", [*_STAMPED_ROW, stage.deadline], rename=True
         )
     quote = connection.ops.quote_name
     lead, breached = quote(Lead._meta.db_table), quote(stage.breached)
@@ -837,25 +853,22 @@ def _stamp_batch(stage: _Stage, now, batch_size: int) -> tuple[list, bool]:
         WITH due AS (
             SELECT id, {deadline} AS deadline FROM {lead}
             WHERE status = %s AND {deadline} <= %s AND {breached} IS NULL
-            ORDER BY {deadline}, id LIMIT %s
+            ORDER BY {deadline} LIMIT %s
             FOR UPDATE SKIP LOCKED
-        ), batch AS (
-            SELECT id FROM due ORDER BY deadline, id LIMIT %s
         ), stamped AS (
             UPDATE {lead} AS l SET {breached} = %s
-            FROM batch WHERE l.id = batch.id AND l.{breached} IS NULL
-            RETURNING l.id, l.tenant_id, l.name, l.assigned_agent_id, l.{deadline}
+            WHERE l.id = ANY(ARRAY(SELECT id FROM due ORDER BY deadline LIMIT %s))
+              AND l.{breached} IS NULL
+            RETURNING l.id, l.tenant_id, l.assigned_agent_id, l.{deadline}
         )
-        SELECT s.id, s.tenant_id, s.name, s.assigned_agent_id, u.full_name, u.email,
-               t.timezone, t.auto_reassign_on_breach, t.has_active_webhooks, s.{deadline},
+        SELECT s.id, s.tenant_id, s.assigned_agent_id, t.timezone,
+               t.auto_reassign_on_breach, t.has_active_webhooks, s.{deadline},
                (SELECT count(*) FROM due) > %s AS more
         FROM stamped AS s
         JOIN {quote(Tenant._meta.db_table)} AS t ON t.id = s.tenant_id
-        LEFT JOIN {quote(Membership._meta.db_table)} AS m ON m.id = s.assigned_agent_id
-        LEFT JOIN {quote(User._meta.db_table)} AS u ON u.id = m.user_id
         ORDER BY s.{deadline}, s.id
     """  # noqa: S608 (names from the model; every value is a parameter)
-    params = [stage.status, now, batch_size + 1, batch_size, now, batch_size]
+    params = [stage.status, now, batch_size + 1, now, batch_size, batch_size]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -881,21 +894,12 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
         leads, more = _stamp_batch_with_orm(stage, now, batch_size)
     if not leads:
         return _BatchResult(recorded=0, more=more, to_reassign=[])
-    admins: dict = {}
-    for admin_id, tenant_id, email in Membership.all_tenants.filter(
-        tenant_id__in={lead.tenant_id for lead in leads},
-        role__in=ADMIN_ROLES,
-        is_active=True,
-        user__is_active=True,
-    ).values_list("pk", "tenant_id", "user__email"):
-        admins.setdefault(tenant_id, []).append((admin_id, email))
-
+    admins = _admins_of(leads)
     created_at = timezone.now()
-    texts = _breach_texts(stage, leads)
     if postgres:
-        _insert_breach_rows(stage, leads, texts, admins, created_at)
+        _insert_breach_rows(stage, leads, admins, created_at)
     else:
-        emails, notices, activities = _breach_rows(stage, leads, texts, admins, created_at)
+        emails, notices, activities = _breach_rows(stage, leads, admins, created_at)
         # The emails first: a notice points at its email. A notice whose breach was
         # already announced (a racing sweep, without row locks) is dropped by its unique
         # dedupe key, and so is its email by its idempotency key.
@@ -919,17 +923,37 @@ def _record_breach_batch(stage: _Stage, now, batch_size: int) -> _BatchResult:
     return _BatchResult(recorded=len(leads), more=more, to_reassign=to_reassign)
 
 
-_BreachText = namedtuple("_BreachText", "title body dedupe_key deadline")
+def _admins_of(leads: list) -> dict:
+    """Who hears of the leads' breaches: per tenant, its active admins and super admins
+    (`(membership id, email)`)."""
+    admins: dict = {}
+    for admin_id, tenant_id, email in Membership.all_tenants.filter(
+        tenant_id__in={lead.tenant_id for lead in leads},
+        role__in=ADMIN_ROLES,
+        is_active=True,
+        user__is_active=True,
+    ).values_list("pk", "tenant_id", "user__email"):
+        admins.setdefault(tenant_id, []).append((admin_id, email))
+    return admins
 
 
-def _breach_texts(stage: _Stage, leads: list) -> list[_BreachText]:
-    """Per lead, what its admins read and what keeps the breach announced once: the
-    notices' title and body, their dedupe key, and the missed deadline as ISO text.
-    Both ways of writing the rows (`_insert_breach_rows`, `_breach_rows`) take them
-    from here."""
-    verb = "claimed" if stage is CLAIM_STAGE else "contacted"
+# The words of a breach notice, shared by the two ways of writing it.
+_VERB = {CLAIM_STAGE.name: "claimed", CONTACT_STAGE.name: "contacted"}
+_NEXT_STEP_AUTO = "It goes to another agent automatically if anyone else is available."
+_NEXT_STEP_MANUAL = "Reassign it from the admin."
+_NOBODY = "nobody"  # who a lead without an agent was assigned to
+
+
+def _breach_rows(stage: _Stage, leads: list, admins: dict, created_at):
+    """The batch's rows, built in Python (attname → value; `leads`: `_BREACH_ROW` rows):
+    per lead and admin a notice and its email, per lead an audit row. The same rows as
+    `_insert_breach_rows` writes on PostgreSQL."""
+    email_channel = get_channel("email")
+    notices, emails, activities = [], [], []
+    verb = _VERB[stage.name]
+    lead_type = ContentType.objects.get_for_model(Lead)
+    job = Actor.for_job("check_sla")
     zones: dict = {}
-    texts = []
     for lead in leads:
         deadline = getattr(lead, stage.deadline)
         # format_deadline reads only the tenant's timezone: one stand-in per timezone.
@@ -939,36 +963,15 @@ def _breach_texts(stage: _Stage, leads: list) -> list[_BreachText]:
         who = (
             (lead.assigned_agent__user__full_name or lead.assigned_agent__user__email)
             if lead.assigned_agent_id
-            else "nobody"
+            else _NOBODY
         )
-        next_step = (
-            "It goes to another agent automatically if anyone else is available."
-            if lead.tenant__auto_reassign_on_breach
-            else "Reassign it from the admin."
+        next_step = _NEXT_STEP_AUTO if lead.tenant__auto_reassign_on_breach else _NEXT_STEP_MANUAL
+        title = f"Lead not {verb} in time: {lead.name}"[:200]
+        body = (
+            f"{lead.name} was assigned to {who} and not {verb} by "
+            f"{format_deadline(deadline, zone)}. {next_step}"
         )
-        iso = deadline.isoformat()
-        texts.append(
-            _BreachText(
-                title=f"Lead not {verb} in time: {lead.name}"[:200],
-                body=(
-                    f"{lead.name} was assigned to {who} and not {verb} by "
-                    f"{format_deadline(deadline, zone)}. {next_step}"
-                ),
-                dedupe_key=f"{stage.kind}:{lead.pk}:{iso}",
-                deadline=iso,
-            )
-        )
-    return texts
-
-
-def _breach_rows(stage: _Stage, leads: list, texts: list, admins: dict, created_at):
-    """The batch's rows, built in Python (attname → value): per lead and admin a notice
-    and its email, per lead an audit row. What `_insert_breach_rows` writes in SQL."""
-    email_channel = get_channel("email")
-    lead_type = ContentType.objects.get_for_model(Lead)
-    job = Actor.for_job("check_sla")
-    notices, emails, activities = [], [], []
-    for lead, text in zip(leads, texts, strict=True):
+        dedupe_key = f"{stage.kind}:{lead.pk}:{deadline.isoformat()}"
         lead_admins = admins.get(lead.tenant_id, [])
         for admin_id, email in lead_admins:
             notice_id, message_id = uuid.uuid4(), uuid.uuid4()
@@ -981,7 +984,7 @@ def _breach_rows(stage: _Stage, leads: list, texts: list, admins: dict, created_
                     notice_id,
                     message_id,
                     stage,
-                    text.dedupe_key,
+                    dedupe_key,
                     created_at,
                 )
             )
@@ -992,9 +995,9 @@ def _breach_rows(stage: _Stage, leads: list, texts: list, admins: dict, created_
                     "recipient_id": admin_id,
                     "lead_id": lead.pk,
                     "kind": stage.kind,
-                    "title": text.title,
-                    "body": text.body,
-                    "dedupe_key": text.dedupe_key,
+                    "title": title,
+                    "body": body,
+                    "dedupe_key": dedupe_key,
                     "email_message_id": message_id,
                     "created_at": created_at,
                 }
@@ -1013,7 +1016,7 @@ def _breach_rows(stage: _Stage, leads: list, texts: list, admins: dict, created_
                 "target_id": str(lead.pk),
                 "target_label": lead.name[:255],
                 "data": {
-                    "deadline": text.deadline,
+                    "deadline": deadline.isoformat(),
                     "agent_id": str(lead.assigned_agent_id) if lead.assigned_agent_id else None,
                     "admins_notified": len(lead_admins),
                 },
@@ -1049,8 +1052,8 @@ def _breach_email(
 
 def _insert_select(model, values: dict[str, str], source: str, tail: str = "") -> str:
     """`INSERT INTO <model's table> (<every column>) SELECT … FROM <source> <tail>`:
-    `values` maps attnames to SQL expressions; every other column gets its default,
-    the parameter `%(default_<attname>)s` (see `_insert_defaults`)."""
+    `values` maps attnames to SQL expressions; every other column gets its default, the
+    parameter `%(default_<attname>)s` (`_insert_defaults`)."""
     quote = connection.ops.quote_name
     fields = model._meta.concrete_fields
     unknown = set(values) - {f.attname for f in fields}
@@ -1075,8 +1078,8 @@ def _insert_defaults(model, values: dict[str, str]) -> dict:
     }
 
 
-# What each row of `_insert_breach_rows` takes from the batch (`lead`, `pair`: a lead and
-# one of its tenant's admins) and from the statement's parameters.
+# The rows of `_insert_breach_rows`, column by column, as `_breach_rows` builds them:
+# `p` is a lead (`text`) paired with one of its tenant's admins, `l` a lead.
 _BREACH_EMAIL = {
     "id": "p.message_id",
     "tenant_id": "p.tenant_id",
@@ -1115,79 +1118,109 @@ _BREACH_ACTIVITY = {
     "via": "%(via)s::text",
     "target_type_id": "%(target_type)s::integer",
     "target_id": "l.id::text",
-    "target_label": "l.label",
+    "target_label": "left(l.name, 255)",
     "data": "jsonb_build_object('deadline', l.deadline, 'agent_id', l.agent_id::text,"
     " 'admins_notified', coalesce(n.admins, 0))",
 }
-_BREACH_SQL: list = []
+_BREACH_SQL: dict = {}
 
 
-def _breach_sql() -> str:
-    """The statement of `_insert_breach_rows`, built once (the same text every batch:
-    psycopg prepares it once a connection has run it a few times)."""
-    if not _BREACH_SQL:
-        _BREACH_SQL.append(
-            f"""
-            WITH lead AS (
-                SELECT * FROM unnest(
-                    %(lead_ids)s::uuid[], %(tenant_ids)s::uuid[], %(agent_ids)s::uuid[],
-                    %(labels)s::text[], %(titles)s::text[], %(bodies)s::text[],
-                    %(dedupe_keys)s::text[], %(deadlines)s::text[]
-                ) AS l(id, tenant_id, agent_id, label, title, body, dedupe_key, deadline)
-            ), admin AS (
-                SELECT * FROM unnest(
-                    %(admin_tenant_ids)s::uuid[], %(admin_ids)s::uuid[],
-                    %(admin_emails)s::text[], %(endpoint_keys)s::text[]
-                ) AS a(tenant_id, id, email, endpoint_key)
-            ), pair AS MATERIALIZED (
-                SELECT l.id AS lead_id, l.tenant_id, l.title, l.body, l.dedupe_key,
-                       a.id AS admin_id, a.email, a.endpoint_key,
-                       gen_random_uuid() AS notice_id, gen_random_uuid() AS message_id
-                FROM lead AS l JOIN admin AS a ON a.tenant_id = l.tenant_id
-            ), admins AS (
-                SELECT tenant_id, count(*) AS admins FROM admin GROUP BY tenant_id
-            ), email AS (
-                {_insert_select(OutboundMessage, _BREACH_EMAIL, "pair AS p", "ON CONFLICT DO NOTHING")}
-            ), notice AS (
-                {_insert_select(Notification, _BREACH_NOTICE, "pair AS p", "ON CONFLICT DO NOTHING")}
-            )
-            {_insert_select(ActivityLog, _BREACH_ACTIVITY, "lead AS l LEFT JOIN admins AS n ON n.tenant_id = l.tenant_id")}
-            """  # noqa: S608, E501 (names from the models; every value is a parameter)
+def _breach_sql(stage: _Stage) -> str:
+    """The statement of `_insert_breach_rows` for `stage`, built once: the same text
+    every batch, which psycopg prepares once a connection has run it a few times."""
+    sql = _BREACH_SQL.get(stage.name)
+    if sql is not None:
+        return sql
+    quote = connection.ops.quote_name
+    # The deadline as `datetime.isoformat()` writes it in UTC (as Django reads it):
+    # microseconds only when there are any.
+    utc = f"(l.{quote(stage.deadline)} AT TIME ZONE 'UTC')"
+    iso = (
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN to_char({utc}, 'US') = "
+        f"'000000' THEN '' ELSE '.' || to_char({utc}, 'US') END || '+00:00'"
+    )
+    conflicts = "ON CONFLICT DO NOTHING"  # as `_breach_rows`' (see `_insert_breach_rows`)
+    emails = _insert_select(OutboundMessage, _BREACH_EMAIL, "pair AS p", conflicts)
+    notices = _insert_select(Notification, _BREACH_NOTICE, "pair AS p", conflicts)
+    activities = _insert_select(
+        ActivityLog, _BREACH_ACTIVITY, "lead AS l LEFT JOIN admins AS n USING (tenant_id)"
+    )
+    sql = _BREACH_SQL[stage.name] = f"""
+        WITH lead AS MATERIALIZED (
+            SELECT l.id, l.tenant_id, l.name, l.assigned_agent_id AS agent_id,
+                   given.deadline_text, {iso} AS deadline,
+                   CASE WHEN l.assigned_agent_id IS NULL THEN %(nobody)s::text
+                        ELSE coalesce(nullif(u.full_name, ''), u.email) END AS who,
+                   l.tenant_id = ANY(%(auto_tenant_ids)s::uuid[]) AS auto
+            FROM unnest(%(lead_ids)s::uuid[], %(deadline_texts)s::text[])
+                AS given(id, deadline_text)
+            JOIN {quote(Lead._meta.db_table)} AS l ON l.id = given.id
+            LEFT JOIN {quote(Membership._meta.db_table)} AS m ON m.id = l.assigned_agent_id
+            LEFT JOIN {quote(User._meta.db_table)} AS u ON u.id = m.user_id
+        ), text AS (
+            SELECT id, tenant_id,
+                   left('Lead not ' || %(verb)s::text || ' in time: ' || name, 200) AS title,
+                   name || ' was assigned to ' || who || ' and not ' || %(verb)s::text
+                   || ' by ' || deadline_text || '. '
+                   || CASE WHEN auto THEN %(next_auto)s::text ELSE %(next_manual)s::text END
+                   AS body,
+                   %(kind)s::text || ':' || id::text || ':' || deadline AS dedupe_key
+            FROM lead
+        ), admin AS (
+            SELECT * FROM unnest(
+                %(admin_tenant_ids)s::uuid[], %(admin_ids)s::uuid[],
+                %(admin_emails)s::text[], %(endpoint_keys)s::text[]
+            ) AS a(tenant_id, id, email, endpoint_key)
+        ), pair AS MATERIALIZED (
+            SELECT t.id AS lead_id, t.tenant_id, t.title, t.body, t.dedupe_key,
+                   a.id AS admin_id, a.email, a.endpoint_key,
+                   gen_random_uuid() AS notice_id, gen_random_uuid() AS message_id
+            FROM text AS t JOIN admin AS a ON a.tenant_id = t.tenant_id
+        ), admins AS (
+            SELECT tenant_id, count(*) AS admins FROM admin GROUP BY tenant_id
+        ), email AS ({emails}
+        ), notice AS ({notices}
         )
-    return _BREACH_SQL[0]
+        {activities}
+    """  # noqa: S608 (names from the models; every value is a parameter)
+    return sql
 
 
-def _insert_breach_rows(stage: _Stage, leads: list, texts: list, admins: dict, created_at):
+def _insert_breach_rows(stage: _Stage, leads: list, admins: dict, created_at) -> None:
     """Write the batch's notices, their emails and its audit rows in one statement
-    (PostgreSQL): the same rows as `_breach_rows` builds, made by the server from one
-    array per value of the leads and of their tenants' admins.
+    (PostgreSQL; `leads`: `_stamp_batch` rows): the rows `_breach_rows` builds in
+    Python, built by the server, which pairs each lead with its tenant's admins.
 
-    Python builds each lead's texts (`_breach_texts`: the deadline in the tenant's time
-    zone, as every notice shows it) and each admin's outbox endpoint; the server pairs
-    every lead with its tenant's admins and builds the rows, their ids and payloads.
-    Building those tens of thousands of rows in Python, and reading them back on the
-    server, was most of a big sweep's time. A notice (or email) whose breach was already
-    announced is dropped by its unique dedupe (idempotency) key, as `_breach_rows`' are.
+    Building and sending tens of thousands of rows was most of a big sweep's time; what
+    travels now is what only Python knows: each deadline in its tenant's time zone, as
+    every notice shows it (`format_deadline`, with Python's time zone data), the tenants
+    that reassign automatically (as this batch read them) and each admin with the
+    outbox endpoint of its email. A notice (or email) whose breach was announced before
+    is dropped by its unique dedupe (idempotency) key, as `_breach_rows`' are.
     """
     email_channel = get_channel("email")
     job = Actor.for_job("check_sla")
-    # Which far side an admin's email goes to depends on the tenant and the address (the
-    # payload's notice id does not change it): one key per admin.
+    # Which far side an admin's email goes to depends on the tenant and the address,
+    # not on the notice: one key per admin.
     shared_payload = {"renderer": EMAIL_RENDERER}
     batch_admins = [
         (tenant_id, admin_id, email or "")
-        for tenant_id in {lead.tenant_id: None for lead in leads}
+        for tenant_id in dict.fromkeys(lead.tenant_id for lead in leads)
         for admin_id, email in admins.get(tenant_id, [])
     ]
+    zones: dict = {}
+    deadline_texts = []
+    for lead in leads:
+        zone = zones.get(lead.tenant__timezone) or zones.setdefault(
+            lead.tenant__timezone, Tenant(timezone=lead.tenant__timezone)
+        )
+        deadline_texts.append(format_deadline(getattr(lead, stage.deadline), zone))
     params = {
         "lead_ids": [lead.pk for lead in leads],
-        "tenant_ids": [lead.tenant_id for lead in leads],
-        "agent_ids": [lead.assigned_agent_id for lead in leads],
-        "labels": [lead.name[:255] for lead in leads],
-        "titles": [text.title for text in texts],
-        "bodies": [text.body for text in texts],
-        "dedupe_keys": [text.dedupe_key for text in texts],
-        "deadlines": [text.deadline for text in texts],
+        "deadline_texts": deadline_texts,
+        "auto_tenant_ids": list(
+            {lead.tenant_id for lead in leads if lead.tenant__auto_reassign_on_breach}
+        ),
         "admin_tenant_ids": [tenant_id for tenant_id, _, _ in batch_admins],
         "admin_ids": [admin_id for _, admin_id, _ in batch_admins],
         "admin_emails": [email for _, _, email in batch_admins],
@@ -1198,6 +1231,10 @@ def _insert_breach_rows(stage: _Stage, leads: list, texts: list, admins: dict, c
             for tenant_id, _, email in batch_admins
         ],
         "now": created_at,
+        "verb": _VERB[stage.name],
+        "nobody": _NOBODY,
+        "next_auto": _NEXT_STEP_AUTO,
+        "next_manual": _NEXT_STEP_MANUAL,
         "kind": str(stage.kind),
         "action": f"lead.{stage.kind}",
         "channel": email_channel.name,
@@ -1212,7 +1249,7 @@ def _insert_breach_rows(stage: _Stage, leads: list, texts: list, admins: dict, c
         **_insert_defaults(ActivityLog, _BREACH_ACTIVITY),
     }
     with connection.cursor() as cursor:
-        cursor.execute(_breach_sql(), params)
+        cursor.execute(_breach_sql(stage), params)
 
 
 def _emit_breach_events(stage: _Stage, leads: list) -> None:
@@ -1298,37 +1335,101 @@ def _auto_reassign(breach: _Breach, stage: _Stage) -> bool:
     return True
 
 
-def sweep_sla_breaches(*, now=None, batch_size: int = SWEEP_BATCH_SIZE) -> dict:
+def sweep_sla_breaches(
+    *, now=None, batch_size: int = SWEEP_BATCH_SIZE, workers: int | None = None
+) -> dict:
     """Stage 1 (claim window) and stage 2 (contact window): record every missed deadline.
+
+    A backlog (more than one batch due) is shared with `workers - 1` helper threads, each
+    on its own database connection (PostgreSQL only, and not inside a caller's
+    transaction, whose rows they could not see). Batches are independent: SKIP LOCKED
+    hands each due lead to one of them, and most of a batch's work is the database's, so
+    two connections drain a backlog much faster than one.
+
+    `workers` defaults to the setting SLA_SWEEP_CONNECTIONS (2).
 
     Returns how many breaches each stage recorded: `{"claim": n, "contact": m}`.
     """
     now = now or timezone.now()
+    if workers is None:
+        workers = settings.SLA_SWEEP_CONNECTIONS
     counts = {}
     for stage in (CLAIM_STAGE, CONTACT_STAGE):
-        total = 0
-        while True:
-            batch = _record_breach_batch(stage, now, batch_size)
-            total += batch.recorded
-            LEAD_SLA_BREACHES.labels(stage=stage.name).inc(batch.recorded)  # committed
-            for breach in batch.to_reassign:
-                lead_fields = {"tenant_id": str(breach.tenant.pk), "lead_id": str(breach.lead_id)}
-                try:
-                    # Every line about this lead names it; the next lead starts afresh.
-                    with log_context.bound(**lead_fields):
-                        _auto_reassign(breach, stage)
-                except (DomainError, DatabaseError):
-                    # The breach is recorded and the admins told; one lead that cannot be
-                    # moved (its transaction rolled back) must not stop the sweep.
-                    logger.exception(
-                        "Automatic reassignment of lead %s failed",
-                        breach.lead_id,
-                        extra=lead_fields,
-                    )
-            if not batch.more:
-                break
-        counts[stage.name] = total
+        recorded, more = _sweep_batch(stage, now, batch_size)
+        if more:
+            recorded += _sweep_backlog(stage, now, batch_size, workers)
+        counts[stage.name] = recorded
     return counts
+
+
+def _sweep_batch(stage: _Stage, now, batch_size: int) -> tuple[int, bool]:
+    """Record one batch, then move its leads whose tenant asks for it: how many breaches
+    it recorded, and whether more were due."""
+    batch = _record_breach_batch(stage, now, batch_size)
+    LEAD_SLA_BREACHES.labels(stage=stage.name).inc(batch.recorded)  # committed
+    for breach in batch.to_reassign:
+        lead_fields = {"tenant_id": str(breach.tenant.pk), "lead_id": str(breach.lead_id)}
+        try:
+            # Every line about this lead names it; the next lead starts afresh.
+            with log_context.bound(**lead_fields):
+                _auto_reassign(breach, stage)
+        except (DomainError, DatabaseError):
+            # The breach is recorded and the admins told; one lead that cannot be
+            # moved (its transaction rolled back) must not stop the sweep.
+            logger.exception(
+                "Automatic reassignment of lead %s failed",
+                breach.lead_id,
+                extra=lead_fields,
+            )
+    return batch.recorded, batch.more
+
+
+def _sweep_batches(stage: _Stage, now, batch_size: int) -> int:
+    """Batch after batch until none is due: how many breaches they recorded."""
+    total, more = 0, True
+    while more:
+        recorded, more = _sweep_batch(stage, now, batch_size)
+        total += recorded
+    return total
+
+
+def _sweep_backlog(stage: _Stage, now, batch_size: int, workers: int) -> int:
+    """The rest of a stage's backlog, with helpers where they can see the same rows."""
+    helpers = []
+    if workers > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block:
+        helpers = [_SweepHelper(stage, now, batch_size) for _ in range(workers - 1)]
+    for helper in helpers:
+        helper.start()
+    try:
+        total = _sweep_batches(stage, now, batch_size)
+    finally:
+        for helper in helpers:
+            helper.join()
+    for helper in helpers:
+        if helper.error is not None:
+            raise helper.error
+        total += helper.recorded
+    return total
+
+
+class _SweepHelper(threading.Thread):
+    """`_sweep_batches` on a connection of its own; its count, or its error, is the
+    sweep's (log lines keep the sweep's context)."""
+
+    def __init__(self, stage: _Stage, now, batch_size: int):
+        super().__init__(name=f"sla-sweep-{stage.name}", daemon=True)
+        self.sweep = (stage, now, batch_size)
+        self.context = contextvars.copy_context()
+        self.recorded = 0
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.recorded = self.context.run(_sweep_batches, *self.sweep)
+        except Exception as exc:  # raised again by the sweep's thread
+            self.error = exc
+        finally:
+            connection.close()  # this thread's own
 
 
 # --- counters --------------------------------------------------------------------------

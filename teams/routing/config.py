@@ -32,6 +32,7 @@ from teams.models import (
     Strategy,
     Team,
     TeamHoliday,
+    TeamMember,
     TeamOpeningHours,
     TeamSchedule,
     Tenant,
@@ -200,6 +201,17 @@ def team_snapshot(tenant_id, team_id) -> TeamSnapshot | None:
         return _team_snapshot(team) if team is not None else None
 
     return _cached(tenant_id, ("team", str(team_id)), load)
+
+
+def team_size(tenant_id, team_id) -> int:
+    """How many agents the team has, as cached: only the shape of a least-busy pick
+    depends on it (teams.routing.picking), never who is picked, so a count a few
+    seconds old is harmless and member changes need not drop it."""
+    return _cached(
+        tenant_id,
+        ("team_size", str(team_id)),
+        lambda: TeamMember.objects.for_tenant(tenant_id).filter(team_id=team_id).count(),
+    )
 
 
 def tenant_row(tenant_id) -> Tenant | None:

@@ -39,8 +39,13 @@ from dataclasses import dataclass
 from django.db import connection
 
 from teams.models import Membership, RoundRobinCursor, Strategy, TeamMember, User
+from teams.routing.config import team_size
 
 COUNTERS = {"sessions": "open_session_count", "leads": "current_lead_count"}
+# Least busy in a team of at most this many agents sorts the team's members (cost: the
+# team's size); in a bigger team it walks the tenant's load index, where the team's
+# members are a large share and the first eligible one comes early.
+MEMBER_SCAN_MAX = 500
 ROUTED_AGENT = "routed_agent"  # the CTE attached statements read the chosen agent from
 AGENT_COLUMNS = (
     "id",
@@ -113,6 +118,17 @@ def _candidate(pool: Pool, *, tenant_id, strategy, counter, exclude, after: str 
     eligible, eligible_params = _eligible(counter, exclude)
     columns = _CANDIDATE_COLUMNS.format(counter=counter)
     if strategy == Strategy.LEAST_BUSY:
+        if pool.team_id is not None and team_size(tenant_id, pool.team_id) <= MEMBER_SCAN_MAX:
+            # A small team: sort its members. Walking the tenant's load index would pass
+            # every less busy agent of the tenant outside the team first.
+            return (
+                f"WITH members AS MATERIALIZED (SELECT membership_id FROM {TM}"
+                f" WHERE team_id = %s) SELECT {columns} FROM members tm"
+                f" JOIN {M} m ON m.id = tm.membership_id JOIN {U} u ON u.id = m.user_id"
+                f" WHERE m.tenant_id = %s AND {eligible}"
+                f" ORDER BY m.{counter}, m.last_assigned_at ASC NULLS FIRST, m.id LIMIT 1",
+                [pool.team_id, tenant_id, *eligible_params],
+            )
         scope, scope_params = "", []
         if pool.team_id is not None:
             scope = f" AND EXISTS (SELECT 1 FROM {TM} tm WHERE tm.team_id = %s AND tm.membership_id = m.id)"  # noqa: E501

@@ -802,3 +802,28 @@ def test_each_kind_of_work_has_its_own_rotation(tenant):
 
     assert sessions == agents, "sessions alternate between the two agents"
     assert leads == agents, "and so do leads, whatever sessions did"
+
+
+@pytest.mark.parametrize("scan_max", [500, 0], ids=["members-sorted", "load-index-walked"])
+def test_least_busy_in_a_team_picks_the_same_agents_whichever_way_it_reads_them(
+    tenant, monkeypatch, scan_max
+):
+    """A small team's members are sorted, a big team walks the tenant's load index: the
+    same order (load, never assigned first, longest idle, id), members only, either way,
+    with less busy agents outside the team in the tenant."""
+    from teams.routing import picking
+
+    monkeypatch.setattr(picking, "MEMBER_SCAN_MAX", scan_max)
+    team = TeamFactory(tenant=tenant)
+    AssignmentConfigFactory(tenant=tenant, team=team, strategy=Strategy.LEAST_BUSY)
+    members = [TeamMemberFactory(team=team).membership for _ in range(4)]
+    outsiders = [MembershipFactory(tenant=tenant) for _ in range(6)]
+    load_of({members[0]: 2, members[1]: 1, members[2]: 1, members[3]: 3})
+    load_of({outsider: 0 for outsider in outsiders})
+    tied = sorted(members[1:3], key=lambda agent: str(agent.pk))
+
+    picks = [picked_id(pick(tenant, team=team)) for _ in range(4)]
+
+    # The two members with the least load (outsiders have less, and are not the team's):
+    # both never assigned, the lowest id first; then the longest idle of them, in turn.
+    assert picks == [tied[0].pk, tied[1].pk, tied[0].pk, tied[1].pk]

@@ -687,6 +687,10 @@ def reassign_lead(
                 stage=reassignment.stage,
                 notes=notes,
                 reassignedById=str(reassigned_by.pk) if reassigned_by else None,
+                # As the API answers it: was the old deadline already missed, and does
+                # the new agent get a fresh window (else the old deadline stands).
+                deadlinePassed=deadline_passed,
+                windowRestarted=window_restarted,
             ),
         ]
     )

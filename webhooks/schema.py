@@ -106,6 +106,8 @@ EXAMPLE_DATA = {
         "stage": "claim",
         "notes": "",
         "reassignedById": None,
+        "deadlinePassed": True,
+        "windowRestarted": True,
     },
     events.LEAD_CLOSED: {**LEAD, "status": "closed", "claim_deadline": None, "outcome": "won"},
     events.MESSAGE_FAILED: {

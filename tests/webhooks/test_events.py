@@ -717,6 +717,9 @@ def test_lead_reassigned(reassign, tenant, tenant_client, owner, teammate, hook,
     assert data["stage"] == stage
     assert data["notes"] == notes
     assert data["reassignedById"] == (str(by.pk) if by else None)
+    # Only the sweep's door waits out the window; a manual move keeps the running one.
+    assert data["deadlinePassed"] is (reassign is _reassign_automatically_on_breach)
+    assert data["windowRestarted"] is (reason != "manual")
     assert data["reassignment_count"] == 1
     assert message.ordering_key == f"{hook.pk}:{lead['id']}"
 

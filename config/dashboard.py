@@ -10,7 +10,8 @@ dashboard.js fetches again every 15 seconds.
 
 import csv
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from django import forms
 from django.contrib import admin
@@ -100,6 +101,7 @@ class Scope:
     within: timedelta
     now: datetime
     query: str  # the filters, for links to the exports and the fragment
+    zone: str = "UTC"  # the time zone its days are counted in (`_zone`)
 
     @property
     def within_minutes(self) -> int:
@@ -121,9 +123,19 @@ class Scope:
         ]
 
 
-def _scope(request) -> tuple[DashboardFilters, Scope | None]:
-    """The filters form and, when they are valid, what the charts read."""
-    tenants = visible_tenants(request)
+def _zone(request, tenants: list[Tenant]):
+    """The time zone the dashboard counts its days in (and shows times in): that of the
+    tenants it shows when they share one (one tenant picked, or all in one zone), so a
+    tenant's day is its own; UTC when they do not."""
+    chosen = request.GET.get("tenant")
+    shown = [t for t in tenants if str(t.pk) == chosen] if chosen else tenants
+    zones = {t.timezone for t in shown or tenants}
+    return ZoneInfo(zones.pop()) if len(zones) == 1 else UTC
+
+
+def _scope(request, tenants: list[Tenant]) -> tuple[DashboardFilters, Scope | None]:
+    """The filters form and, when they are valid, what the charts read (call it in the
+    time zone of `_zone`)."""
     now = timezone.now()
     today = timezone.localdate(now)
     form = DashboardFilters(_with_defaults(request.GET, today), tenants=tenants)
@@ -143,6 +155,7 @@ def _scope(request) -> tuple[DashboardFilters, Scope | None]:
         within=timedelta(minutes=data["within"]),
         now=now,
         query=urlencode(query),
+        zone=timezone.get_current_timezone_name(),
     )
 
 
@@ -525,52 +538,60 @@ def _context(request, form, scope, **extra) -> dict:
 
 
 def dashboard(request):
-    form, scope = _scope(request)
-    if scope is None:
+    tenants = visible_tenants(request)
+    with timezone.override(_zone(request, tenants)):
+        form, scope = _scope(request, tenants)
+        if scope is None:
+            return TemplateResponse(
+                request, "admin/dashboard.html", _context(request, form, None), status=400
+            ).render()
+        charts = {name: build(scope) for name, build in CHARTS.items()}
+        # Rendered here: the page's dates are in the dashboard's time zone too.
         return TemplateResponse(
-            request, "admin/dashboard.html", _context(request, form, None), status=400
-        )
-    charts = {name: build(scope) for name, build in CHARTS.items()}
-    return TemplateResponse(
-        request,
-        "admin/dashboard.html",
-        _context(
             request,
-            form,
-            scope,
-            charts=charts,
-            at_risk=charts["at_risk"],
-            times_charts=[charts["times_by_team"], charts["times_by_agent"]],
-            fragment_url=f"{reverse('admin-dashboard-at-risk')}?{scope.query}",
-        ),
-    )
+            "admin/dashboard.html",
+            _context(
+                request,
+                form,
+                scope,
+                charts=charts,
+                at_risk=charts["at_risk"],
+                times_charts=[charts["times_by_team"], charts["times_by_agent"]],
+                fragment_url=f"{reverse('admin-dashboard-at-risk')}?{scope.query}",
+            ),
+        ).render()
 
 
 def at_risk_fragment(request):
-    form, scope = _scope(request)
-    if scope is None:
-        return HttpResponseBadRequest(_errors_text(form), content_type="text/plain")
-    return TemplateResponse(
-        request,
-        "admin/dashboard_at_risk.html",
-        {"at_risk": at_risk_chart(scope), "scope": scope},
-    )
+    tenants = visible_tenants(request)
+    with timezone.override(_zone(request, tenants)):
+        form, scope = _scope(request, tenants)
+        if scope is None:
+            return HttpResponseBadRequest(_errors_text(form), content_type="text/plain")
+        return TemplateResponse(
+            request,
+            "admin/dashboard_at_risk.html",
+            {"at_risk": at_risk_chart(scope), "scope": scope},
+        ).render()
 
 
 def export(request, chart: str):
     build = CHARTS.get(chart)
     if build is None:
         raise Http404("No such chart.")
-    form, scope = _scope(request)
-    if scope is None:
-        return HttpResponseBadRequest(_errors_text(form), content_type="text/plain")
-    built = build(scope)
+    tenants = visible_tenants(request)
+    with timezone.override(_zone(request, tenants)):
+        form, scope = _scope(request, tenants)
+        if scope is None:
+            return HttpResponseBadRequest(_errors_text(form), content_type="text/plain")
+        built = build(scope)
+        rows = [[_csv_cell(value) for value in row] for row in built.rows]
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     filename = f"{chart}-{scope.start_day.isoformat()}-{scope.end_day.isoformat()}.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     writer = csv.writer(response)
     writer.writerow(built.header)
-    writer.writerows([[_csv_cell(value) for value in row] for row in built.rows])
+    writer.writerows(rows)
     return response
 
 

@@ -4,7 +4,7 @@ filter, the CSV exports and the wording of the leads at risk."""
 import csv
 import io
 import uuid
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from django.db import connection
@@ -583,3 +583,30 @@ def test_the_dashboard_costs_the_same_queries_for_few_or_many_rows(
         client.get(DASHBOARD)
     with django_assert_max_num_queries(6):
         client.get(FRAGMENT)
+
+
+def test_a_tenants_days_are_its_own_time_zones(tenant, owner):
+    """A breach at 20:00 UTC is the next morning in India: an Indian tenant's chart counts
+    it on that day, and the page says which time zone its days are in."""
+    from zoneinfo import ZoneInfo
+
+    tenant.timezone = "Asia/Kolkata"
+    tenant.save(update_fields=["timezone"])
+    agent = MembershipFactory(tenant=tenant)
+    now = timezone.now()
+    make_lead(tenant, agent, name="C1", claim_deadline=now - timedelta(minutes=1))
+    assert sweep_sla_breaches(now=now)["claim"] == 1
+    evening = datetime.combine(now.date() - timedelta(days=3), time(20, 0), tzinfo=UTC)
+    ActivityLog.objects.for_tenant(tenant).filter(action="lead.claim_sla_breached").update(
+        created_at=evening
+    )
+    next_morning = evening.astimezone(ZoneInfo("Asia/Kolkata")).date()
+    assert next_morning == evening.date() + timedelta(days=1)
+
+    rows = csv_rows(login(owner.user).get(export_url("breaches")))
+
+    by_day = {r["day"]: int(r["claim"]) for r in rows}
+    assert by_day[next_morning.isoformat()] == 1
+    assert by_day[evening.date().isoformat()] == 0
+    page = login(owner.user).get(DASHBOARD).content.decode()
+    assert "(days in Asia/Kolkata)" in page

@@ -1388,27 +1388,32 @@ def _sweep_batch(stage: _Stage, now, batch_size: int) -> tuple[int, bool]:
     return batch.recorded, batch.more
 
 
-def _sweep_batches(stage: _Stage, now, batch_size: int) -> int:
-    """Batch after batch until none is due: how many breaches they recorded."""
+def _sweep_batches(stage: _Stage, now, batch_size: int, stop=None) -> int:
+    """Batch after batch until none is due (or `stop` is set): how many breaches they
+    recorded."""
     total, more = 0, True
-    while more:
+    while more and not (stop is not None and stop.is_set()):
         recorded, more = _sweep_batch(stage, now, batch_size)
         total += recorded
     return total
 
 
 def _sweep_backlog(stage: _Stage, now, batch_size: int, workers: int) -> int:
-    """The rest of a stage's backlog, with helpers where they can see the same rows."""
+    """The rest of a stage's backlog, with helpers where they can see the same rows.
+
+    The helpers stop when the sweep's thread stops, for whatever reason (a task's soft
+    time limit included): they finish the batch in hand, and the sweep waits for them,
+    so none outlives its sweep with a connection of its own."""
     helpers = []
     if workers > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block:
-        helpers = [_SweepHelper(stage, now, batch_size) for _ in range(workers - 1)]
+        stop = threading.Event()
+        helpers = [_SweepHelper(stage, now, batch_size, stop) for _ in range(workers - 1)]
     for helper in helpers:
         helper.start()
     try:
         total = _sweep_batches(stage, now, batch_size)
     finally:
-        for helper in helpers:
-            helper.join()
+        _stop_and_wait(helpers)
     for helper in helpers:
         if helper.error is not None:
             raise helper.error
@@ -1416,13 +1421,30 @@ def _sweep_backlog(stage: _Stage, now, batch_size: int, workers: int) -> int:
     return total
 
 
-class _SweepHelper(threading.Thread):
-    """`_sweep_batches` on a connection of its own; its count, or its error, is the
-    sweep's (log lines keep the sweep's context)."""
+def _stop_and_wait(helpers: list) -> None:
+    if not helpers:
+        return
+    helpers[0].stop.set()
+    interrupted = None
+    for helper in helpers:
+        while True:
+            try:
+                helper.join()
+                break
+            except BaseException as exc:  # e.g. a soft time limit, while waiting
+                interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
-    def __init__(self, stage: _Stage, now, batch_size: int):
+
+class _SweepHelper(threading.Thread):
+    """`_sweep_batches` on a connection of its own until `stop`; its count, or its
+    error, is the sweep's (log lines keep the sweep's context)."""
+
+    def __init__(self, stage: _Stage, now, batch_size: int, stop: threading.Event):
         super().__init__(name=f"sla-sweep-{stage.name}", daemon=True)
-        self.sweep = (stage, now, batch_size)
+        self.sweep = (stage, now, batch_size, stop)
+        self.stop = stop
         self.context = contextvars.copy_context()
         self.recorded = 0
         self.error: Exception | None = None
@@ -1432,6 +1454,7 @@ class _SweepHelper(threading.Thread):
             self.recorded = self.context.run(_sweep_batches, *self.sweep)
         except Exception as exc:  # raised again by the sweep's thread
             self.error = exc
+            logger.exception("An SLA sweep helper failed")
         finally:
             connection.close()  # this thread's own
 

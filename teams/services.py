@@ -521,8 +521,10 @@ def save_record_with_presence(
             # Written by set_agent_presence below; until then the row keeps its own.
             agent_fields.remove("presence")
             presence_edits.append((agent, agent.presence))
-            agent.presence = Membership.all_tenants.values_list("presence", flat=True).get(
-                pk=agent.pk
+            agent.presence = (
+                Membership.objects.for_tenant(agent.tenant_id)
+                .values_list("presence", flat=True)
+                .get(pk=agent.pk)
             )
     # First, and even with nothing else changed: it checks that the actor may.
     save_tenant_record(instance=instance, fields=fields, actor=actor, rows=rows)

@@ -48,7 +48,10 @@ EVENT_TYPES = {
     LEAD_CLAIMED: "The agent claimed the lead.",
     LEAD_CONTACTED: "The agent contacted the lead.",
     LEAD_SLA_BREACHED: "A claim or contact window ran out; `stage` is `claim` or `contact`.",
-    LEAD_REASSIGNED: "A lead moved to another agent; `previousAgentId`, `reason`, `notes`.",
+    LEAD_REASSIGNED: (
+        "A lead moved to another agent; `previousAgentId`, `reason`, `stage`, `notes`,"
+        " `reassignedById`, `deadlinePassed`, `windowRestarted`."
+    ),
     LEAD_CLOSED: "A lead was closed.",
     MESSAGE_FAILED: "A WhatsApp confirmation or an email finally failed.",
 }

@@ -7,6 +7,7 @@ not differ in anything an admin, the outbox or the audit trail reads.
 """
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -251,10 +252,10 @@ def test_a_helpers_error_fails_the_sweep_after_the_sweeps_own_batches(tenant, ow
     due_leads(tenant, 20)
     sweep_batches = services._sweep_batches
 
-    def failing(stage, now, batch_size):
+    def failing(stage, now, batch_size, stop=None):
         if in_helper():
             raise DatabaseError("the helper lost its connection")
-        return sweep_batches(stage, now, batch_size)
+        return sweep_batches(stage, now, batch_size, stop)
 
     monkeypatch.setattr(services, "_sweep_batches", failing)
 
@@ -302,3 +303,39 @@ def test_one_worker_sweeps_alone(tenant, owner, helper_starts):
     assert sweep_sla_breaches(batch_size=5, workers=1) == {"claim": 20, "contact": 0}
 
     assert not helper_starts
+
+
+class SoftTimeLimit(Exception):
+    """What Celery raises in a task that outlives its soft time limit."""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_when_the_sweep_stops_its_helper_stops_after_its_batch_and_is_waited_for(
+    tenant, owner, helper_starts, monkeypatch
+):
+    due_leads(tenant, 40)
+    sweep_batch = services._sweep_batch
+    helper_busy = threading.Event()
+    helper_batches = []
+
+    def one_batch(stage, now, batch_size):
+        if in_helper():
+            helper_batches.append(stage.name)
+            helper_busy.set()
+            time.sleep(0.05)  # the sweep's thread stops while this batch is in hand
+            return sweep_batch(stage, now, batch_size)
+        if helper_starts:  # the sweep's thread, once the helper works: out of time
+            assert helper_busy.wait(timeout=30)
+            raise SoftTimeLimit
+        return sweep_batch(stage, now, batch_size)
+
+    monkeypatch.setattr(services, "_sweep_batch", one_batch)
+
+    with pytest.raises(SoftTimeLimit):
+        sweep_sla_breaches(batch_size=5)
+
+    (helper,) = helper_starts
+    assert not helper.is_alive(), "waited for: no helper outlives its sweep"
+    assert 1 <= len(helper_batches) <= 2, "it stopped after the batch in hand"
+    # The rest waits for the next sweep (every 30 s), not for an orphaned thread.
+    assert Lead.objects.for_tenant(tenant).filter(claim_sla_breached_at__isnull=True).exists()

@@ -1401,9 +1401,12 @@ def _sweep_batches(stage: _Stage, now, batch_size: int, stop=None) -> int:
 def _sweep_backlog(stage: _Stage, now, batch_size: int, workers: int) -> int:
     """The rest of a stage's backlog, with helpers where they can see the same rows.
 
-    The helpers stop when the sweep's thread stops, for whatever reason (a task's soft
-    time limit included): they finish the batch in hand, and the sweep waits for them,
-    so none outlives its sweep with a connection of its own."""
+    When the sweep's thread runs out of due leads, the helpers go on until they do too:
+    the last leads may be the ones a helper had locked (SKIP LOCKED hid them from the
+    sweep's thread), and only the helper holding them knows more are due. When the
+    sweep's thread fails or is stopped (a task's soft time limit included), the helpers
+    stop after the batch in hand. Either way the sweep waits for them, so none outlives
+    its sweep with a connection of its own."""
     helpers = []
     if workers > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block:
         stop = threading.Event()
@@ -1412,8 +1415,10 @@ def _sweep_backlog(stage: _Stage, now, batch_size: int, workers: int) -> int:
         helper.start()
     try:
         total = _sweep_batches(stage, now, batch_size)
-    finally:
-        _stop_and_wait(helpers)
+    except BaseException:
+        _wait_for(helpers, stop_first=True)
+        raise
+    _wait_for(helpers, stop_first=False)
     for helper in helpers:
         if helper.error is not None:
             raise helper.error
@@ -1421,17 +1426,22 @@ def _sweep_backlog(stage: _Stage, now, batch_size: int, workers: int) -> int:
     return total
 
 
-def _stop_and_wait(helpers: list) -> None:
+def _wait_for(helpers: list, *, stop_first: bool) -> None:
+    """Join the helpers; told to stop first, or as soon as the wait is interrupted (e.g.
+    a soft time limit while they finish the backlog), which is raised once they are
+    done."""
     if not helpers:
         return
-    helpers[0].stop.set()
+    if stop_first:
+        helpers[0].stop.set()
     interrupted = None
     for helper in helpers:
         while True:
             try:
                 helper.join()
                 break
-            except BaseException as exc:  # e.g. a soft time limit, while waiting
+            except BaseException as exc:
+                helpers[0].stop.set()
                 interrupted = interrupted or exc
     if interrupted is not None:
         raise interrupted

@@ -248,6 +248,41 @@ def test_a_backlog_is_shared_with_a_helper_on_its_own_connection(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_last_leads_locked_by_a_helper_are_swept_after_the_sweeps_thread_ran_out(
+    tenant, owner, helper_starts, monkeypatch
+):
+    """The sweep's thread can see no more due leads only because a helper holds them
+    (SKIP LOCKED): the helper then goes on alone until the backlog is empty."""
+    due_leads(tenant, 12)  # batches of 5: the first, the helper's 5+1 locked, 1 left
+    helper_locked, sweeps_thread_done = threading.Event(), threading.Event()
+    stamp_batch, sweep_batches = services._stamp_batch, services._sweep_batches
+
+    def stamp_and_hold(stage, now, batch_size):
+        rows = stamp_batch(stage, now, batch_size)
+        if in_helper() and not helper_locked.is_set():
+            helper_locked.set()
+            assert sweeps_thread_done.wait(timeout=30)  # its transaction still open
+        return rows
+
+    def sweeps_thread_after_the_helpers_lock(stage, now, batch_size, stop=None):
+        if in_helper():
+            return sweep_batches(stage, now, batch_size, stop)
+        assert helper_locked.wait(timeout=30)
+        try:
+            return sweep_batches(stage, now, batch_size, stop)
+        finally:
+            sweeps_thread_done.set()
+
+    monkeypatch.setattr(services, "_stamp_batch", stamp_and_hold)
+    monkeypatch.setattr(services, "_sweep_batches", sweeps_thread_after_the_helpers_lock)
+
+    assert sweep_sla_breaches(batch_size=5) == {"claim": 12, "contact": 0}
+
+    assert helper_starts[0].recorded == 6, "its locked batch, then the lead it held back"
+    assert not Lead.objects.for_tenant(tenant).filter(claim_sla_breached_at__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_helpers_error_fails_the_sweep_after_the_sweeps_own_batches(tenant, owner, monkeypatch):
     due_leads(tenant, 20)
     sweep_batches = services._sweep_batches

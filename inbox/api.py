@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from core.actor import Actor
 from core.errors import NotFound
-from core.fields import StrictCharField
+from core.fields import FieldsBoundOnce, StrictCharField
 from core.metrics import HANDOVER_REQUESTS, HANDOVER_UNASSIGNED
 from core.schema import error_responses
 from inbox.acceptance import accept_session, session_of_agent
@@ -85,7 +85,7 @@ class ContextField(serializers.JSONField):
         return data
 
 
-class HandoverInput(serializers.Serializer):
+class HandoverInput(FieldsBoundOnce, serializers.Serializer):
     contactId = StrictCharField(max_length=128, help_text="The contact's id on the channel.")
     name = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
     channel = serializers.ChoiceField(choices=Channel.choices, default=Channel.WHATSAPP)

@@ -1,8 +1,10 @@
 """core.row_sql: one row's INSERT/UPDATE text built once per shape, the row it writes the
 same as Django's own save would write."""
 
+from datetime import UTC, datetime
+
 import pytest
-from django.db import connection
+from django.db import connection, models
 from django.db.models import F
 from django.db.models.expressions import RawSQL
 
@@ -90,3 +92,37 @@ def test_other_expressions_go_through_djangos_compiler():
     sql, params = row_sql.update_sql(row, ["target_label"], when="1 = 1")
     assert run(sql, params) == 1
     assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).target_label == "old"
+
+
+def test_a_null_is_written_into_the_text_and_reads_back_as_null():
+    tenant = TenantFactory()
+    row = activity(tenant, actor_user_id=None)
+    sql, params = row_sql.insert_sql(row, when="1 = 1")  # INSERT … SELECT: NULLs typed
+    assert "NULL::uuid" in sql and None not in params
+    assert run(sql, params) == 1
+    saved = ActivityLog.objects.for_tenant(tenant).get(pk=row.pk)
+    assert (saved.actor_id, saved.actor_user_id) == (None, None)
+
+
+class Shouting(models.CharField):
+    def get_prep_value(self, value):
+        return super().get_prep_value(value).upper()
+
+
+def test_a_field_that_prepares_values_its_own_way_is_still_asked():
+    field = Shouting(max_length=10)
+    field.set_attributes_from_name("word")
+    assert row_sql._value_sql(field, "quiet", connection) == (None, ["QUIET"])
+    plain = models.CharField(max_length=10)
+    assert row_sql._value_sql(plain, "quiet", connection) == (None, ["quiet"])
+
+
+@pytest.mark.postgres
+def test_a_naive_datetime_is_still_made_aware_as_djangos_save_would():
+    field = ActivityLog._meta.get_field("created_at")
+    naive = datetime(2026, 3, 2, 10, 0)
+    with pytest.warns(RuntimeWarning, match="naive datetime"):
+        _, (param,) = row_sql._value_sql(field, naive, connection)
+    assert param.tzinfo is not None
+    aware = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    assert row_sql._value_sql(field, aware, connection) == (None, [aware])

@@ -10,6 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from psycopg import _queries as psycopg_queries
 from rest_framework.test import APIClient
 
 from core.actor import Actor
@@ -62,6 +63,31 @@ def test_a_connection_plans_the_handovers_two_statements_once_and_reuses_them(
     # psycopg prepares a statement on its 5th run: of 12 runs, the last 7 or 8 reuse it.
     assert runs_of(prepared, 'WITH first AS (INSERT INTO "inbox_inboxsession"') >= 7, prepared
     assert runs_of(prepared, "WITH routing_lock AS (") >= 7, prepared
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_handovers_statements_keep_their_converted_text_in_psycopgs_cache(
+    tenant, tenant_client
+):
+    """psycopg re-parses the text of a statement with more than 50 parameters on every
+    run: the handover's NULLs are written into its text instead."""
+    MembershipFactory(tenant=tenant)
+    seen = []
+
+    def record(execute, sql, params, many, context):
+        seen.append((sql, len(params or ())))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        response = tenant_client.post(URL, {"contactId": "c-1"}, format="json")
+    assert response.status_code == 201 and response.json()["status"] == "assigned"
+
+    handover_statements = [
+        count for sql, count in seen if sql.startswith(("WITH first AS", "WITH routing_lock"))
+    ]
+    assert len(handover_statements) >= 2, seen
+    assert max(handover_statements) <= psycopg_queries.MAX_CACHED_STATEMENT_PARAMS
 
 
 @pytest.mark.postgres

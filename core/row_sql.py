@@ -88,9 +88,16 @@ def _kept_as_is(field, db) -> frozenset:
     return kept
 
 
+_nulls: dict = {}
+
+
 def _null_sql(field, db) -> str:
-    db_type = field.cast_db_type(db)
-    return f"NULL::{db_type}" if db_type else "NULL"
+    key = (field, db.vendor)
+    sql = _nulls.get(key)
+    if sql is None:
+        db_type = field.cast_db_type(db)
+        sql = _nulls[key] = f"NULL::{db_type}" if db_type else "NULL"
+    return sql
 
 
 def _remember(key, build):

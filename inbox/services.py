@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.db.models import Case, Count, F, Q, When
+from django.db.models import Case, Count, F, Field, Q, When
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -167,6 +167,9 @@ GIVEN_FIELDS = [
 # The routing statement's chosen agent, for a session given to "whoever the pick
 # statement picks" (handover's single-statement assignment; see _assignment_ctes).
 ROUTED_AGENT_ID = RawSQL(f"SELECT id FROM {ROUTED_AGENT}", [])  # noqa: S608, S611
+# RawSQL values only spliced into SQL text (core.row_sql) share one output field rather
+# than building a model field each.
+_SPLICED = Field()
 
 
 def _give_session_to(
@@ -400,7 +403,7 @@ def _assignment_ctes(session: InboxSession, decision: RoutingDecision, *, actor,
     What depends on who was picked is read from the pick's `routed_agent` in SQL; each
     runs only if somebody was picked."""
     agent_sql = f"(SELECT id FROM {ROUTED_AGENT})"  # noqa: S608
-    shadow = copy.copy(session)
+    shadow = _shadow_of(session)
     fields = _give_session_to(
         shadow, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True
     )
@@ -409,6 +412,7 @@ def _assignment_ctes(session: InboxSession, decision: RoutingDecision, *, actor,
     shadow.last_assignment_attempt = RawSQL(  # noqa: S611
         f"%s::jsonb || jsonb_build_object('agentId', {agent_sql}::text)",
         [json.dumps(record, cls=DjangoJSONEncoder)],
+        output_field=_SPLICED,
     )
     shadow.team = decision.team or session.team
     shadow.updated_at = now
@@ -429,12 +433,13 @@ def _assignment_ctes(session: InboxSession, decision: RoutingDecision, *, actor,
         f"%s::jsonb || (SELECT jsonb_build_object('agent_id', id::text, 'agent_email',"  # noqa: S608
         f" user_email) FROM {ROUTED_AGENT})",
         [json.dumps(data)],
+        output_field=_SPLICED,
     )
     statements.append(insert_sql(activity, when=ASSIGNED_WHEN))
     # An agent who asked for emails gets the notice written after the pick, with its
     # email (inbox.notices); everyone else's is part of the pick.
     notice = session_notice(session, Membership(), kind=SessionNoticeKind.SESSION_ASSIGNED)
-    notice.recipient_id = RawSQL(agent_sql[1:-1], [])  # noqa: S611
+    notice.recipient_id = ROUTED_AGENT_ID
     statements.append(
         insert_sql(
             notice,
@@ -442,6 +447,16 @@ def _assignment_ctes(session: InboxSession, decision: RoutingDecision, *, actor,
         )
     )
     return [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+
+
+def _shadow_of(session: InboxSession) -> InboxSession:
+    """A copy of `session` to set the pick's values on without touching the session (a
+    shallow copy, as `copy.copy` makes, without its pickling round)."""
+    shadow = InboxSession.__new__(InboxSession)
+    shadow.__dict__.update(session.__dict__)
+    shadow._state = copy.copy(session._state)
+    shadow._state.fields_cache = dict(session._state.fields_cache)
+    return shadow
 
 
 def _route_session(session, team, *, actor, now, attach: bool) -> RoutingDecision:

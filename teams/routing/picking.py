@@ -259,22 +259,34 @@ def run_pick(sql: str, params: list) -> PickResult:
 
 
 def _agent_from(values) -> Membership | None:
+    """The picked agent and their user, built as a queryset builds rows (`from_db`: the
+    columns not read are deferred)."""
     if values[0] is None:
         return None
-    columns = dict(zip((*AGENT_COLUMNS, *USER_COLUMNS), values, strict=True))
-    user = User(
-        id=columns.pop("user_id"),
-        email=columns.pop("user_email"),
-        full_name=columns.pop("user_full_name"),
-        is_active=columns.pop("user_is_active"),
+    agent = _from_row(Membership, AGENT_COLUMNS, values[: len(AGENT_COLUMNS)])
+    email, full_name, is_active = values[len(AGENT_COLUMNS) :]
+    agent.user = _from_row(
+        User,
+        ("id", "email", "full_name", "is_active"),
+        (agent.user_id, email, full_name, is_active),
     )
-    agent = Membership(**columns)
-    agent.user_id = user.pk
-    for obj in (user, agent):
-        obj._state.adding = False
-        obj._state.db = "default"
-    agent.user = user
     return agent
+
+
+_model_orders: dict = {}
+
+
+def _from_row(model, columns: tuple, values):
+    """`model.from_db` for values named by `columns` in any order (`from_db` takes them
+    in the model's field order)."""
+    key = (model, columns)
+    order = _model_orders.get(key)
+    if order is None:
+        attnames = [field.attname for field in model._meta.concrete_fields]
+        order = _model_orders[key] = sorted(
+            range(len(columns)), key=lambda n: attnames.index(columns[n])
+        )
+    return model.from_db("default", [columns[n] for n in order], [values[n] for n in order])
 
 
 def create_cursor(*, tenant_id, pool: Pool) -> None:

@@ -46,6 +46,8 @@ COUNTERS = {"sessions": "open_session_count", "leads": "current_lead_count"}
 # team's size); in a bigger team it walks the tenant's load index, where the team's
 # members are a large share and the first eligible one comes early.
 MEMBER_SCAN_MAX = 500
+# ... but reads at most this many agents of that index before it sorts the members anyway.
+LOAD_WALK_MAX = 200
 ROUTED_AGENT = "routed_agent"  # the CTE attached statements read the chosen agent from
 AGENT_COLUMNS = (
     "id",
@@ -118,27 +120,45 @@ def _candidate(pool: Pool, *, tenant_id, strategy, counter, exclude, after: str 
     eligible, eligible_params = _eligible(counter, exclude)
     columns = _CANDIDATE_COLUMNS.format(counter=counter)
     if strategy == Strategy.LEAST_BUSY:
-        if pool.team_id is not None and team_size(tenant_id, pool.team_id) <= MEMBER_SCAN_MAX:
+        order = f"m.{counter}, m.last_assigned_at ASC NULLS FIRST, m.id"
+        if pool.team_id is not None:
             # A small team: sort its members. Walking the tenant's load index would pass
             # every less busy agent of the tenant outside the team first.
+            # The eligible members are read first (MATERIALIZED), each by its key (the
+            # LATERAL subquery, kept whole by OFFSET 0): left to itself, the planner
+            # walks the tenant's load index for the order and probes the team for each
+            # agent (the tenant times the team), or hashes the tenant's agents.
+            members_sql = (
+                f"WITH members AS MATERIALIZED (SELECT c.* FROM {TM} tm CROSS JOIN LATERAL"
+                f" (SELECT {columns} FROM {M} m JOIN {U} u ON u.id = m.user_id"
+                f" WHERE m.id = tm.membership_id AND m.tenant_id = %s AND {eligible}"
+                " OFFSET 0) c WHERE tm.team_id = %s) SELECT * FROM members"
+                " ORDER BY load, last_assigned_at ASC NULLS FIRST, id LIMIT 1"
+            )
+            members_params = [tenant_id, *eligible_params, pool.team_id]
+            if team_size(tenant_id, pool.team_id) <= MEMBER_SCAN_MAX:
+                return members_sql, members_params
+            # A big team: walk the tenant's load index, where its members are usually
+            # among the first, but at most LOAD_WALK_MAX agents of it (outside the team,
+            # less busy, there may be thousands); then sort the members after all. The
+            # walk's order is kept by its outer query, which stops at the first member.
+            walk_sql = (
+                f"SELECT * FROM (SELECT {columns} FROM {M} m JOIN {U} u ON u.id = m.user_id"
+                f" WHERE m.tenant_id = %s AND {eligible} ORDER BY {order} LIMIT %s) m"
+                f" WHERE EXISTS (SELECT 1 FROM {TM} tm WHERE tm.team_id = %s"
+                f" AND tm.membership_id = m.id) LIMIT 1"
+            )
+            walk_params = [tenant_id, *eligible_params, LOAD_WALK_MAX, pool.team_id]
             return (
-                f"WITH members AS MATERIALIZED (SELECT membership_id FROM {TM}"
-                f" WHERE team_id = %s) SELECT {columns} FROM members tm"
-                f" JOIN {M} m ON m.id = tm.membership_id JOIN {U} u ON u.id = m.user_id"
-                f" WHERE m.tenant_id = %s AND {eligible}"
-                f" ORDER BY m.{counter}, m.last_assigned_at ASC NULLS FIRST, m.id LIMIT 1",
-                [pool.team_id, tenant_id, *eligible_params],
+                f"SELECT * FROM (({walk_sql}) UNION ALL ({members_sql})) p LIMIT 1",
+                [*walk_params, *members_params],
             )
         scope, scope_params = "", []
-        if pool.team_id is not None:
-            scope = f" AND EXISTS (SELECT 1 FROM {TM} tm WHERE tm.team_id = %s AND tm.membership_id = m.id)"  # noqa: E501
-            scope_params = [pool.team_id]
-        elif pool.role is not None:
+        if pool.role is not None:
             scope, scope_params = " AND m.role = %s", [pool.role]
         return (
             f"SELECT {columns} FROM {M} m JOIN {U} u ON u.id = m.user_id"
-            f" WHERE m.tenant_id = %s AND {eligible}{scope}"
-            f" ORDER BY m.{counter}, m.last_assigned_at ASC NULLS FIRST, m.id LIMIT 1",
+            f" WHERE m.tenant_id = %s AND {eligible}{scope} ORDER BY {order} LIMIT 1",
             [tenant_id, *eligible_params, *scope_params],
         )
     if pool.team_id is not None:

@@ -48,6 +48,7 @@ ONE_QUERY = "/api/v1/bench/one-query"
 CONNECTIONS = 16
 WORKERS, THREADS = 2, 8
 BIG_TEAM = 2000
+OUTSIDERS = 20_000
 SPREAD_POOL = 10
 OPEN_SESSIONS = 100_000
 BREACHES = 10_000
@@ -556,6 +557,38 @@ def teams(report: Report, requests: int) -> None:
             "<= 1.2x",
             r <= 1.2,
         )
+    busy_team_among_idle_outsiders(report, tenant, client, requests)
+
+
+def busy_team_among_idle_outsiders(report: Report, tenant: Tenant, client, requests: int) -> None:
+    """Least busy, a team of 2,000 whose members are all busier than 20,000 agents of the
+    tenant outside it: the load index walk meets only outsiders, gives up after
+    LOAD_WALK_MAX of them and sorts the team's members."""
+    from django.db import connection
+
+    from teams.models import Membership, Strategy
+
+    small, _ = tenant.make_team("lb-busy-1", 1, Strategy.LEAST_BUSY)
+    big, members = tenant.make_team(f"lb-busy-{BIG_TEAM}", BIG_TEAM, Strategy.LEAST_BUSY)
+    tenant.make_agents(OUTSIDERS, "outsider")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'UPDATE "{Membership._meta.db_table}" SET open_session_count = 5'  # noqa: S608
+            " WHERE id = ANY(%s::uuid[])",
+            [[agent.pk for agent in members]],
+        )
+    analyze(tenant.m.Membership, tenant.m.TeamMember, tenant.m.User)
+    one, many = alternate(
+        requests,
+        lambda: post_handover(client, tenant, small),
+        lambda: post_handover(client, tenant, big),
+    )
+    r = ratio(p50(many), p50(one))
+    report.add(
+        f"least busy: team of {BIG_TEAM:,} busier than {OUTSIDERS:,} outsiders / team of 1, p50",
+        f"{r:.2f}x ({p50(many) * 1000:.1f} / {p50(one) * 1000:.1f} ms)",
+        "(beyond the issue: the team's size, not the tenant's)",
+    )
 
 
 def load(report: Report, requests: int) -> None:

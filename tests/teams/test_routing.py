@@ -804,16 +804,22 @@ def test_each_kind_of_work_has_its_own_rotation(tenant):
     assert leads == agents, "and so do leads, whatever sessions did"
 
 
-@pytest.mark.parametrize("scan_max", [500, 0], ids=["members-sorted", "load-index-walked"])
+@pytest.mark.parametrize(
+    ("scan_max", "walk_max"),
+    [(500, 1000), (0, 1000), (0, 3)],
+    ids=["members-sorted", "load-index-walked", "walk-gave-up-members-sorted"],
+)
 def test_least_busy_in_a_team_picks_the_same_agents_whichever_way_it_reads_them(
-    tenant, monkeypatch, scan_max
+    tenant, monkeypatch, scan_max, walk_max
 ):
-    """A small team's members are sorted, a big team walks the tenant's load index: the
-    same order (load, never assigned first, longest idle, id), members only, either way,
+    """A small team's members are sorted, a big team walks the tenant's load index, and
+    gives up on it for a sort of its members when the walk meets only outsiders: the
+    same order (load, never assigned first, longest idle, id), members only, every way,
     with less busy agents outside the team in the tenant."""
     from teams.routing import picking
 
     monkeypatch.setattr(picking, "MEMBER_SCAN_MAX", scan_max)
+    monkeypatch.setattr(picking, "LOAD_WALK_MAX", walk_max)
     team = TeamFactory(tenant=tenant)
     AssignmentConfigFactory(tenant=tenant, team=team, strategy=Strategy.LEAST_BUSY)
     members = [TeamMemberFactory(team=team).membership for _ in range(4)]

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from audit.services import record_activity
 from core.actor import Actor
+from core.row_sql import insert_rows
 from outbox.channels import get_channel
 from outbox.models import FINAL_STATUSES, MessageStatus, OutboundMessage
 
@@ -86,7 +87,7 @@ def queue_messages(messages: list[OutboundMessage], *, ignore_conflicts: bool = 
         return
     if not connection.in_atomic_block:
         raise OutboxUsageError("Queue outbound messages inside the transaction of the change.")
-    OutboundMessage.all_tenants.bulk_create(messages, ignore_conflicts=ignore_conflicts)
+    insert_rows(messages, ignore_conflicts=ignore_conflicts)
 
 
 def queue_message(**kwargs) -> OutboundMessage:

@@ -10,7 +10,7 @@ from django.db.models.expressions import RawSQL
 
 from audit.models import ActivityLog
 from core import row_sql
-from tests.factories import TenantFactory
+from tests.factories import TenantFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -126,3 +126,28 @@ def test_a_naive_datetime_is_still_made_aware_as_djangos_save_would():
     assert param.tzinfo is not None
     aware = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
     assert row_sql._value_sql(field, aware, connection) == (None, [aware])
+
+
+def test_insert_rows_writes_every_row_of_every_shape_with_its_json_as_given():
+    tenant = TenantFactory()
+    awkward = {"quote": 'say "hi"', "backslash": "a\\b", "braces": "{x,y}", "emoji": "🙂"}
+    rows = [activity(tenant, action=f"a{n}", data=awkward | {"n": n}) for n in range(5)]
+    rows[2].actor_user = UserFactory()  # another shape: the others have a NULL there
+    row_sql.insert_rows(rows)
+
+    saved = {a.pk: a for a in ActivityLog.objects.for_tenant(tenant)}
+    assert [saved[row.pk].data for row in rows] == [awkward | {"n": n} for n in range(5)]
+    assert saved[rows[2].pk].actor_user_id == rows[2].actor_user.pk
+    assert all(not row._state.adding for row in rows)
+
+
+def test_insert_rows_can_skip_rows_whose_key_is_taken():
+    tenant = TenantFactory()
+    first = activity(tenant, action="first")
+    row_sql.insert_rows([first])
+    again = activity(tenant, action="again")
+    again.pk = first.pk
+    fresh = activity(tenant, action="fresh")
+    row_sql.insert_rows([again, fresh], ignore_conflicts=True)
+    actions = dict(ActivityLog.objects.for_tenant(tenant).values_list("pk", "action"))
+    assert actions == {first.pk: "first", fresh.pk: "fresh"}

@@ -25,7 +25,9 @@ def test_each_instance_validates_its_own_data_from_many_threads_at_once():
     start = threading.Barrier(8)
 
     def validate(n: int):
-        data = {"word": f"w{n}", "count": n} if n % 2 else {"word": "x" * (9 + n), "count": -(n + 1)}
+        data = (
+            {"word": f"w{n}", "count": n} if n % 2 else {"word": "x" * (9 + n), "count": -(n + 1)}
+        )
         start.wait(timeout=10)
         results = []
         for _ in range(200):

@@ -38,6 +38,16 @@ class FieldsBoundOnce:
         ]
         if nested:
             raise TypeError(f"{cls.__name__}: nested serializers cannot share fields: {nested}")
+        # A default or validator that reads the serializer's context (the request, e.g.
+        # CurrentUserDefault) would read the template's, which has none.
+        contextual = [
+            name
+            for name, field in getattr(cls, "_declared_fields", {}).items()
+            if getattr(field.default, "requires_context", False)
+            or any(getattr(v, "requires_context", False) for v in field.validators)
+        ]
+        if contextual:
+            raise TypeError(f"{cls.__name__}: fields that read the context: {contextual}")
 
     def __init__(self, *args, **kwargs):
         if kwargs.get("partial"):

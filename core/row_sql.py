@@ -40,16 +40,16 @@ def _value_sql(field, value, db) -> tuple[str | None, list]:
     """(the expression's SQL, its params) for a RawSQL value or a NULL; (None, [param])
     else.
 
-    A NULL is written into the text (typed, as a row built by `SELECT` needs it): a
-    handover's insert has a dozen, and psycopg keeps a statement's converted text only
-    while it has at most 50 parameters (`MAX_CACHED_STATEMENT_PARAMS`); above that it
-    parses the text again on every call."""
+    On PostgreSQL a NULL is written into the text (typed, as a row built by `SELECT`
+    needs it): a handover's insert has a dozen, and psycopg keeps a statement's converted
+    text only while it has at most 50 parameters (`MAX_CACHED_STATEMENT_PARAMS`); above
+    that it parses the text again on every call."""
     if isinstance(value, RawSQL):
         return f"({value.sql})", list(value.params)
     if type(value) in _kept_as_is(field, db) and (type(value) is not datetime or value.tzinfo):
         return None, [value]
     param = field.get_db_prep_save(value, connection=db)
-    if param is None:
+    if param is None and db.vendor == "postgresql":
         return _null_sql(field, db), []
     return None, [param]
 
@@ -70,7 +70,7 @@ _as_is: dict = {}
 def _kept_as_is(field, db) -> frozenset:
     """The value types `field` would pass to the database unchanged (none but on
     PostgreSQL, and none for a field that prepares values its own way)."""
-    key = (field, db.vendor)
+    key = (field, db.vendor, settings.USE_TZ)
     kept = _as_is.get(key)
     if kept is None:
         kept = frozenset()
@@ -185,23 +185,28 @@ def _update_with_compiler(obj, chosen, *, when) -> tuple[str, list]:
 
 
 def insert_rows(objs: list, *, ignore_conflicts: bool = False) -> None:
-    """Insert unsaved instances of one model, as `bulk_create` would, but on PostgreSQL
-    one statement per row shape run for all its rows at once (`executemany`, pipelined
-    by psycopg): `bulk_create` passes each column as one array, whose text psycopg
-    escapes value by value with regular expressions, most of a big batch's time (JSON
-    payloads above all)."""
+    """Insert unsaved instances of one model (their foreign keys set by id), as
+    `bulk_create` would, but on PostgreSQL one statement per run of rows of one shape,
+    run for all of them at once (`executemany`, pipelined by psycopg): `bulk_create`
+    passes each column as one array, whose text psycopg escapes value by value with
+    regular expressions, most of a big batch's time (JSON payloads above all)."""
     if not objs:
         return
     model = type(objs[0])
     if connection.vendor != "postgresql":
         model._base_manager.bulk_create(objs, ignore_conflicts=ignore_conflicts)
         return
-    shapes: dict[str, list] = {}
+    # Runs of rows of one shape, in the given order: with `ignore_conflicts` the first of
+    # two rows with one key is the one that stays, as with `bulk_create`.
+    runs: list[tuple[str, list]] = []
     for obj in objs:
         sql, params = insert_sql(obj, ignore_conflicts=ignore_conflicts)
-        shapes.setdefault(sql, []).append(params)
+        if runs and runs[-1][0] == sql:
+            runs[-1][1].append(params)
+        else:
+            runs.append((sql, [params]))
     with connection.cursor() as cursor:
-        for sql, rows in shapes.items():
+        for sql, rows in runs:
             cursor.executemany(sql, rows)
     for obj in objs:
         obj._state.adding = False

@@ -1411,12 +1411,12 @@ def _sweep_backlog(stage: _Stage, now, batch_size: int, workers: int) -> int:
     if workers > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block:
         stop = threading.Event()
         helpers = [_SweepHelper(stage, now, batch_size, stop) for _ in range(workers - 1)]
-    for helper in helpers:
-        helper.start()
     try:
+        for helper in helpers:
+            helper.start()
         total = _sweep_batches(stage, now, batch_size)
     except BaseException:
-        _wait_for(helpers, stop_first=True)
+        _wait_for([helper for helper in helpers if helper.ident is not None], stop_first=True)
         raise
     _wait_for(helpers, stop_first=False)
     for helper in helpers:

@@ -82,7 +82,7 @@ def build_message(
 
 
 def queue_messages(messages: list[OutboundMessage], *, ignore_conflicts: bool = False) -> None:
-    """Insert messages in the caller's transaction (one statement)."""
+    """Insert messages in the caller's transaction (one pipelined round trip)."""
     if not messages:
         return
     if not connection.in_atomic_block:

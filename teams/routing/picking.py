@@ -113,6 +113,7 @@ _CANDIDATE_COLUMNS = (
     "m.id, m.{counter} AS load, m.last_assigned_at, u.email, u.full_name,"
     " u.is_active AS user_is_active"
 )
+_CANDIDATE_NAMES = "id, load, last_assigned_at, email, full_name, user_is_active"
 
 
 def _candidate(pool: Pool, *, tenant_id, strategy, counter, exclude, after: str = ""):
@@ -140,15 +141,17 @@ def _candidate(pool: Pool, *, tenant_id, strategy, counter, exclude, after: str 
                 return members_sql, members_params
             # A big team: walk the tenant's load index, where its members are usually
             # among the first, but at most LOAD_WALK_MAX agents of it (outside the team,
-            # less busy, there may be thousands); then sort the members after all. The
-            # walk's order is kept by its outer query, which stops at the first member.
+            # less busy, there may be thousands); then sort the members after all. Team
+            # membership is a column of the walk (a subplan per agent read), not a join
+            # the planner could reorder: the outer query keeps the walk's order and stops
+            # at the first member.
             walk_sql = (
-                f"SELECT * FROM (SELECT {columns} FROM {M} m JOIN {U} u ON u.id = m.user_id"
-                f" WHERE m.tenant_id = %s AND {eligible} ORDER BY {order} LIMIT %s) m"
-                f" WHERE EXISTS (SELECT 1 FROM {TM} tm WHERE tm.team_id = %s"
-                f" AND tm.membership_id = m.id) LIMIT 1"
+                f"SELECT {_CANDIDATE_NAMES} FROM (SELECT {columns}, EXISTS (SELECT 1"
+                f" FROM {TM} tm WHERE tm.team_id = %s AND tm.membership_id = m.id) AS member"
+                f" FROM {M} m JOIN {U} u ON u.id = m.user_id WHERE m.tenant_id = %s"
+                f" AND {eligible} ORDER BY {order} LIMIT %s) walk WHERE member LIMIT 1"
             )
-            walk_params = [tenant_id, *eligible_params, LOAD_WALK_MAX, pool.team_id]
+            walk_params = [pool.team_id, tenant_id, *eligible_params, LOAD_WALK_MAX]
             return (
                 f"SELECT * FROM (({walk_sql}) UNION ALL ({members_sql})) p LIMIT 1",
                 [*walk_params, *members_params],

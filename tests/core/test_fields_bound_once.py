@@ -65,3 +65,10 @@ def test_a_nested_serializer_is_refused_when_the_class_is_made():
 
         class Outer(FieldsBoundOnce, serializers.Serializer):
             inner = Pair()
+
+
+def test_a_field_that_reads_the_context_is_refused_when_the_class_is_made():
+    with pytest.raises(TypeError, match="read the context"):
+
+        class ByWhom(FieldsBoundOnce, serializers.Serializer):
+            user = serializers.HiddenField(default=serializers.CurrentUserDefault())

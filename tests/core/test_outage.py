@@ -175,6 +175,7 @@ BUGS = {
 }
 
 
+@pytest.mark.postgres  # the failure is injected into the pick (PostgreSQL's path)
 @pytest.mark.parametrize("outage", OUTAGES)
 def test_an_outage_in_the_middle_of_a_handover_answers_503_and_writes_nothing(
     outage, tenant, teammate, tenant_client, tmp_path
@@ -198,6 +199,7 @@ def test_an_outage_in_the_middle_of_a_handover_answers_503_and_writes_nothing(
     }
 
 
+@pytest.mark.postgres  # the failure is injected into the pick (PostgreSQL's path)
 @pytest.mark.parametrize("bug", BUGS)
 def test_a_database_bug_stays_a_500_and_writes_nothing(
     bug, tenant, teammate, tenant_client, tmp_path
@@ -364,6 +366,7 @@ def test_healthz_with_the_database_down_is_503_with_retry_after(client, caplog):
 # --- logging -------------------------------------------------------------------------------
 
 
+@pytest.mark.postgres  # the failure is injected into the pick (PostgreSQL's path)
 def test_an_outage_logs_one_warning_line_without_traceback_or_key(
     caplog, tenant, teammate, api_key, tenant_client
 ):
@@ -399,6 +402,7 @@ def test_an_outage_on_a_page_logs_one_warning_line(caplog, client, owner):
     assert logged[0].getMessage().endswith("): GET /leads/")
 
 
+@pytest.mark.postgres  # the failure is injected into the pick (PostgreSQL's path)
 def test_a_bug_still_logs_its_traceback(caplog, tenant, teammate, tenant_client):
     error = caused_by(IntegrityError, psycopg.errors.UniqueViolation("duplicate key value"))
 

@@ -2,6 +2,7 @@
 same as Django's own save would write."""
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from django.db import connection, models
@@ -94,6 +95,7 @@ def test_other_expressions_go_through_djangos_compiler():
     assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).target_label == "old"
 
 
+@pytest.mark.postgres
 def test_a_null_is_written_into_the_text_and_reads_back_as_null():
     tenant = TenantFactory()
     row = activity(tenant, actor_user_id=None)
@@ -151,3 +153,19 @@ def test_insert_rows_can_skip_rows_whose_key_is_taken():
     row_sql.insert_rows([again, fresh], ignore_conflicts=True)
     actions = dict(ActivityLog.objects.for_tenant(tenant).values_list("pk", "action"))
     assert actions == {first.pk: "first", fresh.pk: "fresh"}
+
+
+def test_insert_rows_keeps_the_first_of_two_rows_with_one_key_whatever_their_shapes():
+    tenant = TenantFactory()
+    first_shape = activity(tenant, action="a")
+    other_shape = activity(tenant, action="b", actor_user=UserFactory())
+    same_key = activity(tenant, action="c")
+    same_key.pk = other_shape.pk
+    row_sql.insert_rows([first_shape, other_shape, same_key], ignore_conflicts=True)
+    assert ActivityLog.objects.for_tenant(tenant).get(pk=other_shape.pk).action == "b"
+
+
+def test_a_null_is_a_parameter_on_other_databases():
+    field = ActivityLog._meta.get_field("actor_user")
+    elsewhere = SimpleNamespace(vendor="sqlite")
+    assert row_sql._value_sql(field, None, elsewhere) == (None, [None])

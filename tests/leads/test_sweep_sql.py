@@ -374,3 +374,33 @@ def test_when_the_sweep_stops_its_helper_stops_after_its_batch_and_is_waited_for
     assert 1 <= len(helper_batches) <= 2, "it stopped after the batch in hand"
     # The rest waits for the next sweep (every 30 s), not for an orphaned thread.
     assert Lead.objects.for_tenant(tenant).filter(claim_sla_breached_at__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_when_a_second_helper_cannot_start_the_first_is_stopped_and_waited_for(
+    tenant, owner, monkeypatch
+):
+    due_leads(tenant, 40)
+    started = []
+    start = services._SweepHelper.start
+    sweep_batch = services._sweep_batch
+
+    def start_one_then_fail(helper):
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(helper)
+        start(helper)
+
+    def slow_batch(stage, now, batch_size):
+        if in_helper():
+            time.sleep(0.05)  # still at work when the second start fails
+        return sweep_batch(stage, now, batch_size)
+
+    monkeypatch.setattr(services._SweepHelper, "start", start_one_then_fail)
+    monkeypatch.setattr(services, "_sweep_batch", slow_batch)
+
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        sweep_sla_breaches(batch_size=5, workers=3)
+
+    (helper,) = started
+    assert not helper.is_alive(), "waited for: no helper outlives its sweep"

@@ -11,6 +11,7 @@ class CoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from core import stale_plans
+        from core import stale_plans, statement_cache
 
         stale_plans.connect()
+        statement_cache.remember_long_statements()

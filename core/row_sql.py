@@ -1,13 +1,13 @@
-"""One row's INSERT or UPDATE as SQL text and parameters, the text built once per shape.
+"""One row's INSERT as SQL text and parameters, the text built once per shape.
 
-The handover writes a handful of rows inside two statements (an INSERT … ON CONFLICT with
-dependent inserts, and the pick with the assignment's writes attached), so their SQL has
-to be text to splice, not `save()` calls. Django's compiler builds that text anew for
-every row, walking every field through half a dozen methods: it was a third of a
-handover's time. Here the text of a shape (model, which fields hold a `RawSQL`
-expression and which one, the statement's form) is built once per process; a call only
-computes the row's parameters, each field through `pre_save` and `get_db_prep_save` as
-the compiler would do it (defaults, `auto_now`, JSON adaptation apply the same way).
+The handover writes a handful of rows inside one statement (the pick, with the new
+session's writes attached), so their SQL has to be text to splice, not `save()` calls.
+Django's compiler builds that text anew for every row, walking every field through half
+a dozen methods: it was a third of a handover's time. Here the text of a shape (model,
+which fields hold a `RawSQL` expression and which one, the statement's form) is built
+once per process; a call only computes the row's parameters, each field through
+`pre_save` and `get_db_prep_save` as the compiler would do it (defaults, `auto_now`,
+JSON adaptation apply the same way).
 
 Values may be `RawSQL` (SQL reading a CTE of the same statement), and a NULL is part of
 the text rather than a parameter; a row with any other expression, or a model with a
@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.db.models.constants import OnConflict
 from django.db.models.expressions import RawSQL
-from django.db.models.sql.subqueries import InsertQuery, UpdateQuery
+from django.db.models.sql.subqueries import InsertQuery
 
 _shapes: dict = {}
 _lock = threading.Lock()
@@ -135,35 +135,6 @@ def insert_sql(obj, *, when: str | None = None, ignore_conflicts: bool = False) 
     return _remember(key, build), [param for _, params in compiled for param in params]
 
 
-def update_sql(obj, fields: list[str], *, when: str) -> tuple[str, list]:
-    """`UPDATE t SET <fields> WHERE pk = … AND when` for a loaded instance (values may be
-    RawSQL reading a CTE of the same statement)."""
-    model = type(obj)
-    meta = model._meta
-    chosen = [meta.get_field(name) for name in dict.fromkeys(fields)]
-    values = [getattr(obj, field.attname) for field in chosen]
-    if not _plain(chosen) or any(
-        hasattr(value, "resolve_expression") and not isinstance(value, RawSQL) for value in values
-    ):
-        return _update_with_compiler(obj, chosen, when=when)
-    db = connections[DEFAULT_DB_ALIAS]
-    compiled = [_value_sql(field, value, db) for field, value in zip(chosen, values, strict=True)]
-    key = ("update", model, when, tuple(f.column for f in chosen), tuple(s for s, _ in compiled))
-    pk = meta.pk
-
-    def build() -> str:
-        table = _quote(meta.db_table)
-        changes = ", ".join(
-            f"{_quote(field.column)} = {sql or '%s'}"
-            for field, (sql, _) in zip(chosen, compiled, strict=True)
-        )
-        return f"UPDATE {table} SET {changes} WHERE {table}.{_quote(pk.column)} = %s AND {when}"  # noqa: S608
-
-    params = [param for _, params in compiled for param in params]
-    params.append(pk.get_db_prep_value(obj.pk, db))
-    return _remember(key, build), params
-
-
 def _insert_with_compiler(obj, *, when, ignore_conflicts) -> tuple[str, list]:
     model = type(obj)
     query = InsertQuery(model, on_conflict=OnConflict.IGNORE if ignore_conflicts else None)
@@ -174,14 +145,6 @@ def _insert_with_compiler(obj, *, when, ignore_conflicts) -> tuple[str, list]:
         values, _, tail = rest.rpartition(")")
         sql = f"{head} SELECT {values} WHERE {when}{tail}"
     return sql, list(params)
-
-
-def _update_with_compiler(obj, chosen, *, when) -> tuple[str, list]:
-    query = UpdateQuery(type(obj))
-    query.add_update_values({field.name: getattr(obj, field.attname) for field in chosen})
-    query.add_filter("pk", obj.pk)
-    sql, params = query.get_compiler(connection=connection).as_sql()
-    return f"{sql} AND {when}", list(params)
 
 
 def insert_rows(objs: list, *, ignore_conflicts: bool = False) -> None:

@@ -31,6 +31,9 @@ class SessionStatus(models.TextChoices):
     CLOSED = "closed", "Closed"
 
 
+ONE_OPEN_SESSION_PER_CONTACT = "session_one_open_per_contact"
+
+
 class InboxSession(TenantOwnedModel):
     """A contact's conversation on one channel, handed over to a human agent."""
 
@@ -91,7 +94,7 @@ class InboxSession(TenantOwnedModel):
             models.UniqueConstraint(
                 fields=["tenant", "contact_id", "channel"],
                 condition=Q(status="open"),
-                name="session_one_open_per_contact",
+                name=ONE_OPEN_SESSION_PER_CONTACT,
             ),
             models.CheckConstraint(
                 condition=Q(status__in=SessionStatus.values), name="session_status_valid"

@@ -85,24 +85,30 @@ def emails_for(notices: list[SessionNotice]) -> list[OutboundMessage]:
             wants, address = recipient.email_on_conversation, recipient.user.email
         if not wants or not address:
             continue
-        # Stable: a notice saved again (a retried sweep, ignore_conflicts) queues no
-        # second email, since the outbox refuses a second message with the same key.
-        key = (
-            f"session-notice/{notice.recipient_id}/{notice.dedupe_key}"
-            if notice.dedupe_key
-            else f"session-notice/{notice.pk}"
-        )
-        message = build_message(
-            tenant=notice.tenant_id,
-            channel="email",
-            kind=f"inbox.{notice.kind}",
-            target=address,
-            payload={"renderer": RENDERER, "notice_id": str(notice.pk)},
-            idempotency_key=key,
-        )
+        message = notice_email(notice, address)
         notice.email_message = message
         messages.append(message)
     return messages
+
+
+def notice_email(notice: SessionNotice, address) -> OutboundMessage:
+    """The unsaved outbox email of `notice` to `address` (a string, or SQL that reads
+    it in the statement that inserts the message)."""
+    # Stable: a notice saved again (a retried sweep, ignore_conflicts) queues no
+    # second email, since the outbox refuses a second message with the same key.
+    key = (
+        f"session-notice/{notice.recipient_id}/{notice.dedupe_key}"
+        if notice.dedupe_key
+        else f"session-notice/{notice.pk}"
+    )
+    return build_message(
+        tenant=notice.tenant_id,
+        channel="email",
+        kind=f"inbox.{notice.kind}",
+        target=address,
+        payload={"renderer": RENDERER, "notice_id": str(notice.pk)},
+        idempotency_key=key,
+    )
 
 
 def save_notices(notices: list[SessionNotice], *, ignore_conflicts: bool = False) -> None:

@@ -11,11 +11,12 @@ import copy
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Count, F, Field, Q, When
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Greatest
@@ -26,16 +27,17 @@ from audit.services import build_activity, record_activities
 from core import log_context
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
-from core.row_sql import insert_sql, update_sql
+from core.row_sql import insert_sql
 from inbox.channels import confirmation_sender
 from inbox.models import (
+    ONE_OPEN_SESSION_PER_CONTACT,
     ConfirmationSkipReason,
     HandoverRequest,
     InboxSession,
     SessionNoticeKind,
     SessionStatus,
 )
-from inbox.notices import save_notices, session_notice
+from inbox.notices import notice_email, save_notices, session_notice
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import build_message, queue_messages
 from teams.models import Membership, Strategy, Team, Tenant
@@ -129,27 +131,6 @@ def _insert_unless_conflicting(obj) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(f"{sql} RETURNING {pk_column}", params)
         return cursor.fetchone() is not None
-
-
-def _get_or_create_open_session(
-    *, tenant: Tenant, contact_id: str, channel: str, name: str, context: dict, team: Team | None
-) -> tuple[InboxSession, bool]:
-    """At most one open session per (tenant, contact, channel): the partial unique index
-    decides the race, and the loser waits for the winner and reuses its session."""
-    candidate = InboxSession(
-        tenant=tenant,
-        contact_id=contact_id,
-        channel=channel,
-        contact_name=name,
-        context=context,
-        team=team,
-    )
-    if _insert_unless_conflicting(candidate):
-        candidate._state.adding = False
-        return candidate, True
-    session = _lock_open_session(tenant=tenant, contact_id=contact_id, channel=channel)
-    session.tenant = tenant
-    return session, False
 
 
 # The one way a session gets an agent, whether the engine chose them (handover, retry,
@@ -394,40 +375,43 @@ def _create_open_session(candidate: InboxSession, rows: list) -> bool:
 
 
 ASSIGNED_WHEN = f"EXISTS (SELECT 1 FROM {ROUTED_AGENT})"  # noqa: S608
-NOTICE_IN_PICK_WHEN = f"EXISTS (SELECT 1 FROM {ROUTED_AGENT} WHERE NOT email_on_conversation)"  # noqa: S608
+EMAILED_WHEN = (
+    f"EXISTS (SELECT 1 FROM {ROUTED_AGENT} WHERE email_on_conversation AND user_email <> '')"  # noqa: S608
+)
+ROUTED_AGENT_EMAIL = RawSQL(f"SELECT user_email FROM {ROUTED_AGENT}", [])  # noqa: S608, S611
 
 
-def _assignment_ctes(session: InboxSession, decision: RoutingDecision, *, actor, now):
-    """The writes of an assignment, as statements of the pick itself (teams.routing
-    `attach`): the session row, its "session.assigned" activity and the agent's notice.
+def _new_session_ctes(
+    candidate: InboxSession, decision: RoutingDecision, rows, *, actor, now
+) -> tuple[InboxSession, list[Cte]]:
+    """A new session's writes as statements of the pick itself (teams.routing `attach`):
+    the session row, already given to the picked agent, `rows` (its "session.created"
+    activity, its confirmation), the "session.assigned" activity and the agent's notice.
     What depends on who was picked is read from the pick's `routed_agent` in SQL; each
-    runs only if somebody was picked."""
+    runs only if somebody was picked (the email only if the agent wants one). Returns the
+    session row as written, and the
+    statements. The session is a plain INSERT: a contact who has an
+    open session already makes the statement fail (ONE_OPEN_SESSION_PER_CONTACT)."""
     agent_sql = f"(SELECT id FROM {ROUTED_AGENT})"  # noqa: S608
-    shadow = _shadow_of(session)
-    fields = _give_session_to(
-        shadow, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True
-    )
+    row = _shadow_of(candidate)
+    _give_session_to(row, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True)
     record = decision.as_record() | {"outcome": "assigned"}
     record.pop("availableAgents", None)
-    shadow.last_assignment_attempt = RawSQL(  # noqa: S611
+    row.last_assignment_attempt = RawSQL(  # noqa: S611
         f"%s::jsonb || jsonb_build_object('agentId', {agent_sql}::text)",
         [json.dumps(record, cls=DjangoJSONEncoder)],
         output_field=_SPLICED,
     )
-    shadow.team = decision.team or session.team
-    shadow.updated_at = now
-    statements = [
-        update_sql(
-            shadow, [*fields, "last_assignment_attempt", "team", "updated_at"], when=ASSIGNED_WHEN
-        )
-    ]
+    row.team = decision.team or candidate.team
+    statements = [insert_sql(row, when=ASSIGNED_WHEN)]
+    statements += [insert_sql(other, when=ASSIGNED_WHEN) for other in rows]
     data = {
         "strategy": decision.strategy,
         "tier": decision.tier,
         "team_id": str(decision.team.pk) if decision.team else None,
     }
     activity = build_activity(
-        tenant=session.tenant, action="session.assigned", actor=actor, target=session
+        tenant=candidate.tenant, action="session.assigned", actor=actor, target=candidate
     )
     activity.data = RawSQL(  # noqa: S611
         f"%s::jsonb || (SELECT jsonb_build_object('agent_id', id::text, 'agent_email',"  # noqa: S608
@@ -436,17 +420,16 @@ def _assignment_ctes(session: InboxSession, decision: RoutingDecision, *, actor,
         output_field=_SPLICED,
     )
     statements.append(insert_sql(activity, when=ASSIGNED_WHEN))
-    # An agent who asked for emails gets the notice written after the pick, with its
-    # email (inbox.notices); everyone else's is part of the pick.
-    notice = session_notice(session, Membership(), kind=SessionNoticeKind.SESSION_ASSIGNED)
+    # The agent's notice, and its email if the agent asked for emails (inbox.notices).
+    notice = session_notice(candidate, Membership(), kind=SessionNoticeKind.SESSION_ASSIGNED)
     notice.recipient_id = ROUTED_AGENT_ID
-    statements.append(
-        insert_sql(
-            notice,
-            when=NOTICE_IN_PICK_WHEN,
-        )
+    email = notice_email(notice, ROUTED_AGENT_EMAIL)
+    statements.append(insert_sql(email, when=EMAILED_WHEN))
+    notice.email_message_id = RawSQL(  # noqa: S611
+        f"CASE WHEN {EMAILED_WHEN} THEN %s::uuid END", [email.pk], output_field=_SPLICED
     )
-    return [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+    statements.append(insert_sql(notice, when=ASSIGNED_WHEN))
+    return row, [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
 
 def _shadow_of(session: InboxSession) -> InboxSession:
@@ -459,30 +442,33 @@ def _shadow_of(session: InboxSession) -> InboxSession:
     return shadow
 
 
-def _route_session(session, team, *, actor, now, attach: bool) -> RoutingDecision:
-    """Route an unassigned open session; with `attach`, the session's writes run in the
-    pick statement (the last before COMMIT: the pool's lock lasts one statement)."""
+def _route_new_session(candidate, team, rows, *, actor, now) -> RoutingDecision:
+    """Route a session not yet inserted, and insert it (with `rows`) in the pick
+    statement when somebody is picked: the session row is written once, already
+    assigned. When nobody is picked nothing was written (`decision.attached` is False)."""
 
-    def assignment_ctes(provisional: RoutingDecision):
-        return _assignment_ctes(session, provisional, actor=actor, now=now)
+    written = []
+
+    def new_session_ctes(provisional: RoutingDecision):
+        row, ctes = _new_session_ctes(candidate, provisional, rows, actor=actor, now=now)
+        written[:] = [row]
+        return ctes
 
     decision = route(
-        tenant=session.tenant,
-        team=team,
-        work="sessions",
-        count=True,
-        attach=assignment_ctes if attach else None,
-        # Never back to an agent who let its accept window run out.
-        exclude_agent_ids=session.missed_agent_ids or (),
+        tenant=candidate.tenant, team=team, work="sessions", count=True, attach=new_session_ctes
     )
     if decision.attached:
-        # The statement wrote the session, its activity and the notice; mirror it here.
-        session.last_assignment_attempt = decision.as_record()
-        session.team = decision.team or session.team
-        _give_session_to(session, decision.agent, strategy=decision.strategy, now=now, counted=True)
-        session.updated_at = now
-        if decision.agent.email_on_conversation:
-            _notify_assigned(session, decision.agent)
+        # The statement wrote the session, its rows, the activity and the notice; mirror
+        # it here.
+        candidate._state.adding = False
+        candidate.created_at, candidate.updated_at = written[0].created_at, written[0].updated_at
+        candidate.last_assignment_attempt = decision.as_record()
+        candidate.team = decision.team or candidate.team
+        _give_session_to(
+            candidate, decision.agent, strategy=decision.strategy, now=now, counted=True
+        )
+        for row in rows:
+            row._state.adding = False
     return decision
 
 
@@ -505,8 +491,133 @@ def _record_routing(session, decision, *, actor, requested_team, now, extra=None
         _warn_unassigned(session, decision, requested_team)
 
 
+def handover(**kwargs) -> HandoverOutcome:
+    """Hand a contact's conversation over to a human agent: get or create the open
+    session, assign it if it has no agent, queue the confirmation with the change.
+
+    On PostgreSQL a new session is one statement in the common case: the pick, which
+    also inserts the session already assigned, its activities, its confirmation and the
+    agent's notice (teams.routing, `attach`). Alone it needs no BEGIN or COMMIT, so the
+    pool's lock lasts that statement and no round trip more. With an Idempotency-Key or
+    a tenant's webhooks it runs in a transaction with their writes. Team and config come
+    from the routing cache.
+
+    A contact who has an open session makes that statement fail on the one-open-session
+    index (nothing was written); the handover runs again in a transaction that inserts
+    the session first or finds the open one, and routes it after (`_handover`).
+    """
+    if connection.vendor == "postgresql":
+        try:
+            if kwargs.get("idempotency_key") or kwargs["tenant"].has_active_webhooks:
+                return _handover(**kwargs, create_in_pick=True)
+            outcome = _new_session_in_one_statement(**kwargs)
+            if isinstance(outcome, HandoverOutcome):
+                return outcome
+            # Nobody was picked (nothing was written): the transaction records it.
+            return _handover(**kwargs, create_in_pick=False, nobody_picked=outcome)
+        except IntegrityError as error:
+            if not _is_open_session_conflict(error):
+                raise
+    return _handover(**kwargs, create_in_pick=False)
+
+
+def _is_open_session_conflict(error: IntegrityError) -> bool:
+    diag = getattr(error.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None) == ONE_OPEN_SESSION_PER_CONTACT
+
+
+@dataclass
+class _NewSession:
+    """A session to insert with its rows, and what the answer says of its confirmation."""
+
+    candidate: InboxSession
+    rows: list
+    confirmation: str
+    skipped_reason: str
+
+
+def _new_session(
+    *, tenant, actor, contact_id, channel, name, context, team, send_message, text, now
+) -> _NewSession:
+    candidate = InboxSession(
+        tenant=tenant,
+        contact_id=contact_id,
+        channel=channel,
+        contact_name=name,
+        context=context or {},
+        team=team,
+    )
+    # A new session's confirmation and first activity do not depend on who takes it.
+    confirmation, skipped_reason = _queue_confirmation(
+        candidate, created=True, send_message=send_message, text=text, now=now, queue=False
+    )
+    candidate.confirmation_skipped_reason = str(skipped_reason or "")
+    rows = [
+        build_activity(
+            tenant=tenant,
+            action="session.created",
+            actor=actor,
+            target=candidate,
+            data={"contact_id": contact_id, "channel": channel},
+        )
+    ]
+    if candidate.confirmation_message is not None:
+        rows.append(candidate.confirmation_message)
+    return _NewSession(candidate, rows, confirmation, skipped_reason)
+
+
+def _outcome(session, *, created: bool, confirmation: str, skipped_reason) -> HandoverOutcome:
+    body = handover_body(session, created=created, confirmation=confirmation)
+    body["confirmationSkippedReason"] = str(skipped_reason) if skipped_reason else None
+    return HandoverOutcome(status_code=201 if created else 200, body=body)
+
+
+def _new_session_in_one_statement(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    contact_id: str,
+    channel: str,
+    name: str = "",
+    context: dict | None = None,
+    team_id=None,
+    send_message: bool = True,
+    message_text: str = "",
+    idempotency_key=None,
+    payload_for_idempotency=None,
+) -> HandoverOutcome | RoutingDecision:
+    """A new session, assigned, by the pick statement alone (outside a transaction: the
+    statement is one). When nobody was picked nothing was written: the decision."""
+    del idempotency_key, payload_for_idempotency  # none: see handover()
+    team = _team_of_tenant(tenant=tenant, team_id=team_id) if team_id else None
+    now = timezone.now()
+    new = _new_session(
+        tenant=tenant,
+        actor=actor,
+        contact_id=contact_id,
+        channel=channel,
+        name=name,
+        context=context,
+        team=team,
+        send_message=send_message,
+        text=message_text or DEFAULT_HANDOVER_MESSAGE,
+        now=now,
+    )
+    # Inside a caller's transaction, a savepoint: the failed statement of a contact with
+    # an open session must not abort it.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        routed = _route_new_session(new.candidate, team, new.rows, actor=actor, now=now)
+    if not routed.attached:
+        return routed
+    session = new.candidate
+    log_context.bind(tenant_id=tenant.pk, session_id=session.pk)
+    return _outcome(
+        session, created=True, confirmation=new.confirmation, skipped_reason=new.skipped_reason
+    )
+
+
 @transaction.atomic
-def handover(
+def _handover(
     *,
     tenant: Tenant,
     actor: Actor,
@@ -519,16 +630,15 @@ def handover(
     message_text: str = "",
     idempotency_key: str | None = None,
     payload_for_idempotency=None,
+    create_in_pick: bool,
+    nobody_picked: RoutingDecision | None = None,
 ) -> HandoverOutcome:
-    """Hand a contact's conversation over to a human agent: get or create the open
-    session, assign it if it has no agent, queue the confirmation in the same transaction.
-
-    A new session in the common case is four statements: BEGIN; the session with its
-    "session.created" activity and its confirmation (one INSERT … ON CONFLICT DO NOTHING
-    with dependent inserts); the pick, which also writes the assignment, its activity and
-    the agent's notice (teams.routing, `attach`); COMMIT. Team and config come from the
-    routing cache.
-    """
+    """handover(), in one transaction. `create_in_pick`: insert a new session in the
+    pick statement (it fails if the contact has an open session); else insert it first
+    (INSERT … ON CONFLICT DO NOTHING, with its activity and confirmation) and route it
+    after, or reuse the open one. `nobody_picked`: the decision of a routing a moment
+    ago that found nobody for this handover; it stands for a routing with the same
+    inputs (the engine is not run twice)."""
     idempotency_record = None
     if idempotency_key:
         claim = _claim_idempotency_key(
@@ -543,35 +653,30 @@ def handover(
     team = _team_of_tenant(tenant=tenant, team_id=team_id) if team_id else None
     now = timezone.now()
     text = message_text or DEFAULT_HANDOVER_MESSAGE
-    candidate = InboxSession(
+    new = _new_session(
         tenant=tenant,
+        actor=actor,
         contact_id=contact_id,
         channel=channel,
-        contact_name=name,
-        context=context or {},
+        name=name,
+        context=context,
         team=team,
+        send_message=send_message,
+        text=text,
+        now=now,
     )
-    # A new session's confirmation and first activity do not depend on who takes it:
-    # they go in with the session, before the pick.
-    confirmation, skipped_reason = _queue_confirmation(
-        candidate, created=True, send_message=send_message, text=text, now=now, queue=False
-    )
-    candidate.confirmation_skipped_reason = str(skipped_reason or "")
-    created_activity = build_activity(
-        tenant=tenant,
-        action="session.created",
-        actor=actor,
-        target=candidate,
-        data={"contact_id": contact_id, "channel": channel},
-    )
-    rows = [created_activity]
-    if candidate.confirmation_message is not None:
-        rows.append(candidate.confirmation_message)
-    created = _create_open_session(candidate, rows)
-    if created:
+    candidate, rows = new.candidate, new.rows
+    confirmation, skipped_reason = new.confirmation, new.skipped_reason
+    decided = nobody_picked
+    if create_in_pick:
+        decided = _route_new_session(candidate, team, rows, actor=actor, now=now)
+    if decided is not None and decided.attached:
+        created, session = True, candidate
+    elif _create_open_session(candidate, rows):
         candidate._state.adding = False
-        session = candidate
+        created, session = True, candidate
     else:
+        created = False
         session = _lock_open_session(tenant=tenant, contact_id=contact_id, channel=channel)
         session.tenant = tenant
     log_context.bind(tenant_id=tenant.pk, session_id=session.pk)  # on every later line
@@ -586,9 +691,13 @@ def handover(
             changed.append("context")
 
     routed = None
+    if created and decided is not None:
+        routed = decided
+        if not decided.attached:  # nobody was picked: the session went in unassigned
+            _record_routing(session, decided, actor=actor, requested_team=team, now=now)
     # A session nobody accepted N times waits for a person: a new message does not
     # start the round again.
-    if session.assigned_agent_id is None and (
+    elif session.assigned_agent_id is None and (
         session.unassigned_reason != UnassignedReason.NOT_ACCEPTED
     ):
         if team is not None and session.team_id != team.pk:
@@ -599,15 +708,18 @@ def handover(
             session.updated_at = now
             session.save(update_fields=sorted({*changed, "updated_at"}))
             changed = []
-        routed = _route_session(
-            session,
-            routing_team,
-            actor=actor,
-            now=now,
-            attach=created and connection.vendor == "postgresql",
-        )
-        if not routed.attached:
-            _record_routing(session, routed, actor=actor, requested_team=routing_team, now=now)
+        if decided is not None and routing_team == team and not session.missed_agent_ids:
+            routed = decided  # nobody a moment ago, for the same team and agents
+        else:
+            routed = route(
+                tenant=tenant,
+                team=routing_team,
+                work="sessions",
+                count=True,
+                # Never back to an agent who let its accept window run out.
+                exclude_agent_ids=session.missed_agent_ids or (),
+            )
+        _record_routing(session, routed, actor=actor, requested_team=routing_team, now=now)
 
     if not created:
         confirmation_before = (
@@ -633,9 +745,9 @@ def handover(
         webhook_events.append(_routing_event(session, routed))
     emit(webhook_events)
 
-    body = handover_body(session, created=created, confirmation=confirmation)
-    body["confirmationSkippedReason"] = str(skipped_reason) if skipped_reason else None
-    outcome = HandoverOutcome(status_code=201 if created else 200, body=body)
+    outcome = _outcome(
+        session, created=created, confirmation=confirmation, skipped_reason=skipped_reason
+    )
     if idempotency_record is not None:
         idempotency_record.session = session
         idempotency_record.response_status = outcome.status_code

@@ -7,7 +7,8 @@ the services that assign, move and close work, so the engine imports neither.
 
     decision = route(tenant=tenant, team=team, work="sessions")
 
-Runs inside the caller's transaction. Per pool (the team, or each waterfall tier) one
+Runs inside the caller's transaction (or outside one, when the pick statement carries
+all of the caller's writes). Per pool (the team, or each waterfall tier) one
 SQL statement picks the agent, stamps `last_assigned_at`, advances the round-robin
 cursor and, with `count=True`, counts the work on the agent; `attach` adds the caller's
 own writes to that statement (teams.routing.picking). Configuration (which config,

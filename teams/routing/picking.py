@@ -26,10 +26,11 @@ Writing statements (CTEs, in this order of data flow):
     routing_cursor UPDATE the cursor to the agent
     + the caller's CTEs (`attach`), which read `routed_agent`
 
-The caller runs it as the last statement before COMMIT, so the cursor's lock is held for
-one statement. When the candidate lost a race (someone filled its capacity, or moved its
+The caller runs it as the last statement before COMMIT, or alone outside a transaction
+(a new handover session: every write is attached), so the cursor's lock is held for one
+statement. When the candidate lost a race (someone filled its capacity, or moved its
 load, after this statement's snapshot was taken) the statement changed nothing; the
-engine runs it again, now with a fresh snapshot and still holding the pool's lock.
+engine runs it again with a fresh snapshot.
 """
 
 # ruff: noqa: S608 (the SQL is built from model table names and fixed fragments; every

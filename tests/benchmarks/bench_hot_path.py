@@ -509,8 +509,10 @@ def statements(report: Report) -> None:
         with CaptureQueriesContext(connection) as captured:
             post_handover(client, tenant)
         sql = [q["sql"] for q in captured.captured_queries]
-        # Django does not log the BEGIN of an atomic block; the database runs one.
-        begins = 0 if any(s.startswith(("BEGIN", "SAVEPOINT")) for s in sql) else 1
+        # Django may not log the BEGIN of an atomic block; the database runs one. (A new
+        # session's handover is one statement outside a transaction: no BEGIN at all.)
+        begun = any(s.startswith(("BEGIN", "SAVEPOINT")) for s in sql)
+        begins = 1 if "COMMIT" in sql and not begun else 0
         counts.append(len(sql) + begins)
     if SHOW_SQL:
         print("\n".join(f"    {s[:160]}" for s in sql))

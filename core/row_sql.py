@@ -36,32 +36,14 @@ def _plain(fields) -> bool:
     return not any(hasattr(field, "get_placeholder") for field in fields)
 
 
-def _value_sql(field, value, db) -> tuple[str | None, list]:
-    """(the expression's SQL, its params) for a RawSQL value or a NULL; (None, [param])
-    else.
-
-    On PostgreSQL a NULL is written into the text (typed, as a row built by `SELECT`
-    needs it): a handover's insert has a dozen, and psycopg keeps a statement's converted
-    text only while it has at most 50 parameters (`MAX_CACHED_STATEMENT_PARAMS`); above
-    that it parses the text again on every call."""
-    if isinstance(value, RawSQL):
-        return f"({value.sql})", list(value.params)
-    if type(value) in _kept_as_is(field, db) and (type(value) is not datetime or value.tzinfo):
-        return None, [value]
-    param = field.get_db_prep_save(value, connection=db)
-    if param is None and db.vendor == "postgresql":
-        return _null_sql(field, db), []
-    return None, [param]
-
-
 # Field classes whose preparation of a value of these exact types (an aware datetime
 # only) gives the value itself, on PostgreSQL: a row's strings, ids and timestamps skip
 # the half a dozen calls of `get_db_prep_save`, which were a tenth of a handover.
 _PREPARED_AS_IS = (
-    (models.CharField, frozenset({str})),
-    (models.TextField, frozenset({str})),
-    (models.UUIDField, frozenset({uuid.UUID})),
-    (models.DateTimeField, frozenset({datetime})),
+    (models.CharField, frozenset({str, type(None)})),
+    (models.TextField, frozenset({str, type(None)})),
+    (models.UUIDField, frozenset({uuid.UUID, type(None)})),
+    (models.DateTimeField, frozenset({datetime, type(None)})),
 )
 _PREPARATION = ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
 _as_is: dict = {}
@@ -109,30 +91,96 @@ def _remember(key, build):
     return shape
 
 
+class _Column:
+    """How one field's value becomes SQL, worked out once per model and database."""
+
+    __slots__ = ("attname", "computed", "field", "kept", "null_sql")
+
+    def __init__(self, field, db):
+        self.field = field
+        self.attname = field.attname
+        self.computed = _computes_on_save(field)  # `pre_save` must run (auto_now, …)
+        self.kept = _kept_as_is(field, db)
+        # On PostgreSQL a NULL is written into the text (typed, as a row built by SELECT
+        # needs it): a handover's statement has a dozen, each a parameter less to adapt.
+        self.null_sql = _null_sql(field, db) if db.vendor == "postgresql" else None
+
+
+def _computes_on_save(field) -> bool:
+    """Whether `field.pre_save` does more than read the attribute (as `Field.pre_save`
+    does, and a date field's without auto_now / auto_now_add)."""
+    pre_save = type(field).pre_save
+    if pre_save is models.Field.pre_save:
+        return False
+    if pre_save in (models.DateField.pre_save, models.DateTimeField.pre_save):
+        return field.auto_now or field.auto_now_add
+    return True
+
+
+def _value_sql(column: _Column, value, db) -> tuple[str | None, list]:
+    """(the expression's SQL, its params) for a RawSQL value or a NULL written into the
+    text; (None, [param]) else."""
+    if isinstance(value, RawSQL):
+        return f"({value.sql})", list(value.params)
+    kind = type(value)
+    if kind in column.kept and (kind is not datetime or value.tzinfo):
+        if value is None and column.null_sql:
+            return column.null_sql, []
+        return None, [value]
+    param = column.field.get_db_prep_save(value, connection=db)
+    if param is None and column.null_sql:
+        return column.null_sql, []
+    return None, [param]
+
+
+_plans: dict = {}
+
+
+def _plan(model, db) -> list[_Column] | None:
+    """The columns of `model`'s rows, or None when a field needs its own placeholder
+    (Django's compiler writes those rows)."""
+    key = (model, db.vendor, settings.USE_TZ)
+    plan = _plans.get(key, False)
+    if plan is False:
+        fields = model._meta.local_concrete_fields
+        plan = [_Column(field, db) for field in fields] if _plain(fields) else None
+        _plans[key] = plan
+    return plan
+
+
 def insert_sql(obj, *, when: str | None = None, ignore_conflicts: bool = False) -> tuple[str, list]:
     """`INSERT INTO t (…) VALUES (…)` for one unsaved instance, or with `when`
     `INSERT INTO t (…) SELECT … WHERE when` (a row that goes in only if `when` holds).
     `ignore_conflicts`: ON CONFLICT DO NOTHING."""
     model = type(obj)
-    fields = model._meta.local_concrete_fields
-    values = [field.pre_save(obj, add=True) for field in fields]
-    if not _plain(fields) or any(
+    # The connection itself, not the proxy: every field asks it something.
+    db = connections[DEFAULT_DB_ALIAS]
+    plan = _plan(model, db)
+    if plan is None:
+        return _insert_with_compiler(obj, when=when, ignore_conflicts=ignore_conflicts)
+    values = [
+        column.field.pre_save(obj, True) if column.computed else getattr(obj, column.attname)
+        for column in plan
+    ]
+    if any(
         hasattr(value, "resolve_expression") and not isinstance(value, RawSQL) for value in values
     ):
         return _insert_with_compiler(obj, when=when, ignore_conflicts=ignore_conflicts)
-    # The connection itself, not the proxy: every field asks it something.
-    db = connections[DEFAULT_DB_ALIAS]
-    compiled = [_value_sql(field, value, db) for field, value in zip(fields, values, strict=True)]
-    key = ("insert", model, when, ignore_conflicts, tuple(sql for sql, _ in compiled))
+    shape, params = [], []
+    for column, value in zip(plan, values, strict=True):
+        sql, value_params = _value_sql(column, value, db)
+        shape.append(sql)
+        params += value_params
+    key = ("insert", model, when, ignore_conflicts, tuple(shape))
 
     def build() -> str:
-        columns = ", ".join(_quote(field.column) for field in fields)
-        row = ", ".join(sql or "%s" for sql, _ in compiled)
+        columns = ", ".join(_quote(column.field.column) for column in plan)
+        row = ", ".join(sql or "%s" for sql in shape)
         head = f"INSERT INTO {_quote(model._meta.db_table)} ({columns}) "
         body = f"SELECT {row} WHERE {when}" if when else f"VALUES ({row})"
         return head + body + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
 
-    return _remember(key, build), [param for _, params in compiled for param in params]
+    return _remember(key, build), params
 
 
 def _insert_with_compiler(obj, *, when, ignore_conflicts) -> tuple[str, list]:

@@ -41,9 +41,15 @@ HANDED_TO_RECIPIENT = (SessionNoticeKind.SESSION_ASSIGNED, SessionNoticeKind.SES
 
 
 def session_notice(
-    session: InboxSession, recipient: Membership, *, kind: str, body: str = "", dedupe_key=""
+    session: InboxSession,
+    recipient: Membership | None,
+    *,
+    kind: str,
+    body: str = "",
+    dedupe_key="",
 ) -> SessionNotice:
-    """An unsaved notice about `session` for `recipient`; `save_notices` stores it."""
+    """An unsaved notice about `session` for `recipient` (None: the caller sets
+    `recipient_id`); `save_notices` stores it."""
     contact = session.contact_name or session.contact_id
     return SessionNotice(
         tenant_id=session.tenant_id,

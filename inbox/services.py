@@ -421,7 +421,7 @@ def _new_session_ctes(
     )
     statements.append(insert_sql(activity, when=ASSIGNED_WHEN))
     # The agent's notice, and its email if the agent asked for emails (inbox.notices).
-    notice = session_notice(candidate, Membership(), kind=SessionNoticeKind.SESSION_ASSIGNED)
+    notice = session_notice(candidate, None, kind=SessionNoticeKind.SESSION_ASSIGNED)
     notice.recipient_id = ROUTED_AGENT_ID
     email = notice_email(notice, ROUTED_AGENT_EMAIL)
     statements.append(insert_sql(email, when=EMAILED_WHEN))

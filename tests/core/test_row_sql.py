@@ -99,20 +99,22 @@ class Shouting(models.CharField):
 def test_a_field_that_prepares_values_its_own_way_is_still_asked():
     field = Shouting(max_length=10)
     field.set_attributes_from_name("word")
-    assert row_sql._value_sql(field, "quiet", connection) == (None, ["QUIET"])
     plain = models.CharField(max_length=10)
-    assert row_sql._value_sql(plain, "quiet", connection) == (None, ["quiet"])
+    plain.set_attributes_from_name("word")
+    for column, expected in ((field, "QUIET"), (plain, "quiet")):
+        value_sql = row_sql._value_sql(row_sql._Column(column, connection), "quiet", connection)
+        assert value_sql == (None, [expected])
 
 
 @pytest.mark.postgres
 def test_a_naive_datetime_is_still_made_aware_as_djangos_save_would():
-    field = ActivityLog._meta.get_field("created_at")
+    column = row_sql._Column(ActivityLog._meta.get_field("created_at"), connection)
     naive = datetime(2026, 3, 2, 10, 0)
     with pytest.warns(RuntimeWarning, match="naive datetime"):
-        _, (param,) = row_sql._value_sql(field, naive, connection)
+        _, (param,) = row_sql._value_sql(column, naive, connection)
     assert param.tzinfo is not None
     aware = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
-    assert row_sql._value_sql(field, aware, connection) == (None, [aware])
+    assert row_sql._value_sql(column, aware, connection) == (None, [aware])
 
 
 def test_insert_rows_writes_every_row_of_every_shape_with_its_json_as_given():
@@ -153,4 +155,4 @@ def test_insert_rows_keeps_the_first_of_two_rows_with_one_key_whatever_their_sha
 def test_a_null_is_a_parameter_on_other_databases():
     field = ActivityLog._meta.get_field("actor_user")
     elsewhere = SimpleNamespace(vendor="sqlite")
-    assert row_sql._value_sql(field, None, elsewhere) == (None, [None])
+    assert row_sql._value_sql(row_sql._Column(field, elsewhere), None, elsewhere) == (None, [None])

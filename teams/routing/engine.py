@@ -17,9 +17,10 @@ schedule, default team) comes from a short-lived cache (teams.routing.config).
 
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from core.metrics import ROUTING_DURATION
@@ -105,26 +106,47 @@ def _agent_ids(ids: Sequence) -> list:
 
 
 def _pick(pool: Pool, *, tenant_id, attach, dry_run: bool, **args):
-    """The pool's agent (the statement also ran `attach`), or None."""
-    on_postgres = connection.vendor == "postgresql"
-    for _ in range(MAX_ATTEMPTS):
-        if on_postgres:
-            ctes = attach() if attach is not None and not dry_run else []
-            sql, params = picking.pick_statement(
-                pool, tenant_id=tenant_id, dry_run=dry_run, attach=ctes, **args
-            )
-            result = picking.run_pick(sql, params)
-        else:
-            ctes = []
-            result = picking.pick_with_orm(pool, tenant_id=tenant_id, dry_run=dry_run, **args)
-        if result.agent is not None:
-            return result.agent, bool(ctes)
-        if result.candidate_id is None:
-            if dry_run or result.has_cursor:
-                return None, False
-            # The pool's first pick ever: create its cursor, then pick under its lock.
-            picking.create_cursor(tenant_id=tenant_id, pool=pool)
+    """The pool's agent (the statement also ran `attach`), or None.
+
+    A pick that lost a race runs again. Outside a transaction (a pick statement that
+    carries all of the caller's writes) the tries after the first run in one: a
+    statement's snapshot is taken before it waits for the pool's lock, so without the
+    lock kept from one try to the next, other picks could get in between every time
+    and a busy pool could turn work away. In the transaction the second try at the
+    latest reads a snapshot taken under the lock, and wins.
+    """
+    settled = _try_pick(pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, **args)
+    if settled is not None:
+        return settled
+    alone = connection.vendor == "postgresql" and not connection.in_atomic_block
+    with transaction.atomic() if alone and not dry_run else nullcontext():
+        for _ in range(MAX_ATTEMPTS - 1):
+            settled = _try_pick(pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, **args)
+            if settled is not None:
+                return settled
     return None, False
+
+
+def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, **args):
+    """(agent or None, whether `attach` ran) when the pick is settled; None when it is
+    to run again (it lost a race, or it created the pool's cursor)."""
+    if connection.vendor == "postgresql":
+        ctes = attach() if attach is not None and not dry_run else []
+        sql, params = picking.pick_statement(
+            pool, tenant_id=tenant_id, dry_run=dry_run, attach=ctes, **args
+        )
+        result = picking.run_pick(sql, params)
+    else:
+        ctes = []
+        result = picking.pick_with_orm(pool, tenant_id=tenant_id, dry_run=dry_run, **args)
+    if result.agent is not None:
+        return result.agent, bool(ctes)
+    if result.candidate_id is None:
+        if dry_run or result.has_cursor:
+            return None, False
+        # The pool's first pick ever: create its cursor, then pick under its lock.
+        picking.create_cursor(tenant_id=tenant_id, pool=pool)
+    return None
 
 
 @ROUTING_DURATION.time()

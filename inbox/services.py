@@ -110,13 +110,22 @@ def _team_of_tenant(*, tenant: Tenant, team_id) -> Team:
     return team
 
 
+class _NoOpenSession(Exception):
+    """The contact's open session, which a moment ago made a new one impossible, was
+    closed before it could be locked: the handover starts again."""
+
+
 def _lock_open_session(*, tenant: Tenant, contact_id: str, channel: str) -> InboxSession:
-    return (
+    session = (
         InboxSession.objects.for_tenant(tenant)
         .select_for_update(of=("self",))
         .select_related("assigned_agent__user", "team", "confirmation_message")
-        .get(contact_id=contact_id, channel=channel, status=SessionStatus.OPEN)
+        .filter(contact_id=contact_id, channel=channel, status=SessionStatus.OPEN)
+        .first()
     )
+    if session is None:
+        raise _NoOpenSession
+    return session
 
 
 def _insert_unless_conflicting(obj) -> bool:
@@ -180,6 +189,12 @@ def _give_session_to(
             session.tenant_id, from_id=previous, to_id=agent.pk if agent is not None else None
         )
     return list(GIVEN_FIELDS)
+
+
+# AGENT_BEFORE_SESSION: a change to an open session and to its agents writes the agents'
+# rows first. A new session's handover holds its agent's row while its INSERT waits for
+# any transaction that changed the contact's open session (the one-open-session index);
+# a writer holding that session and then waiting for the agent would deadlock with it.
 
 
 def _move_open_session_count(tenant_id, *, from_id, to_id) -> None:
@@ -476,12 +491,15 @@ def _notify_assigned(session: InboxSession, agent: Membership) -> None:
     save_notices([session_notice(session, agent, kind=SessionNoticeKind.SESSION_ASSIGNED)])
 
 
-def _record_routing(session, decision, *, actor, requested_team, now, extra=None) -> None:
+def _record_routing(
+    session, decision, *, actor, requested_team, now, extra=None, changed=()
+) -> None:
     """The writes of a routing decision the pick statement did not make (unassigned, a
-    reused session, SQLite): the session row, the activity and the agent's notice."""
+    reused session, SQLite): the session row (with the `changed` fields set before),
+    the activity and the agent's notice."""
     fields = _apply_decision(session, decision, now)
     session.updated_at = now
-    session.save(update_fields=sorted({*fields, "updated_at"}))
+    session.save(update_fields=sorted({*fields, *changed, "updated_at"}))
     activity = _assignment_activity(session, decision, actor)
     activity.data.update(extra or {})
     record_activities([activity])
@@ -489,6 +507,10 @@ def _record_routing(session, decision, *, actor, requested_team, now, extra=None
         _notify_assigned(session, decision.agent)
     else:
         _warn_unassigned(session, decision, requested_team)
+
+
+# A handover whose contact's open session closes under it starts again, this many times.
+HANDOVER_ATTEMPTS = 3
 
 
 def handover(**kwargs) -> HandoverOutcome:
@@ -503,22 +525,35 @@ def handover(**kwargs) -> HandoverOutcome:
     from the routing cache.
 
     A contact who has an open session makes that statement fail on the one-open-session
-    index (nothing was written); the handover runs again in a transaction that inserts
-    the session first or finds the open one, and routes it after (`_handover`).
+    index (nothing was written); the handover runs again in a transaction that locks
+    the open session and reuses it (`_handover`). Should that session be closed in
+    between, the handover starts again: never does it hold a new session's index entry
+    while it waits for a pool's lock, which another handover of the contact could hold
+    while it waits for that entry.
     """
-    if connection.vendor == "postgresql":
+    for _ in range(HANDOVER_ATTEMPTS - 1):
         try:
-            if kwargs.get("idempotency_key") or kwargs["tenant"].has_active_webhooks:
-                return _handover(**kwargs, create_in_pick=True)
-            outcome = _new_session_in_one_statement(**kwargs)
-            if isinstance(outcome, HandoverOutcome):
-                return outcome
-            # Nobody was picked (nothing was written): the transaction records it.
-            return _handover(**kwargs, create_in_pick=False, nobody_picked=outcome)
-        except IntegrityError as error:
-            if not _is_open_session_conflict(error):
-                raise
-    return _handover(**kwargs, create_in_pick=False)
+            return _handover_once(**kwargs)
+        except _NoOpenSession:
+            pass
+    return _handover_once(**kwargs)
+
+
+def _handover_once(**kwargs) -> HandoverOutcome:
+    if connection.vendor != "postgresql":
+        return _handover(**kwargs, create_in_pick=False)
+    try:
+        if kwargs.get("idempotency_key") or kwargs["tenant"].has_active_webhooks:
+            return _handover(**kwargs, create_in_pick=True)
+        outcome = _new_session_in_one_statement(**kwargs)
+        if isinstance(outcome, HandoverOutcome):
+            return outcome
+        # Nobody was picked (nothing was written): the transaction records it.
+        return _handover(**kwargs, create_in_pick=False, nobody_picked=outcome)
+    except IntegrityError as error:
+        if not _is_open_session_conflict(error):
+            raise
+    return _handover(**kwargs, create_in_pick=False, may_create=False)
 
 
 def _is_open_session_conflict(error: IntegrityError) -> bool:
@@ -632,13 +667,15 @@ def _handover(
     payload_for_idempotency=None,
     create_in_pick: bool,
     nobody_picked: RoutingDecision | None = None,
+    may_create: bool = True,
 ) -> HandoverOutcome:
     """handover(), in one transaction. `create_in_pick`: insert a new session in the
     pick statement (it fails if the contact has an open session); else insert it first
     (INSERT … ON CONFLICT DO NOTHING, with its activity and confirmation) and route it
     after, or reuse the open one. `nobody_picked`: the decision of a routing a moment
     ago that found nobody for this handover; it stands for a routing with the same
-    inputs (the engine is not run twice)."""
+    inputs (the engine is not run twice). `may_create=False`: only reuse the open
+    session (_NoOpenSession when there is none)."""
     idempotency_record = None
     if idempotency_key:
         claim = _claim_idempotency_key(
@@ -672,7 +709,7 @@ def _handover(
         decided = _route_new_session(candidate, team, rows, actor=actor, now=now)
     if decided is not None and decided.attached:
         created, session = True, candidate
-    elif _create_open_session(candidate, rows):
+    elif may_create and _create_open_session(candidate, rows):
         candidate._state.adding = False
         created, session = True, candidate
     else:
@@ -704,10 +741,6 @@ def _handover(
             session.team = team
             changed.append("team")
         routing_team = team or session.team
-        if changed:
-            session.updated_at = now
-            session.save(update_fields=sorted({*changed, "updated_at"}))
-            changed = []
         if decided is not None and routing_team == team and not session.missed_agent_ids:
             routed = decided  # nobody a moment ago, for the same team and agents
         else:
@@ -719,7 +752,11 @@ def _handover(
                 # Never back to an agent who let its accept window run out.
                 exclude_agent_ids=session.missed_agent_ids or (),
             )
-        _record_routing(session, routed, actor=actor, requested_team=routing_team, now=now)
+        # The session row is written after the routing (AGENT_BEFORE_SESSION).
+        _record_routing(
+            session, routed, actor=actor, requested_team=routing_team, now=now, changed=changed
+        )
+        changed = []
 
     if not created:
         confirmation_before = (
@@ -816,8 +853,8 @@ def assign_session_to(
     previous = session.assigned_agent_id
     now = timezone.now()
     fields = _give_session_to(session, agent, strategy=Strategy.MANUAL, now=now)
-    session.save(update_fields=[*fields, "updated_at"])
     Membership.objects.for_tenant(tenant).filter(pk=agent.pk).update(last_assigned_at=now)
+    session.save(update_fields=[*fields, "updated_at"])  # after the agent's row
     record_activities(
         [
             build_activity(
@@ -862,11 +899,12 @@ def close_session(
         raise NotFound(code="session_not_found", message="Session not found.")
     session.tenant = tenant
     if session.status == SessionStatus.OPEN:
+        # A closed session no longer counts against its agent. The agent's row is
+        # written before the session's, as every writer of both does (AGENT_BEFORE_SESSION).
+        _move_open_session_count(tenant.pk, from_id=session.assigned_agent_id, to_id=None)
         session.status = SessionStatus.CLOSED
         session.closed_at = timezone.now()
         session.save(update_fields=["status", "closed_at", "updated_at"])
-        # A closed session no longer counts against its agent.
-        _move_open_session_count(tenant.pk, from_id=session.assigned_agent_id, to_id=None)
         record_activities(
             [build_activity(tenant=tenant, action="session.closed", actor=actor, target=session)]
         )

@@ -156,3 +156,17 @@ def test_a_null_is_a_parameter_on_other_databases():
     field = ActivityLog._meta.get_field("actor_user")
     elsewhere = SimpleNamespace(vendor="sqlite")
     assert row_sql._value_sql(row_sql._Column(field, elsewhere), None, elsewhere) == (None, [None])
+
+
+def test_only_fields_that_compute_their_value_on_save_are_asked_for_it():
+    columns = {
+        name: row_sql._Column(ActivityLog._meta.get_field(name), connection)
+        for name in ("created_at", "action", "actor_user")
+    }
+    assert columns["created_at"].computed  # auto_now_add
+    assert not columns["action"].computed and not columns["actor_user"].computed
+    tenant = TenantFactory()
+    row = activity(tenant, action="stamped")
+    row.created_at = None
+    run(*row_sql.insert_sql(row))
+    assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).created_at is not None

@@ -162,3 +162,76 @@ def test_least_busy_stays_even_under_concurrency(tenant, api_key):
 
     per_agent = Counter(body["assignedAgent"]["id"] for _, body in results)
     assert per_agent == {str(agent.id): 10 for agent in agents}
+
+
+def _waiting_for_a_lock() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_handover_racing_the_close_of_the_contacts_session_neither_fails_nor_deadlocks(
+    tenant, api_key, monkeypatch
+):
+    """The agent closes the contact's session while the contact hands over again, to the
+    same (only) agent. The close stops after it locked the session, until the handover
+    waits on it. Writing the session before the agent's row there, the handover's
+    statement (holding the agent's row, its INSERT waiting for the close) and the close
+    (waiting for the agent's row) deadlocked: one of them failed after a second."""
+    import threading
+    import time
+
+    from core.actor import Actor
+    from inbox import services
+    from inbox.services import close_session
+
+    agent = MembershipFactory(tenant=tenant)
+    status, opened = _post_in_thread(api_key[1], {"contactId": "c-1"})
+    assert status == 201 and opened["assignedAgent"]["id"] == str(agent.pk)
+
+    paused, release = threading.Event(), threading.Event()
+    move_counts = services._move_open_session_count
+
+    def move_counts_slowly(*args, **kwargs):
+        if threading.current_thread().name == "closer":
+            paused.set()
+            release.wait(10)
+        return move_counts(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_move_open_session_count", move_counts_slowly)
+    closed = {}
+
+    def close():
+        try:
+            closed["session"] = close_session(
+                tenant=tenant, session_id=opened["sessionId"], actor=Actor.system()
+            )
+        except Exception as error:
+            closed["error"] = error
+        finally:
+            connection.close()
+
+    closer = threading.Thread(target=close, name="closer")
+    closer.start()
+    assert paused.wait(10)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        handed = pool.submit(_post_in_thread, api_key[1], {"contactId": "c-1"})
+        deadline = time.monotonic() + 10
+        while not _waiting_for_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # the handover is waiting: let the close go on
+        release.set()
+        closer.join(15)
+        status, body = handed.result(timeout=15)
+
+    assert "error" not in closed, closed
+    assert closed["session"].status == "closed"
+    # The handover came after the close: a new session, to the agent.
+    assert status == 201, body
+    assert body["sessionId"] != opened["sessionId"]
+    assert body["assignedAgent"]["id"] == str(agent.pk)
+    from teams.models import Membership
+
+    assert Membership.objects.for_tenant(tenant).get(pk=agent.pk).open_session_count == 1

@@ -199,7 +199,7 @@ def test_the_agents_notice_and_email_are_part_of_the_one_statement(
 @pytest.mark.postgres
 @pytest.mark.parametrize("why", ["idempotency_key", "webhooks"])
 @pytest.mark.django_db(transaction=True)
-def test_a_handover_with_more_to_write_is_one_transaction_with_the_pick_last(
+def test_a_handover_with_more_to_write_is_one_transaction_with_the_pick_in_it(
     tenant, tenant_client, why
 ):
     """An Idempotency-Key (its record) or the tenant's webhooks (their messages) add

@@ -513,6 +513,27 @@ def _record_routing(
 HANDOVER_ATTEMPTS = 3
 
 
+@dataclass(frozen=True)
+class HandoverAsk:
+    """What a handover asks for (the API's body, the key's tenant and actor)."""
+
+    tenant: Tenant
+    actor: Actor
+    contact_id: str
+    channel: str
+    name: str = ""
+    context: dict | None = None
+    team_id: object = None
+    send_message: bool = True
+    message_text: str = ""
+    idempotency_key: str | None = None
+    payload_for_idempotency: object = None
+
+    @property
+    def text(self) -> str:
+        return self.message_text or DEFAULT_HANDOVER_MESSAGE
+
+
 def handover(**kwargs) -> HandoverOutcome:
     """Hand a contact's conversation over to a human agent: get or create the open
     session, assign it if it has no agent, queue the confirmation with the change.
@@ -531,29 +552,30 @@ def handover(**kwargs) -> HandoverOutcome:
     while it waits for a pool's lock, which another handover of the contact could hold
     while it waits for that entry.
     """
+    ask = HandoverAsk(**kwargs)
     for _ in range(HANDOVER_ATTEMPTS - 1):
         try:
-            return _handover_once(**kwargs)
+            return _handover_once(ask)
         except _NoOpenSession:
             pass
-    return _handover_once(**kwargs)
+    return _handover_once(ask)
 
 
-def _handover_once(**kwargs) -> HandoverOutcome:
+def _handover_once(ask: HandoverAsk) -> HandoverOutcome:
     if connection.vendor != "postgresql":
-        return _handover(**kwargs, create_in_pick=False)
+        return _handover(ask, create_in_pick=False)
     try:
-        if kwargs.get("idempotency_key") or kwargs["tenant"].has_active_webhooks:
-            return _handover(**kwargs, create_in_pick=True)
-        outcome = _new_session_in_one_statement(**kwargs)
+        if ask.idempotency_key or ask.tenant.has_active_webhooks:
+            return _handover(ask, create_in_pick=True)
+        outcome = _new_session_in_one_statement(ask)
         if isinstance(outcome, HandoverOutcome):
             return outcome
         # Nobody was picked (nothing was written): the transaction records it.
-        return _handover(**kwargs, create_in_pick=False, nobody_picked=outcome)
+        return _handover(ask, create_in_pick=False, nobody_picked=outcome)
     except IntegrityError as error:
         if not _is_open_session_conflict(error):
             raise
-    return _handover(**kwargs, create_in_pick=False, may_create=False)
+    return _handover(ask, create_in_pick=False, may_create=False)
 
 
 def _is_open_session_conflict(error: IntegrityError) -> bool:
@@ -571,29 +593,27 @@ class _NewSession:
     skipped_reason: str
 
 
-def _new_session(
-    *, tenant, actor, contact_id, channel, name, context, team, send_message, text, now
-) -> _NewSession:
+def _new_session(ask: HandoverAsk, *, team, now) -> _NewSession:
     candidate = InboxSession(
-        tenant=tenant,
-        contact_id=contact_id,
-        channel=channel,
-        contact_name=name,
-        context=context or {},
+        tenant=ask.tenant,
+        contact_id=ask.contact_id,
+        channel=ask.channel,
+        contact_name=ask.name,
+        context=ask.context or {},
         team=team,
     )
     # A new session's confirmation and first activity do not depend on who takes it.
     confirmation, skipped_reason = _queue_confirmation(
-        candidate, created=True, send_message=send_message, text=text, now=now, queue=False
+        candidate, created=True, send_message=ask.send_message, text=ask.text, now=now, queue=False
     )
     candidate.confirmation_skipped_reason = str(skipped_reason or "")
     rows = [
         build_activity(
-            tenant=tenant,
+            tenant=ask.tenant,
             action="session.created",
-            actor=actor,
+            actor=ask.actor,
             target=candidate,
-            data={"contact_id": contact_id, "channel": channel},
+            data={"contact_id": ask.contact_id, "channel": ask.channel},
         )
     ]
     if candidate.confirmation_message is not None:
@@ -607,41 +627,17 @@ def _outcome(session, *, created: bool, confirmation: str, skipped_reason) -> Ha
     return HandoverOutcome(status_code=201 if created else 200, body=body)
 
 
-def _new_session_in_one_statement(
-    *,
-    tenant: Tenant,
-    actor: Actor,
-    contact_id: str,
-    channel: str,
-    name: str = "",
-    context: dict | None = None,
-    team_id=None,
-    send_message: bool = True,
-    message_text: str = "",
-    idempotency_key=None,
-    payload_for_idempotency=None,
-) -> HandoverOutcome | RoutingDecision:
+def _new_session_in_one_statement(ask: HandoverAsk) -> HandoverOutcome | RoutingDecision:
     """A new session, assigned, by the pick statement alone (outside a transaction: the
     statement is one). When nobody was picked nothing was written: the decision."""
-    del idempotency_key, payload_for_idempotency  # none: see handover()
-    team = _team_of_tenant(tenant=tenant, team_id=team_id) if team_id else None
+    tenant = ask.tenant
+    team = _team_of_tenant(tenant=tenant, team_id=ask.team_id) if ask.team_id else None
     now = timezone.now()
-    new = _new_session(
-        tenant=tenant,
-        actor=actor,
-        contact_id=contact_id,
-        channel=channel,
-        name=name,
-        context=context,
-        team=team,
-        send_message=send_message,
-        text=message_text or DEFAULT_HANDOVER_MESSAGE,
-        now=now,
-    )
+    new = _new_session(ask, team=team, now=now)
     # Inside a caller's transaction, a savepoint: the failed statement of a contact with
     # an open session must not abort it.
     with transaction.atomic() if connection.in_atomic_block else nullcontext():
-        routed = _route_new_session(new.candidate, team, new.rows, actor=actor, now=now)
+        routed = _route_new_session(new.candidate, team, new.rows, actor=ask.actor, now=now)
     if not routed.attached:
         return routed
     session = new.candidate
@@ -653,18 +649,8 @@ def _new_session_in_one_statement(
 
 @transaction.atomic
 def _handover(
+    ask: HandoverAsk,
     *,
-    tenant: Tenant,
-    actor: Actor,
-    contact_id: str,
-    channel: str,
-    name: str = "",
-    context: dict | None = None,
-    team_id=None,
-    send_message: bool = True,
-    message_text: str = "",
-    idempotency_key: str | None = None,
-    payload_for_idempotency=None,
     create_in_pick: bool,
     nobody_picked: RoutingDecision | None = None,
     may_create: bool = True,
@@ -676,6 +662,9 @@ def _handover(
     ago that found nobody for this handover; it stands for a routing with the same
     inputs (the engine is not run twice). `may_create=False`: only reuse the open
     session (_NoOpenSession when there is none)."""
+    tenant, actor, contact_id, channel = ask.tenant, ask.actor, ask.contact_id, ask.channel
+    name, context, send_message, text = ask.name, ask.context, ask.send_message, ask.text
+    idempotency_key, payload_for_idempotency = ask.idempotency_key, ask.payload_for_idempotency
     idempotency_record = None
     if idempotency_key:
         claim = _claim_idempotency_key(
@@ -687,21 +676,9 @@ def _handover(
             return claim
         idempotency_record = claim
 
-    team = _team_of_tenant(tenant=tenant, team_id=team_id) if team_id else None
+    team = _team_of_tenant(tenant=tenant, team_id=ask.team_id) if ask.team_id else None
     now = timezone.now()
-    text = message_text or DEFAULT_HANDOVER_MESSAGE
-    new = _new_session(
-        tenant=tenant,
-        actor=actor,
-        contact_id=contact_id,
-        channel=channel,
-        name=name,
-        context=context,
-        team=team,
-        send_message=send_message,
-        text=text,
-        now=now,
-    )
+    new = _new_session(ask, team=team, now=now)
     candidate, rows = new.candidate, new.rows
     confirmation, skipped_reason = new.confirmation, new.skipped_reason
     decided = nobody_picked

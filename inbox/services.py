@@ -404,9 +404,9 @@ def _new_session_ctes(
     activity, its confirmation), the "session.assigned" activity and the agent's notice.
     What depends on who was picked is read from the pick's `routed_agent` in SQL; each
     runs only if somebody was picked (the email only if the agent wants one). Returns the
-    session row as written, and the
-    statements. The session is a plain INSERT: a contact who has an
-    open session already makes the statement fail (ONE_OPEN_SESSION_PER_CONTACT)."""
+    session row as written, and the statements. The session is a plain INSERT: a contact
+    who has an open session already makes the statement fail
+    (ONE_OPEN_SESSION_PER_CONTACT)."""
     agent_sql = f"(SELECT id FROM {ROUTED_AGENT})"  # noqa: S608
     row = _shadow_of(candidate)
     _give_session_to(row, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True)

@@ -2,13 +2,15 @@ from django.contrib.contenttypes.models import ContentType
 
 from audit.models import ActivityLog
 from core.actor import Actor
+from core.row_sql import new_row
 
 
 def build_activity(
     *, tenant, action: str, actor: Actor, target=None, data: dict | None = None
 ) -> ActivityLog:
     """An unsaved ActivityLog row, for `record_activities` to write several at once."""
-    return ActivityLog(
+    return new_row(
+        ActivityLog,
         tenant=tenant,
         action=action,
         actor=actor.membership,

@@ -17,6 +17,9 @@ class Channel(models.TextChoices):
     EMAIL = "email", "Email"
 
 
+CHANNEL_LABELS = dict(Channel.choices)
+
+
 class ConfirmationSkipReason(models.TextChoices):
     """Why a handover queued no confirmation message (the answer's
     `confirmationSkippedReason`)."""
@@ -127,7 +130,10 @@ class InboxSession(TenantOwnedModel):
         ]
 
     def __str__(self):
-        return f"{self.contact_name or self.contact_id} ({self.get_channel_display()})"
+        # The label as get_channel_display() gives it, without rebuilding the choices'
+        # lookup on every call (a handover names its session in two activity rows).
+        channel = CHANNEL_LABELS.get(self.channel, self.channel)
+        return f"{self.contact_name or self.contact_id} ({channel})"
 
     @property
     def is_assigned(self) -> bool:

@@ -16,6 +16,7 @@ from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 
 from core import log_context
+from core.row_sql import new_row
 from inbox.models import InboxSession, SessionNotice, SessionNoticeKind, SessionStatus
 from outbox.channels import SkipMessage
 from outbox.email import EmailContent, email_to, register_renderer
@@ -51,7 +52,8 @@ def session_notice(
     """An unsaved notice about `session` for `recipient` (None: the caller sets
     `recipient_id`); `save_notices` stores it."""
     contact = session.contact_name or session.contact_id
-    return SessionNotice(
+    return new_row(
+        SessionNotice,
         tenant_id=session.tenant_id,
         recipient=recipient,
         session=session,

@@ -27,7 +27,7 @@ from audit.services import build_activity, record_activities
 from core import log_context
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
-from core.row_sql import insert_sql
+from core.row_sql import insert_sql, new_row
 from inbox.channels import confirmation_sender
 from inbox.models import (
     ONE_OPEN_SESSION_PER_CONTACT,
@@ -594,7 +594,8 @@ class _NewSession:
 
 
 def _new_session(ask: HandoverAsk, *, team, now) -> _NewSession:
-    candidate = InboxSession(
+    candidate = new_row(
+        InboxSession,
         tenant=ask.tenant,
         contact_id=ask.contact_id,
         channel=ask.channel,

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from audit.services import record_activity
 from core.actor import Actor
-from core.row_sql import insert_rows
+from core.row_sql import insert_rows, new_row
 from outbox.channels import get_channel
 from outbox.models import FINAL_STATUSES, MessageStatus, OutboundMessage
 
@@ -62,7 +62,8 @@ def build_message(
     channel_obj = get_channel(channel)
     message_id = uuid.uuid4()
     tenant_id = getattr(tenant, "pk", tenant)
-    return OutboundMessage(
+    return new_row(
+        OutboundMessage,
         id=message_id,
         tenant_id=tenant_id,
         channel=channel,

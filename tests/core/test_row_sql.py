@@ -170,3 +170,60 @@ def test_only_fields_that_compute_their_value_on_save_are_asked_for_it():
     row.created_at = None
     run(*row_sql.insert_sql(row))
     assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).created_at is not None
+
+
+# --- new_row: Model(**values), built the fast way ------------------------------------
+
+
+def _fields(row) -> dict:
+    return {f.attname: getattr(row, f.attname) for f in type(row)._meta.concrete_fields}
+
+
+def test_new_row_is_the_row_keyword_construction_builds():
+    from inbox.models import InboxSession
+
+    tenant = TenantFactory()
+    values = {"contact_id": "c-1", "channel": "webchat", "contact_name": "Ann", "context": {"a": 1}}
+    built = row_sql.new_row(InboxSession, tenant=tenant, team=None, **values)
+    expected = InboxSession(tenant=tenant, team=None, **values)
+    mine, theirs = _fields(built), _fields(expected)
+    # Defaults are computed anew for each row (a fresh id, the clock): equal in kind.
+    for name in ("id", "created_at", "updated_at"):
+        assert type(mine.pop(name)) is type(theirs.pop(name))
+    assert mine == theirs
+    assert built.tenant is tenant and built.team is None  # cached, no query to read them
+    assert built._state.adding and built._state.db == expected._state.db
+    assert built.pk != row_sql.new_row(InboxSession, tenant=tenant, **values).pk
+
+
+def test_new_row_takes_a_foreign_key_by_id_or_by_instance():
+    tenant = TenantFactory()
+    by_id = row_sql.new_row(ActivityLog, tenant_id=tenant.pk, action="a")
+    by_instance = row_sql.new_row(ActivityLog, tenant=tenant, action="a")
+    assert by_id.tenant_id == by_instance.tenant_id == tenant.pk
+    run(*row_sql.insert_sql(by_instance))
+    assert ActivityLog.objects.for_tenant(tenant).get().pk == by_instance.pk
+
+
+def test_new_row_refuses_what_keyword_construction_refuses():
+    tenant = TenantFactory()
+    with pytest.raises(TypeError, match="no fields colour"):
+        row_sql.new_row(ActivityLog, tenant=tenant, colour="red")
+    with pytest.raises(ValueError, match="must be a Tenant instance"):
+        row_sql.new_row(ActivityLog, tenant=UserFactory())
+
+
+def test_new_row_runs_model_init_when_someone_listens_for_it():
+    from django.db.models.signals import post_init
+
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.action)
+
+    post_init.connect(receiver, sender=ActivityLog)
+    try:
+        row_sql.new_row(ActivityLog, tenant=TenantFactory(), action="watched")
+    finally:
+        post_init.disconnect(receiver, sender=ActivityLog)
+    assert seen == ["watched"]

@@ -474,3 +474,15 @@ def test_unknown_api_paths_answer_json_404(tenant_client):
     assert response.json()["error"]["code"] == "not_found"
     bad_id = tenant_client.get("/api/v1/leads/not-a-uuid")
     assert bad_id.status_code == 404 and bad_id["Content-Type"] == "application/json"
+
+
+def test_the_audit_names_the_session_by_contact_and_channel_label(tenant, tenant_client):
+    MembershipFactory(tenant=tenant)
+    handover(tenant_client, contact="+4915199", name="", channel="webchat")
+    handover(tenant_client, contact="+4915100", name="Ann", channel="sms")
+    labels = set(
+        ActivityLog.objects.for_tenant(tenant)
+        .filter(action="session.created")
+        .values_list("target_label", flat=True)
+    )
+    assert labels == {"+4915199 (Web chat)", "Ann (SMS)"}

@@ -14,7 +14,10 @@ class ActivityLog(TenantOwnedModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey("teams.Tenant", on_delete=models.CASCADE, related_name="activity")
+    # Indexed by the composite indexes below, which lead with it (core.indexes).
+    tenant = models.ForeignKey(
+        "teams.Tenant", on_delete=models.CASCADE, related_name="activity", db_index=False
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     action = models.CharField(max_length=64)
     actor = models.ForeignKey(
@@ -46,7 +49,12 @@ class ActivityLog(TenantOwnedModel):
         '"job:<name>", "command:<name>".',
     )
     target_type = models.ForeignKey(
-        ContentType, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        ContentType,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,  # activity_target leads with it
     )
     target_id = models.CharField(max_length=64, blank=True)
     target_label = models.CharField(max_length=255, blank=True)

@@ -41,7 +41,10 @@ class InboxSession(TenantOwnedModel):
     """A contact's conversation on one channel, handed over to a human agent."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey("teams.Tenant", on_delete=models.CASCADE, related_name="sessions")
+    # Indexed by session_tenant_recent, which leads with it (core.indexes).
+    tenant = models.ForeignKey(
+        "teams.Tenant", on_delete=models.CASCADE, related_name="sessions", db_index=False
+    )
     contact_id = models.CharField(max_length=128)
     contact_name = models.CharField(max_length=200, blank=True)
     channel = models.CharField(max_length=20, choices=Channel.choices, default=Channel.WHATSAPP)
@@ -159,7 +162,10 @@ class SessionNotice(TenantOwnedModel):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("teams.Tenant", on_delete=models.CASCADE, related_name="+")
     recipient = models.ForeignKey(
-        "teams.Membership", on_delete=models.CASCADE, related_name="session_notices"
+        "teams.Membership",
+        on_delete=models.CASCADE,
+        related_name="session_notices",
+        db_index=False,  # session_notice_recent leads with it
     )
     session = models.ForeignKey(
         InboxSession, on_delete=models.CASCADE, null=True, blank=True, related_name="notices"

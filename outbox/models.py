@@ -28,7 +28,10 @@ class OutboundMessage(TenantOwnedModel):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(
-        "teams.Tenant", on_delete=models.CASCADE, related_name="outbound_messages"
+        "teams.Tenant",
+        on_delete=models.CASCADE,
+        related_name="outbound_messages",
+        db_index=False,  # outbox_tenant_recent leads with it
     )
     channel = models.CharField(max_length=32)
     kind = models.CharField(max_length=64, blank=True, help_text="What the message is about.")

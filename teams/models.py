@@ -205,7 +205,10 @@ class Membership(TenantOwnedModel):
     """A user's membership in a tenant: this is the agent. Its id is the "agent id"."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    # Indexed by membership_one_per_user, which leads with it (core.indexes).
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="memberships", db_index=False
+    )
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
     is_active = models.BooleanField(default=True)
@@ -559,7 +562,8 @@ class RoundRobinCursor(TenantOwnedModel):
     previous one's agent: N agents get exactly 1/N of the work each.
     """
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    # Indexed by round_robin_pool_once, which leads with it (core.indexes).
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
     pool_key = models.CharField(max_length=120)
     position = models.BigIntegerField(default=0)  # picks made: for people, not routing
     # A plain id, not a foreign key: checking one would lock the agent's row too.

@@ -1,0 +1,66 @@
+"""The schema's indexes: every foreign key can be followed from the row it points at
+(a tenant's deletion, a membership's, the admin's related lists), yet no column carries
+two indexes where one serves (each is written on every insert)."""
+
+import pytest
+from django.db import connection
+
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
+
+
+def _rows(sql, params=()):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def test_every_foreign_key_column_leads_some_index():
+    unindexed = _rows(
+        """
+        SELECT c.conrelid::regclass::text, a.attname
+        FROM pg_constraint c
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        WHERE c.contype = 'f' AND array_length(c.conkey, 1) = 1
+          AND NOT EXISTS (
+            SELECT 1 FROM pg_index i
+            WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1] AND i.indpred IS NULL
+          )
+        ORDER BY 1, 2
+        """
+    )
+    assert unindexed == []
+
+
+HOT_TABLES = [
+    "audit_activitylog",
+    "inbox_inboxsession",
+    "inbox_sessionnotice",
+    "outbox_outboundmessage",
+    "teams_membership",
+    "teams_roundrobincursor",
+]
+
+
+def test_the_tables_a_handover_writes_keep_no_index_another_one_covers():
+    """A plain single-column index on a column that a composite index (without a
+    condition) leads with, or a pattern-matching one: never needed here."""
+    covered = _rows(
+        """
+        SELECT i.indexrelid::regclass::text
+        FROM pg_index i
+        WHERE i.indrelid::regclass::text = ANY(%s)
+          AND i.indnatts = 1 AND NOT i.indisunique AND i.indpred IS NULL
+          AND EXISTS (
+            SELECT 1 FROM pg_index other
+            WHERE other.indrelid = i.indrelid AND other.indexrelid <> i.indexrelid
+              AND other.indnatts > 1 AND other.indkey[0] = i.indkey[0]
+              AND other.indpred IS NULL
+          )
+        UNION ALL
+        SELECT indexname FROM pg_indexes
+        WHERE tablename = ANY(%s) AND indexdef LIKE '%%pattern_ops%%'
+        ORDER BY 1
+        """,
+        [HOT_TABLES, HOT_TABLES],
+    )
+    assert covered == []

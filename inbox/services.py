@@ -80,16 +80,26 @@ def request_fingerprint(payload) -> str:
 def _claim_idempotency_key(*, tenant: Tenant, key: str, fingerprint: str):
     """Own `key` for this request, or return the first request's outcome to replay.
 
-    The INSERT … ON CONFLICT DO NOTHING waits for a concurrent request holding the same
+    One statement: INSERT the key's record, or take over the record of an expired use of
+    the key (ON CONFLICT DO UPDATE … WHERE expired); a live record returns nothing, and
+    is read to be replayed. The INSERT waits for a concurrent request holding the same
     key to commit (or roll back), so duplicates in flight execute once.
     """
-    requests = HandoverRequest.objects.for_tenant(tenant)
-    requests.filter(key=key, created_at__lt=timezone.now() - IDEMPOTENCY_WINDOW).delete()
-    mine = HandoverRequest(tenant=tenant, key=key, request_hash=fingerprint)
-    requests.bulk_create([mine], ignore_conflicts=True)
-    record = requests.get(key=key)
-    if record.pk == mine.pk:
-        return record
+    mine = new_row(HandoverRequest, tenant=tenant, key=key, request_hash=fingerprint)
+    sql, params = insert_sql(mine)
+    table = connection.ops.quote_name(HandoverRequest._meta.db_table)
+    taken = _execute_returning(
+        f"{sql} ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash ="
+        " EXCLUDED.request_hash, session_id = NULL, response_status = NULL,"
+        " response_body = NULL, created_at = EXCLUDED.created_at"
+        f" WHERE {table}.created_at < %s RETURNING id",
+        [*params, connection.ops.adapt_datetimefield_value(mine.created_at - IDEMPOTENCY_WINDOW)],
+    )
+    if taken is not None:
+        mine.pk = HandoverRequest._meta.pk.to_python(taken[0])
+        mine._state.adding = False
+        return mine
+    record = HandoverRequest.objects.for_tenant(tenant).get(key=key)
     if record.request_hash != fingerprint:
         raise Unprocessable(
             code="idempotency_key_reused",
@@ -97,6 +107,12 @@ def _claim_idempotency_key(*, tenant: Tenant, key: str, fingerprint: str):
             field="Idempotency-Key",
         )
     return HandoverOutcome(record.response_status, record.response_body, replayed=True)
+
+
+def _execute_returning(sql: str, params: list):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def _team_of_tenant(*, tenant: Tenant, team_id) -> Team:

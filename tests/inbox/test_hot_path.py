@@ -225,8 +225,7 @@ def test_a_handover_with_more_to_write_is_one_transaction_with_the_pick_in_it(
     assert response.status_code == 201 and response.json()["status"] == "assigned"
     statements = [q["sql"] for q in captured.captured_queries]
     assert statements[0] == "BEGIN" and statements[-1] == "COMMIT", statements
-    if why == "webhooks":
-        assert len(statements) <= BUDGET, statements
+    assert len(statements) <= BUDGET, statements
     picks = [n for n, sql in enumerate(statements) if "routing_lock" in sql]
     assert len(picks) == 1, statements
     if why == "webhooks":

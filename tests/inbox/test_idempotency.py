@@ -62,10 +62,17 @@ def test_a_key_expires_after_24_hours(tenant, tenant_client):
         within = post(tenant_client, {"contactId": "c2"}, "key-1")
     with time_machine.travel("2026-11-21T10:01:00Z", tick=False):
         after = post(tenant_client, {"contactId": "c2"}, "key-1")
+    with time_machine.travel("2026-11-21T10:02:00Z", tick=False):
+        again = post(tenant_client, {"contactId": "c2"}, "key-1")
+        first_body_again = post(tenant_client, {"contactId": "c1"}, "key-1")
 
     assert first.status_code == 201
     assert within.status_code == 422, "within 24 h the key still belongs to the first body"
     assert after.status_code == 201
+    # The expired record was taken over: the key now replays its second use.
+    assert again.status_code == 201 and again["Idempotent-Replayed"] == "true"
+    assert again.json() == after.json()
+    assert first_body_again.status_code == 422
     assert HandoverRequest.objects.for_tenant(tenant).count() == 1
 
 

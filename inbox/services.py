@@ -131,17 +131,33 @@ class _NoOpenSession(Exception):
     closed before it could be locked: the handover starts again."""
 
 
+_LOCKED_WITH = ("assigned_agent__user", "team", "confirmation_message")
+
+
 def _lock_open_session(*, tenant: Tenant, contact_id: str, channel: str) -> InboxSession:
+    sessions = InboxSession.objects.for_tenant(tenant).select_related(*_LOCKED_WITH)
     session = (
-        InboxSession.objects.for_tenant(tenant)
-        .select_for_update(of=("self",))
-        .select_related("assigned_agent__user", "team", "confirmation_message")
+        sessions.select_for_update(of=("self",))
         .filter(contact_id=contact_id, channel=channel, status=SessionStatus.OPEN)
         .first()
     )
     if session is None:
         raise _NoOpenSession
+    if _joined_rows_are_stale(session):
+        # The lock waited for a transaction that changed the session (assigned it, say):
+        # PostgreSQL hands back the session's new version, but the rows joined to it as
+        # they were before the wait. Read them again; the lock is ours now.
+        session = sessions.get(pk=session.pk)
     return session
+
+
+def _joined_rows_are_stale(session: InboxSession) -> bool:
+    for name in ("assigned_agent", "team", "confirmation_message"):
+        field = InboxSession._meta.get_field(name)
+        joined = field.get_cached_value(session, default=None)
+        if getattr(joined, "pk", None) != getattr(session, field.attname):
+            return True
+    return False
 
 
 def _insert_unless_conflicting(obj) -> bool:

@@ -235,3 +235,64 @@ def test_a_handover_racing_the_close_of_the_contacts_session_neither_fails_nor_d
     from teams.models import Membership
 
     assert Membership.objects.for_tenant(tenant).get(pk=agent.pk).open_session_count == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_handover_routing_a_reused_session_while_the_contact_hands_over_again_does_not_deadlock(
+    tenant, api_key, monkeypatch
+):
+    """The contact's open session waits unassigned; the contact hands over twice at once
+    and the only agent is online. The first handover locked the session and is about to
+    route it when the second one's statement picks the agent and tries to insert a
+    session. Writing the reused session before its routing, the second statement
+    (holding the agent's row, its INSERT waiting for the first handover's new version of
+    the session) and the first handover (waiting for the agent's row) deadlocked."""
+    import threading
+    import time
+
+    from inbox import services
+    from teams.models import Membership
+
+    status, opened = _post_in_thread(api_key[1], {"contactId": "c-1"})
+    assert status == 201 and opened["status"] == "unassigned"
+    agent = MembershipFactory(tenant=tenant)
+
+    paused, release = threading.Event(), threading.Event()
+    route = services.route
+
+    def route_slowly(**kwargs):
+        if threading.current_thread().name == "reuser" and kwargs.get("attach") is None:
+            paused.set()
+            release.wait(10)
+        return route(**kwargs)
+
+    monkeypatch.setattr(services, "route", route_slowly)
+    answers = {}
+
+    def hand_over(name: str):
+        answers[name] = _post_in_thread(api_key[1], {"contactId": "c-1", "name": name})
+
+    reuser = threading.Thread(target=hand_over, args=("reuser",), name="reuser")
+    reuser.start()
+    assert paused.wait(10)
+    second = threading.Thread(target=hand_over, args=("second",), name="second")
+    second.start()
+    deadline = time.monotonic() + 10
+    while not _waiting_for_a_lock() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # the second handover is waiting: let the first one go on
+    release.set()
+    reuser.join(15)
+    second.join(15)
+
+    assert {name: status for name, (status, _) in answers.items()} == {
+        "reuser": 200,
+        "second": 200,
+    }, answers
+    for _, body in answers.values():
+        assert body["sessionId"] == opened["sessionId"]
+        assert body["assignedAgent"] is not None and body["assignedAgent"]["id"] == str(agent.pk), (
+            answers
+        )
+    assert Membership.objects.for_tenant(tenant).get(pk=agent.pk).open_session_count == 1

@@ -34,6 +34,7 @@ from audit.services import build_activity, record_activities
 from core import log_context
 from core.actor import Actor
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
+from core.locking import first_locked
 from core.transactions import retry_on_deadlock
 from inbox.models import InboxSession, SessionNoticeKind, SessionStatus
 from inbox.notices import save_notices, session_notice
@@ -79,12 +80,11 @@ def _take_back(session: InboxSession, *, reason: str, strategy: str, now) -> lis
 
 
 def _lock_open_session(tenant: Tenant, session_id, **conditions) -> InboxSession | None:
-    session = (
-        InboxSession.objects.for_tenant(tenant)
-        .select_for_update(of=("self",))
-        .select_related("assigned_agent__user", "team__assignment_config", "team__schedule")
-        .filter(pk=session_id, status=SessionStatus.OPEN, **conditions)
-        .first()
+    session = first_locked(
+        InboxSession.objects.for_tenant(tenant).filter(
+            pk=session_id, status=SessionStatus.OPEN, **conditions
+        ),
+        related=("assigned_agent__user", "team__assignment_config", "team__schedule"),
     )
     if session is not None:
         session.tenant = tenant

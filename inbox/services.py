@@ -27,6 +27,7 @@ from audit.services import build_activity, record_activities
 from core import log_context
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
+from core.locking import first_locked
 from core.row_sql import insert_sql, new_row
 from inbox.channels import confirmation_sender
 from inbox.models import (
@@ -131,33 +132,16 @@ class _NoOpenSession(Exception):
     closed before it could be locked: the handover starts again."""
 
 
-_LOCKED_WITH = ("assigned_agent__user", "team", "confirmation_message")
-
-
 def _lock_open_session(*, tenant: Tenant, contact_id: str, channel: str) -> InboxSession:
-    sessions = InboxSession.objects.for_tenant(tenant).select_related(*_LOCKED_WITH)
-    session = (
-        sessions.select_for_update(of=("self",))
-        .filter(contact_id=contact_id, channel=channel, status=SessionStatus.OPEN)
-        .first()
+    session = first_locked(
+        InboxSession.objects.for_tenant(tenant).filter(
+            contact_id=contact_id, channel=channel, status=SessionStatus.OPEN
+        ),
+        related=("assigned_agent__user", "team", "confirmation_message"),
     )
     if session is None:
         raise _NoOpenSession
-    if _joined_rows_are_stale(session):
-        # The lock waited for a transaction that changed the session (assigned it, say):
-        # PostgreSQL hands back the session's new version, but the rows joined to it as
-        # they were before the wait. Read them again; the lock is ours now.
-        session = sessions.get(pk=session.pk)
     return session
-
-
-def _joined_rows_are_stale(session: InboxSession) -> bool:
-    for name in ("assigned_agent", "team", "confirmation_message"):
-        field = InboxSession._meta.get_field(name)
-        joined = field.get_cached_value(session, default=None)
-        if getattr(joined, "pk", None) != getattr(session, field.attname):
-            return True
-    return False
 
 
 def _insert_unless_conflicting(obj) -> bool:

@@ -1,0 +1,29 @@
+"""Row locks that hand back consistent rows."""
+
+
+def first_locked(queryset, *, related: tuple[str, ...] = ()):
+    """The queryset's first row locked FOR UPDATE (its own table only), with `related`
+    read by select_related, consistently.
+
+    When the lock waits for a transaction that changed the row, PostgreSQL returns the
+    row's newest version joined to the other tables' rows as they were before the wait
+    (EvalPlanQual re-reads only the locked table): a session just given to agent B comes
+    back with B's id, and agent A's row no longer matching it, no agent row at all. Then
+    the joined rows are read again in a second query; the lock is held by now, so they
+    stay as read.
+    """
+    rows = queryset.select_related(*related)
+    row = rows.select_for_update(of=("self",)).first()
+    if row is not None and _joined_rows_are_stale(row, related):
+        row = rows.get(pk=row.pk)
+    return row
+
+
+def _joined_rows_are_stale(row, related) -> bool:
+    for name in {path.split("__")[0] for path in related}:
+        field = row._meta.get_field(name)
+        joined = field.get_cached_value(row, default=None)
+        joined_key = getattr(joined, field.target_field.attname, None)
+        if joined_key != getattr(row, field.attname):
+            return True
+    return False

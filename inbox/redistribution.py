@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audit.services import build_activity, record_activities
 from core.actor import Actor
+from core.locking import first_locked
 from core.transactions import retry_on_deadlock
 from inbox.acceptance import _api_time, _give_with_window, _take_back
 from inbox.models import InboxSession, SessionNoticeKind, SessionStatus
@@ -81,12 +82,11 @@ def redistribute_sessions(
 @retry_on_deadlock
 @transaction.atomic
 def _move_session(*, tenant: Tenant, agent: Membership, session_id, actor: Actor, keeps: bool):
-    session = (
-        InboxSession.objects.for_tenant(tenant)
-        .select_for_update(of=("self",))
-        .select_related("team__assignment_config", "team__schedule")
-        .filter(pk=session_id, status=SessionStatus.OPEN, assigned_agent=agent)
-        .first()
+    session = first_locked(
+        InboxSession.objects.for_tenant(tenant).filter(
+            pk=session_id, status=SessionStatus.OPEN, assigned_agent=agent
+        ),
+        related=("team__assignment_config", "team__schedule"),
     )
     if session is None:
         return None

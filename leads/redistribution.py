@@ -10,6 +10,7 @@ from django.db import transaction
 
 from core.actor import Actor
 from core.errors import DomainError
+from core.locking import first_locked
 from leads.models import OPEN_LEAD_STATUSES, Lead, ReassignmentReason
 from leads.selectors import leads_of_agent
 from leads.services import _authorize_reassignment, lead_load, reassign_lead
@@ -76,12 +77,11 @@ def redistribute_leads(
 def _move_lead(
     *, tenant: Tenant, agent: Membership, lead_id, actor: Actor, reassigned_by, notes: str
 ) -> LeadMove | None:
-    lead = (
-        Lead.objects.for_tenant(tenant)
-        .select_for_update(of=("self",))
-        .select_related("team__assignment_config", "team__schedule")
-        .filter(pk=lead_id, assigned_agent=agent, status__in=OPEN_LEAD_STATUSES)
-        .first()
+    lead = first_locked(
+        Lead.objects.for_tenant(tenant).filter(
+            pk=lead_id, assigned_agent=agent, status__in=OPEN_LEAD_STATUSES
+        ),
+        related=("team__assignment_config", "team__schedule"),
     )
     if lead is None:
         return None

@@ -27,6 +27,7 @@ from audit.services import build_activity, record_activities
 from core import log_context
 from core.actor import SYSTEM, Actor
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
+from core.locking import first_locked
 from core.metrics import LEAD_SLA_BREACHES
 from leads.emails import RENDERER as EMAIL_RENDERER
 from leads.emails import attach_email
@@ -1294,12 +1295,9 @@ def _auto_reassign(breach: _Breach, stage: _Stage) -> bool:
     transaction takes its locks in the usual order (the lead, then agents). The lead is
     locked again and left alone if anyone acted on it in between.
     """
-    lead = (
-        Lead.objects.for_tenant(breach.tenant)
-        .select_for_update(of=("self",))
-        .select_related("team__assignment_config", "team__schedule")
-        .filter(pk=breach.lead_id)
-        .first()
+    lead = first_locked(
+        Lead.objects.for_tenant(breach.tenant).filter(pk=breach.lead_id),
+        related=("team__assignment_config", "team__schedule"),
     )
     if (
         lead is None

@@ -296,3 +296,66 @@ def test_a_handover_routing_a_reused_session_while_the_contact_hands_over_again_
             answers
         )
     assert Membership.objects.for_tenant(tenant).get(pk=agent.pk).open_session_count == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_assigning_a_session_while_its_contact_hands_over_again_does_not_deadlock(
+    tenant, api_key, monkeypatch
+):
+    """An admin gives the contact's open session to the agent who has it (stamping the
+    agent's last assignment) while the contact hands over again; the agent is the only
+    one. The assignment stops after it wrote the session. Stamping the agent after the
+    session, the handover's statement (holding the agent's row, its INSERT waiting for
+    the assignment's new version of the session) and the assignment (waiting for the
+    agent's row) deadlocked."""
+    import threading
+    import time
+
+    from core.actor import Actor
+    from inbox.services import assign_session_to
+    from teams.models import Membership
+
+    agent = MembershipFactory(tenant=tenant)
+    status, opened = _post_in_thread(api_key[1], {"contactId": "c-1"})
+    assert status == 201 and opened["assignedAgent"]["id"] == str(agent.pk)
+
+    paused, release = threading.Event(), threading.Event()
+    save = InboxSession.save
+
+    def save_then_wait(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if threading.current_thread().name == "assigner":
+            paused.set()
+            release.wait(10)
+
+    monkeypatch.setattr(InboxSession, "save", save_then_wait)
+    assigned = {}
+
+    def assign():
+        try:
+            assigned["session"] = assign_session_to(
+                tenant=tenant, session_id=opened["sessionId"], agent=agent, actor=Actor.system()
+            )
+        except Exception as error:
+            assigned["error"] = error
+        finally:
+            connection.close()
+
+    assigner = threading.Thread(target=assign, name="assigner")
+    assigner.start()
+    assert paused.wait(10)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        handed = pool.submit(_post_in_thread, api_key[1], {"contactId": "c-1"})
+        deadline = time.monotonic() + 10
+        while not _waiting_for_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # the handover is waiting: let the assignment go on
+        release.set()
+        assigner.join(15)
+        status, body = handed.result(timeout=15)
+
+    assert "error" not in assigned, assigned
+    assert (status, body["sessionId"]) == (200, opened["sessionId"]), body
+    assert body["assignedAgent"]["id"] == str(agent.pk)
+    assert Membership.objects.for_tenant(tenant).get(pk=agent.pk).open_session_count == 1

@@ -359,3 +359,76 @@ def test_an_admin_assigning_a_session_while_its_contact_hands_over_again_does_no
     assert (status, body["sessionId"]) == (200, opened["sessionId"]), body
     assert body["assignedAgent"]["id"] == str(agent.pk)
     assert Membership.objects.for_tenant(tenant).get(pk=agent.pk).open_session_count == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_handover_whose_open_session_closed_under_it_starts_again_without_deadlocking(
+    tenant, api_key, monkeypatch
+):
+    """A handover's statement found the contact's open session; before the handover can
+    lock it, the session is closed. Creating the new session right there, in the
+    transaction that then waits for the pool's lock, it deadlocked with a second
+    handover of the contact: that one holds the pool's lock in its statement, its INSERT
+    waiting for the first one's new session. Starting again, the first handover creates
+    the session in one statement, and the second one finds it."""
+    import threading
+    import time
+
+    from core.actor import Actor
+    from inbox import services
+    from inbox.services import close_session
+    from teams.models import Membership
+
+    agent = MembershipFactory(tenant=tenant)
+    status, opened = _post_in_thread(api_key[1], {"contactId": "c-1"})
+    assert status == 201
+
+    at_fallback, go_on = threading.Event(), threading.Event()
+    at_routing, route_on = threading.Event(), threading.Event()
+    handover_in_transaction, route = services._handover, services.route
+
+    def pause_at_the_fallback(ask, **kwargs):
+        if threading.current_thread().name == "first" and not kwargs.get("create_in_pick"):
+            at_fallback.set()
+            go_on.wait(10)
+        return handover_in_transaction(ask, **kwargs)
+
+    def pause_before_routing_in_the_transaction(**kwargs):
+        if threading.current_thread().name == "first" and kwargs.get("attach") is None:
+            at_routing.set()
+            route_on.wait(10)
+        return route(**kwargs)
+
+    monkeypatch.setattr(services, "_handover", pause_at_the_fallback)
+    monkeypatch.setattr(services, "route", pause_before_routing_in_the_transaction)
+    answers = {}
+
+    def hand_over(name: str):
+        answers[name] = _post_in_thread(api_key[1], {"contactId": "c-1"})
+
+    first = threading.Thread(target=hand_over, args=("first",), name="first")
+    first.start()
+    assert at_fallback.wait(10)
+    close_session(tenant=tenant, session_id=opened["sessionId"], actor=Actor.system())
+    go_on.set()
+    deadline = time.monotonic() + 10
+    while first.is_alive() and not at_routing.is_set() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = threading.Thread(target=hand_over, args=("second",), name="second")
+    second.start()
+    if at_routing.is_set():  # the first handover routes in its transaction
+        while not _waiting_for_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+    route_on.set()
+    first.join(15)
+    second.join(15)
+
+    assert {name: status for name, (status, _) in answers.items()} == {
+        "first": 201,
+        "second": 200,
+    }, answers
+    assert answers["first"][1]["sessionId"] == answers["second"][1]["sessionId"]
+    assert answers["first"][1]["sessionId"] != opened["sessionId"]
+    assert Membership.objects.for_tenant(tenant).get(pk=agent.pk).open_session_count == 1

@@ -1,5 +1,7 @@
 """Races and query budgets for the handover, on PostgreSQL with real threads."""
 
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -170,6 +172,38 @@ def _waiting_for_a_lock() -> int:
         return cursor.fetchone()[0]
 
 
+def _release_when_someone_waits(release: threading.Event) -> None:
+    deadline = time.monotonic() + 10
+    while not _waiting_for_a_lock() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # the waiting one has queued up: let the paused one go on
+    release.set()
+
+
+def _hand_over_while_paused(api_key: str, work, *, name: str, paused, release):
+    """Run `work` in a thread called `name` until it pauses, hand contact "c-1" over
+    meanwhile and, once the handover waits for a lock, let `work` go on. Returns what
+    `work` returned (or raised) and the handover's (status, body)."""
+    done = {}
+
+    def run():
+        try:
+            done["result"] = work()
+        except Exception as error:
+            done["error"] = error
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    assert paused.wait(10)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        handed = pool.submit(_post_in_thread, api_key, {"contactId": "c-1"})
+        _release_when_someone_waits(release)
+        thread.join(15)
+        return done, handed.result(timeout=15)
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_handover_racing_the_close_of_the_contacts_session_neither_fails_nor_deadlocks(
@@ -180,9 +214,6 @@ def test_a_handover_racing_the_close_of_the_contacts_session_neither_fails_nor_d
     waits on it. Writing the session before the agent's row there, the handover's
     statement (holding the agent's row, its INSERT waiting for the close) and the close
     (waiting for the agent's row) deadlocked: one of them failed after a second."""
-    import threading
-    import time
-
     from core.actor import Actor
     from inbox import services
     from inbox.services import close_session
@@ -201,33 +232,16 @@ def test_a_handover_racing_the_close_of_the_contacts_session_neither_fails_nor_d
         return move_counts(*args, **kwargs)
 
     monkeypatch.setattr(services, "_move_open_session_count", move_counts_slowly)
-    closed = {}
-
-    def close():
-        try:
-            closed["session"] = close_session(
-                tenant=tenant, session_id=opened["sessionId"], actor=Actor.system()
-            )
-        except Exception as error:
-            closed["error"] = error
-        finally:
-            connection.close()
-
-    closer = threading.Thread(target=close, name="closer")
-    closer.start()
-    assert paused.wait(10)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        handed = pool.submit(_post_in_thread, api_key[1], {"contactId": "c-1"})
-        deadline = time.monotonic() + 10
-        while not _waiting_for_a_lock() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)  # the handover is waiting: let the close go on
-        release.set()
-        closer.join(15)
-        status, body = handed.result(timeout=15)
+    closed, (status, body) = _hand_over_while_paused(
+        api_key[1],
+        lambda: close_session(tenant=tenant, session_id=opened["sessionId"], actor=Actor.system()),
+        name="closer",
+        paused=paused,
+        release=release,
+    )
 
     assert "error" not in closed, closed
-    assert closed["session"].status == "closed"
+    assert closed["result"].status == "closed"
     # The handover came after the close: a new session, to the agent.
     assert status == 201, body
     assert body["sessionId"] != opened["sessionId"]
@@ -248,9 +262,6 @@ def test_a_handover_routing_a_reused_session_while_the_contact_hands_over_again_
     session. Writing the reused session before its routing, the second statement
     (holding the agent's row, its INSERT waiting for the first handover's new version of
     the session) and the first handover (waiting for the agent's row) deadlocked."""
-    import threading
-    import time
-
     from inbox import services
     from teams.models import Membership
 
@@ -278,11 +289,7 @@ def test_a_handover_routing_a_reused_session_while_the_contact_hands_over_again_
     assert paused.wait(10)
     second = threading.Thread(target=hand_over, args=("second",), name="second")
     second.start()
-    deadline = time.monotonic() + 10
-    while not _waiting_for_a_lock() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # the second handover is waiting: let the first one go on
-    release.set()
+    _release_when_someone_waits(release)
     reuser.join(15)
     second.join(15)
 
@@ -309,9 +316,6 @@ def test_an_admin_assigning_a_session_while_its_contact_hands_over_again_does_no
     session, the handover's statement (holding the agent's row, its INSERT waiting for
     the assignment's new version of the session) and the assignment (waiting for the
     agent's row) deadlocked."""
-    import threading
-    import time
-
     from core.actor import Actor
     from inbox.services import assign_session_to
     from teams.models import Membership
@@ -330,30 +334,15 @@ def test_an_admin_assigning_a_session_while_its_contact_hands_over_again_does_no
             release.wait(10)
 
     monkeypatch.setattr(InboxSession, "save", save_then_wait)
-    assigned = {}
-
-    def assign():
-        try:
-            assigned["session"] = assign_session_to(
-                tenant=tenant, session_id=opened["sessionId"], agent=agent, actor=Actor.system()
-            )
-        except Exception as error:
-            assigned["error"] = error
-        finally:
-            connection.close()
-
-    assigner = threading.Thread(target=assign, name="assigner")
-    assigner.start()
-    assert paused.wait(10)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        handed = pool.submit(_post_in_thread, api_key[1], {"contactId": "c-1"})
-        deadline = time.monotonic() + 10
-        while not _waiting_for_a_lock() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)  # the handover is waiting: let the assignment go on
-        release.set()
-        assigner.join(15)
-        status, body = handed.result(timeout=15)
+    assigned, (status, body) = _hand_over_while_paused(
+        api_key[1],
+        lambda: assign_session_to(
+            tenant=tenant, session_id=opened["sessionId"], agent=agent, actor=Actor.system()
+        ),
+        name="assigner",
+        paused=paused,
+        release=release,
+    )
 
     assert "error" not in assigned, assigned
     assert (status, body["sessionId"]) == (200, opened["sessionId"]), body
@@ -372,9 +361,6 @@ def test_a_handover_whose_open_session_closed_under_it_starts_again_without_dead
     handover of the contact: that one holds the pool's lock in its statement, its INSERT
     waiting for the first one's new session. Starting again, the first handover creates
     the session in one statement, and the second one finds it."""
-    import threading
-    import time
-
     from core.actor import Actor
     from inbox import services
     from inbox.services import close_session
@@ -418,9 +404,7 @@ def test_a_handover_whose_open_session_closed_under_it_starts_again_without_dead
     second = threading.Thread(target=hand_over, args=("second",), name="second")
     second.start()
     if at_routing.is_set():  # the first handover routes in its transaction
-        while not _waiting_for_a_lock() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)
+        _release_when_someone_waits(route_on)
     route_on.set()
     first.join(15)
     second.join(15)

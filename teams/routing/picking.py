@@ -50,6 +50,8 @@ MEMBER_SCAN_MAX = 500
 # ... but reads at most this many agents of that index before it sorts the members anyway.
 LOAD_WALK_MAX = 200
 ROUTED_AGENT = "routed_agent"  # the CTE attached statements read the chosen agent from
+LAST_AGENT = "SELECT last_agent_id FROM routing_lock"
+LAST_UUID = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 AGENT_COLUMNS = (
     "id",
     "tenant_id",
@@ -117,8 +119,11 @@ _CANDIDATE_COLUMNS = (
 _CANDIDATE_NAMES = "id, load, last_assigned_at, email, full_name, user_is_active"
 
 
-def _candidate(pool: Pool, *, tenant_id, strategy, counter, exclude, after: str = ""):
-    """SELECT of the pool's first eligible agent in the strategy's order (one row)."""
+def _candidate(
+    pool: Pool, *, tenant_id, strategy, counter, exclude, after: str = "", upto: str = ""
+):
+    """SELECT of the pool's first eligible agent in the strategy's order (one row); for
+    round robin, among the ids greater than `after` and at most `upto` (SQL)."""
     eligible, eligible_params = _eligible(counter, exclude)
     columns = _CANDIDATE_COLUMNS.format(counter=counter)
     if strategy == Strategy.LEAST_BUSY:
@@ -171,15 +176,19 @@ def _candidate(pool: Pool, *, tenant_id, strategy, counter, exclude, after: str 
             f"SELECT {columns} FROM {TM} tm JOIN {M} m ON m.id = tm.membership_id"
             f" JOIN {U} u ON u.id = m.user_id"
             f" WHERE tm.team_id = %s AND m.tenant_id = %s AND {eligible}"
-            f"{f' AND {key} > {after}' if after else ''} ORDER BY {key} LIMIT 1",
+            f"{_bounds(key, after, upto)} ORDER BY {key} LIMIT 1",
             [pool.team_id, tenant_id, *eligible_params],
         )
     return (
         f"SELECT {columns} FROM {M} m JOIN {U} u ON u.id = m.user_id"
-        f" WHERE m.tenant_id = %s AND m.role = %s AND {eligible}"
-        f"{f' AND m.id > {after}' if after else ''} ORDER BY m.id LIMIT 1",
+        f" WHERE m.tenant_id = %s AND m.role = %s AND {eligible}{_bounds('m.id', after, upto)}"
+        " ORDER BY m.id LIMIT 1",
         [tenant_id, pool.role, *eligible_params],
     )
+
+
+def _bounds(key: str, after: str, upto: str) -> str:
+    return (f" AND {key} > {after}" if after else "") + (f" AND {key} <= {upto}" if upto else "")
 
 
 def pick_statement(
@@ -210,10 +219,15 @@ def pick_statement(
         sql, params = _candidate(pool, **args)
         ctes.append(("routing_pick", f"SELECT * FROM ({sql}) p{gate} LIMIT 1", params))
     else:
-        after_sql, after_params = _candidate(
-            pool, **args, after="(SELECT last_agent_id FROM routing_lock)"
+        after_sql, after_params = _candidate(pool, **args, after=f"({LAST_AGENT})")
+        # Wrapping round: the first agent of the pool, found among the ids up to the
+        # last one (those after it are the first branch's, empty when this one runs).
+        # Said outright, the bound keeps a prepared statement's generic plan on the
+        # pool's index: ordered by id alone, the planner, who cannot tell how many agents
+        # a tenant has, walked the primary key through every tenant's agents instead.
+        first_sql, first_params = _candidate(
+            pool, **args, upto=f"coalesce(({LAST_AGENT}), '{LAST_UUID}'::uuid)"
         )
-        first_sql, first_params = _candidate(pool, **args)
         ctes.append(
             (
                 "routing_pick",

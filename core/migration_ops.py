@@ -10,7 +10,7 @@ def drop_index(name: str, *, table: str, columns: str, postgresql_only: bool = F
     where a composite index leads with the same column (the field's state becomes
     `db_index=False` in the same migration, by SeparateDatabaseAndState), or the
     pattern-matching twin (`varchar_pattern_ops`, PostgreSQL only) Django adds to an
-    indexed text column, which serves `LIKE 'prefix%'` and which no query here makes.
+    indexed text column, which serves `LIKE 'prefix%'`, where no query makes one.
     Each is written on every insert. Dropping by name rather than by AlterField keeps
     Django from dropping and re-validating the foreign key over the whole table.
     """

@@ -257,7 +257,12 @@ def _construction(model) -> _Construction:
         fields = model._meta.concrete_fields
         plan = _constructions[model] = _Construction(
             fields=[
-                (field.name, field.attname, field if field.many_to_one else None, field)
+                (
+                    field.name,
+                    field.attname,
+                    field if isinstance(field, models.ForeignKey) else None,
+                    field,
+                )
                 for field in fields
             ],
             attnames=tuple(field.attname for field in fields),

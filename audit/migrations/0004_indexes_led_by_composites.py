@@ -5,7 +5,8 @@ from core.migration_ops import drop_index
 
 
 class Migration(migrations.Migration):
-    """Indexes no query needs, written on every activity row (core.migration_ops)."""
+    """Foreign keys' own indexes where a composite index leads with the same column,
+    written on every activity row (core.migration_ops)."""
 
     dependencies = [
         ("audit", "0003_actor_person_and_via"),
@@ -51,11 +52,5 @@ class Migration(migrations.Migration):
                     columns="tenant_id",
                 ),
             ],
-        ),
-        drop_index(
-            "audit_activitylog_via_4a25f244_like",
-            table="audit_activitylog",
-            columns="via varchar_pattern_ops",
-            postgresql_only=True,
         ),
     ]

@@ -8,6 +8,7 @@ from django.db import connection, transaction
 
 from core.locking import first_locked
 from inbox.models import InboxSession
+from tests.db_locks import lock_waits
 from tests.factories import MembershipFactory
 from tests.inbox.factories import InboxSessionFactory
 
@@ -15,9 +16,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 def _someone_waits_for_a_lock() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-        return cursor.fetchone()[0] > 0
+    return lock_waits() > 0
 
 
 def test_a_row_whose_lock_waited_for_its_new_agent_comes_back_with_that_agents_row(tenant):

@@ -205,6 +205,19 @@ def test_new_row_takes_a_foreign_key_by_id_or_by_instance():
     assert ActivityLog.objects.for_tenant(tenant).get().pk == by_instance.pk
 
 
+def test_new_row_takes_a_one_to_one_field_by_instance():
+    from inbox.models import InboxSession
+    from outbox.services import build_message
+
+    tenant = TenantFactory()
+    message = build_message(tenant=tenant, channel="whatsapp", target="c-1", payload={})
+    row = row_sql.new_row(
+        InboxSession, tenant=tenant, contact_id="c-1", confirmation_message=message
+    )
+    assert row.confirmation_message is message
+    assert row.confirmation_message_id == message.pk
+
+
 def test_new_row_refuses_what_keyword_construction_refuses():
     tenant = TenantFactory()
     with pytest.raises(TypeError, match="no fields colour"):

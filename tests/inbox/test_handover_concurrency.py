@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 
 from inbox.models import InboxSession
 from teams.models import Strategy
+from tests.db_locks import lock_waits
 from tests.factories import (
     AssignmentConfigFactory,
     MembershipFactory,
@@ -167,9 +168,7 @@ def test_least_busy_stays_even_under_concurrency(tenant, api_key):
 
 
 def _waiting_for_a_lock() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-        return cursor.fetchone()[0]
+    return lock_waits()
 
 
 def _release_when_someone_waits(release: threading.Event) -> None:

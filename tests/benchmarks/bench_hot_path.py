@@ -569,6 +569,7 @@ def teams(report: Report, requests: int) -> None:
         figure = f"{name}: team of {BIG_TEAM:,} / team of 1, p50"
         compare_teams(report, figure, client, tenant, requests, base=small, other=big, limit=1.2)
     busy_team_among_idle_outsiders(report, tenant, client, requests)
+    lone_agent_among_other_tenants(report, client, requests)
 
 
 def busy_team_among_idle_outsiders(report: Report, tenant: Tenant, client, requests: int) -> None:
@@ -593,6 +594,29 @@ def busy_team_among_idle_outsiders(report: Report, tenant: Tenant, client, reque
         f"least busy: team of {BIG_TEAM:,} busier than {OUTSIDERS:,} outsiders / team of 1, p50"
     )
     compare_teams(report, figure, client, tenant, requests, base=small, other=big)
+
+
+def lone_agent_among_other_tenants(report: Report, client, requests: int) -> None:
+    """Round robin over a tenant's only agent, so that every pick wraps round to the
+    pool's first agent, while another tenant has 20,000 agents; against the same agent
+    as a team of one. The pick is a prepared statement on a generic plan, made without
+    knowing the tenant: it must still read the tenant's own pool."""
+    from teams.models import Strategy
+
+    lone = Tenant("lone", agents=0)
+    team, _ = lone.make_team("lone-1", 1, Strategy.ROUND_ROBIN)
+    Tenant("crowd", agents=0).make_agents(OUTSIDERS, "crowd")
+    analyze(lone.m.Membership, lone.m.TeamMember, lone.m.User)
+    as_team, as_tenant = alternate(
+        requests, lambda: post_handover(client, lone, team), lambda: post_handover(client, lone)
+    )
+    r = ratio(p50(as_tenant), p50(as_team))
+    report.add(
+        f"round robin: a tenant's one agent, {OUTSIDERS:,} agents in another tenant"
+        " / as a team of 1, p50",
+        f"{r:.2f}x ({p50(as_tenant) * 1000:.1f} / {p50(as_team) * 1000:.1f} ms)",
+        "(not in the issue)",
+    )
 
 
 def load(report: Report, requests: int) -> None:

@@ -14,7 +14,7 @@ class ActivityLog(TenantOwnedModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # Indexed by the composite indexes below, which lead with it (core.indexes).
+    # Indexed by the composite indexes below, which lead with it (tests/core/test_indexes.py).
     tenant = models.ForeignKey(
         "teams.Tenant", on_delete=models.CASCADE, related_name="activity", db_index=False
     )

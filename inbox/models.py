@@ -41,7 +41,7 @@ class InboxSession(TenantOwnedModel):
     """A contact's conversation on one channel, handed over to a human agent."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # Indexed by session_tenant_recent, which leads with it (core.indexes).
+    # Indexed by session_tenant_recent, which leads with it (tests/core/test_indexes.py).
     tenant = models.ForeignKey(
         "teams.Tenant", on_delete=models.CASCADE, related_name="sessions", db_index=False
     )

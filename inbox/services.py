@@ -111,6 +111,7 @@ def _claim_idempotency_key(*, tenant: Tenant, key: str, fingerprint: str):
 
 
 def _execute_returning(sql: str, params: list):
+    """Run one statement; its first row (None when it returned none)."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone()
@@ -153,9 +154,7 @@ def _insert_unless_conflicting(obj) -> bool:
     """
     sql, params = insert_sql(obj, ignore_conflicts=True)
     pk_column = connection.ops.quote_name(type(obj)._meta.pk.column)
-    with connection.cursor() as cursor:
-        cursor.execute(f"{sql} RETURNING {pk_column}", params)
-        return cursor.fetchone() is not None
+    return _execute_returning(f"{sql} RETURNING {pk_column}", params) is not None
 
 
 # The one way a session gets an agent, whether the engine chose them (handover, retry,
@@ -384,9 +383,7 @@ def _execute_with(ctes: list[tuple[str, list]], *, first: tuple[str, list]):
     for name, (cte_sql, cte_params) in zip(names, ctes, strict=True):
         sql += f", {name} AS ({cte_sql})"
         params += cte_params
-    with connection.cursor() as cursor:
-        cursor.execute(sql + " SELECT * FROM first", params)  # noqa: S608
-        return cursor.fetchone()
+    return _execute_returning(sql + " SELECT * FROM first", params)  # noqa: S608
 
 
 def _create_open_session(candidate: InboxSession, rows: list) -> bool:

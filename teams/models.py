@@ -205,7 +205,7 @@ class Membership(TenantOwnedModel):
     """A user's membership in a tenant: this is the agent. Its id is the "agent id"."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # Indexed by membership_one_per_user, which leads with it (core.indexes).
+    # Indexed by membership_one_per_user, which leads with it (tests/core/test_indexes.py).
     tenant = models.ForeignKey(
         Tenant, on_delete=models.CASCADE, related_name="memberships", db_index=False
     )
@@ -562,7 +562,7 @@ class RoundRobinCursor(TenantOwnedModel):
     previous one's agent: N agents get exactly 1/N of the work each.
     """
 
-    # Indexed by round_robin_pool_once, which leads with it (core.indexes).
+    # Indexed by round_robin_pool_once, which leads with it (tests/core/test_indexes.py).
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
     pool_key = models.CharField(max_length=120)
     position = models.BigIntegerField(default=0)  # picks made: for people, not routing

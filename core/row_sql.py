@@ -194,6 +194,27 @@ def insert_sql(obj, *, when: str | None = None, ignore_conflicts: bool = False) 
     return _remember(key, build), params
 
 
+def insert_select_sql(rows: list[tuple[object, str]]) -> list[tuple[str, list]]:
+    """Unsaved instances, each with the condition under which it goes in (`when`), as
+    INSERT … SELECT statements, one per table: `INSERT INTO t (…) SELECT … WHERE c1
+    UNION ALL SELECT … WHERE c2`, in the order the tables first appear. Written as CTEs
+    of one statement, each INSERT is a step that opens and locks every index of its
+    table whether or not a row goes in: the handover's two activities and its two
+    possible outbox messages cost two steps, not four."""
+    tables: dict[str, tuple[list, list]] = {}
+    for obj, when in rows:
+        sql, params = insert_sql(obj, when=when)
+        # The head ends with the column list; quoted names cannot hold ") SELECT ".
+        head, _, row = sql.partition(") SELECT ")
+        bodies, table_params = tables.setdefault(head, ([], []))
+        bodies.append(f"SELECT {row}")
+        table_params += params
+    return [
+        (f"{head}) {' UNION ALL '.join(bodies)}", params)
+        for head, (bodies, params) in tables.items()
+    ]
+
+
 def _insert_with_compiler(obj, *, when, ignore_conflicts) -> tuple[str, list]:
     model = type(obj)
     query = InsertQuery(model, on_conflict=OnConflict.IGNORE if ignore_conflicts else None)

@@ -62,6 +62,29 @@ def test_a_raw_sql_value_is_spliced_in_with_its_own_parameters():
     assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).target_label == "left-right"
 
 
+def test_insert_select_sql_writes_a_tables_rows_in_one_statement_each_under_its_condition():
+    tenant = TenantFactory()
+    user = UserFactory()
+    kept = activity(tenant, action="kept", actor_user=user)  # a user here, a NULL below
+    skipped = activity(tenant, action="skipped")
+    spliced = activity(tenant, action="spliced", data={"n": 2})
+    spliced.target_label = RawSQL("SELECT %s || '-' || %s", ["left", "right"])
+    other_table = TenantFactory.build(name="Other", slug="other-table")
+    statements = row_sql.insert_select_sql(
+        [(kept, "1 = 1"), (other_table, "1 = 1"), (skipped, "1 = 0"), (spliced, "1 = 1")]
+    )
+
+    # The activities' rows are one statement (before the tenant's: first seen first).
+    assert len(statements) == 2
+    assert statements[0][0].count(" UNION ALL SELECT ") == 2
+    assert [run(*statement) for statement in statements] == [2, 1]
+    saved = {a.action: a for a in ActivityLog.objects.for_tenant(tenant)}
+    assert set(saved) == {"kept", "spliced"}
+    assert saved["kept"].actor_user_id == user.pk and saved["kept"].data == {"n": 1}
+    assert saved["spliced"].target_label == "left-right" and saved["spliced"].data == {"n": 2}
+    assert saved["spliced"].actor_user_id is None
+
+
 def test_ignore_conflicts_skips_a_row_whose_key_is_taken():
     tenant = TenantFactory()
     row = activity(tenant, action="first")

@@ -49,7 +49,10 @@ _PREPARED_AS_IS = (
     (models.TextField, frozenset({str, type(None)})),
     (models.UUIDField, frozenset({uuid.UUID, type(None)})),
     (models.DateTimeField, frozenset({datetime, type(None)})),
+    (models.BooleanField, frozenset({bool, type(None)})),
 )
+# The string fields above give any str subclass back as it is (`to_python`: "if
+# isinstance(value, str)"): a choices enum's member, a string of its own class, too.
 _PREPARATION = ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
 _as_is: dict = {}
 
@@ -99,13 +102,15 @@ def _remember(key, build):
 class _Column:
     """How one field's value becomes SQL, worked out once per model and database."""
 
-    __slots__ = ("attname", "computed", "field", "kept", "null_sql")
+    __slots__ = ("attname", "computed", "field", "kept", "null_sql", "takes_str_subclasses")
 
     def __init__(self, field, db):
         self.field = field
         self.attname = field.attname
         self.computed = _computes_on_save(field)  # `pre_save` must run (auto_now, …)
         self.kept = _kept_as_is(field, db)
+        # Such a column learns each str subclass it meets (added to `kept`).
+        self.takes_str_subclasses = str in self.kept
         # On PostgreSQL a NULL is written into the text (typed, as a row built by SELECT
         # needs it): a handover's statement has a dozen, each a parameter less to adapt.
         self.null_sql = _null_sql(field, db) if db.vendor == "postgresql" else None
@@ -153,13 +158,16 @@ def _plan(model, db) -> list[_Column] | None:
     return plan
 
 
-def insert_sql(obj, *, when: str | None = None, ignore_conflicts: bool = False) -> tuple[str, list]:
+def insert_sql(
+    obj, *, when: str | None = None, ignore_conflicts: bool = False, db=None
+) -> tuple[str, list]:
     """`INSERT INTO t (…) VALUES (…)` for one unsaved instance, or with `when`
     `INSERT INTO t (…) SELECT … WHERE when` (a row that goes in only if `when` holds).
-    `ignore_conflicts`: ON CONFLICT DO NOTHING."""
+    `ignore_conflicts`: ON CONFLICT DO NOTHING. `db`: the default connection, for a
+    caller that already has it."""
     model = type(obj)
     # The connection itself, not the proxy: every field asks it something.
-    db = connections[DEFAULT_DB_ALIAS]
+    db = db or connections[DEFAULT_DB_ALIAS]
     plan = _plan(model, db)
     if plan is None:
         return _insert_with_compiler(obj, when=when, ignore_conflicts=ignore_conflicts)
@@ -176,6 +184,10 @@ def insert_sql(obj, *, when: str | None = None, ignore_conflicts: bool = False) 
             else:
                 shape.append(None)
                 params.append(value)
+        elif column.takes_str_subclasses and issubclass(kind, str):
+            column.kept = column.kept | {kind}
+            shape.append(None)
+            params.append(value)
         elif hasattr(value, "resolve_expression") and kind is not RawSQL:
             return _insert_with_compiler(obj, when=when, ignore_conflicts=ignore_conflicts)
         else:
@@ -202,8 +214,9 @@ def insert_select_sql(rows: list[tuple[object, str]]) -> list[tuple[str, list]]:
     table whether or not a row goes in: the handover's two activities and its two
     possible outbox messages cost two steps, not four."""
     tables: dict[str, tuple[list, list]] = {}
+    db = connections[DEFAULT_DB_ALIAS]
     for obj, when in rows:
-        sql, params = insert_sql(obj, when=when)
+        sql, params = insert_sql(obj, when=when, db=db)
         # The head ends with the column list; quoted names cannot hold ") SELECT ".
         head, _, row = sql.partition(") SELECT ")
         bodies, table_params = tables.setdefault(head, ([], []))
@@ -261,7 +274,9 @@ _constructions: dict = {}
 
 @dataclass(frozen=True)
 class _Construction:
-    fields: list  # (name, attname, the forward foreign key or None, field), in order
+    # (name, attname, the forward foreign key or None, its default), in field order; the
+    # default is a value, or a _DefaultCall to make it for each row.
+    fields: list
     attnames: tuple
     # Every field's attribute is Django's plain one (a foreign key's id included): set
     # on a new instance it only stores the value, so the values can go into its
@@ -270,6 +285,24 @@ class _Construction:
 
 
 _PLAIN_ATTRIBUTES = (DeferredAttribute, ForeignKeyDeferredAttribute)
+
+
+@dataclass(frozen=True)
+class _DefaultCall:
+    make: object
+
+
+def _default_of(field):
+    """What `field.get_default()` gives, as a value when it gives the same one every
+    time (no default: None or ""; a default that is not callable: that object, as
+    Django hands out), else a _DefaultCall of the function that makes it."""
+    if type(field).get_default not in (models.Field.get_default, models.ForeignKey.get_default):
+        return _DefaultCall(field.get_default)  # a field's own idea of a default
+    if not field.has_default() and field.db_default is models.NOT_PROVIDED:
+        return field.get_default()  # None, or "" for a string that may not be NULL
+    if not callable(field.default) and type(field).get_default is models.Field.get_default:
+        return field.default
+    return _DefaultCall(field.get_default)
 
 
 def _construction(model) -> _Construction:
@@ -282,7 +315,7 @@ def _construction(model) -> _Construction:
                     field.name,
                     field.attname,
                     field if isinstance(field, models.ForeignKey) else None,
-                    field,
+                    _default_of(field),
                 )
                 for field in fields
             ],
@@ -305,7 +338,7 @@ def new_row(model, /, **values):
     the related instance (checked and cached on the row, as its descriptor does)."""
     plan = _construction(model)
     args, related = [], []
-    for name, attname, foreign_key, field in plan.fields:
+    for name, attname, foreign_key, default in plan.fields:
         if attname in values:
             args.append(values.pop(attname))
         elif foreign_key is not None and name in values:
@@ -318,11 +351,13 @@ def new_row(model, /, **values):
             related.append((foreign_key, target))
             key = foreign_key.target_field.attname
             args.append(None if target is None else getattr(target, key))
+        elif type(default) is _DefaultCall:
+            args.append(default.make())
         else:
-            args.append(field.get_default())
+            args.append(default)
     if values:
         raise TypeError(f"{model.__name__} has no fields {', '.join(sorted(values))}")
-    if plan.plain and not (pre_init.has_listeners(model) or post_init.has_listeners(model)):
+    if plan.plain and not (_listened(pre_init, model) or _listened(post_init, model)):
         row = model.__new__(model)
         row._state = ModelState()
         row.__dict__.update(zip(plan.attnames, args, strict=True))
@@ -336,3 +371,8 @@ def new_row(model, /, **values):
                 target._state.db = router.db_for_write(type(target), instance=row)
         foreign_key.set_cached_value(row, target)
     return row
+
+
+def _listened(signal, model) -> bool:
+    # Nobody connected at all, the common case, is a look at a list.
+    return bool(signal.receivers) and signal.has_listeners(model)

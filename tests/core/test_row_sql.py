@@ -9,10 +9,12 @@ from django.db import connection, models
 from django.db.models import Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Lower
+from django.test.utils import isolate_apps
 
 from audit.models import ActivityLog
 from core import row_sql
-from tests.factories import TenantFactory, UserFactory
+from inbox.models import Channel, SessionNotice
+from tests.factories import MembershipFactory, TenantFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -217,6 +219,48 @@ def test_new_row_is_the_row_keyword_construction_builds():
     assert built.tenant is tenant and built.team is None  # cached, no query to read them
     assert built._state.adding and built._state.db == expected._state.db
     assert built.pk != row_sql.new_row(InboxSession, tenant=tenant, **values).pk
+
+
+def test_new_row_gives_every_row_its_own_callable_default_and_the_fixed_ones():
+    tenant = TenantFactory()
+    first = row_sql.new_row(ActivityLog, tenant=tenant, action="a")
+    second = row_sql.new_row(ActivityLog, tenant=tenant, action="a")
+    assert first.data == {} and first.data is not second.data  # default=dict, called
+    assert first.target_label == "" and first.actor_id is None  # no default: "" or NULL
+    notice = row_sql.new_row(SessionNotice, tenant=tenant, kind="session_assigned")
+    assert notice.is_read is False  # default=False
+
+
+@isolate_apps("audit")
+def test_new_row_takes_a_foreign_keys_default_instance_by_its_key():
+    from teams.models import Tenant
+
+    default = Tenant(name="Default", slug="default")
+
+    class Row(models.Model):  # noqa: DJ008
+        tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, default=default)
+
+        class Meta:
+            app_label = "audit"
+
+    assert row_sql.new_row(Row).tenant_id == default.pk == Row().tenant_id
+
+
+def test_choices_members_and_booleans_are_written_as_django_would_write_them():
+    from inbox.models import InboxSession
+
+    tenant = TenantFactory()
+    session = row_sql.new_row(
+        InboxSession, tenant=tenant, contact_id="c", channel=Channel.WEBCHAT, context={}
+    )
+    for _ in range(2):  # the second time the member's class is known to pass as it is
+        assert Channel.WEBCHAT in row_sql.insert_sql(session)[1]
+    run(*row_sql.insert_sql(session))
+    assert InboxSession.objects.for_tenant(tenant).get().channel == "webchat"
+    notice = row_sql.new_row(SessionNotice, tenant=tenant, session=session, is_read=True)
+    notice.recipient = MembershipFactory(tenant=tenant)
+    run(*row_sql.insert_sql(notice))
+    assert SessionNotice.objects.for_tenant(tenant).get().is_read is True
 
 
 def test_new_row_takes_a_foreign_key_by_id_or_by_instance():

@@ -113,6 +113,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # A connection whose server falls silent (its host gone, a network that drops every
+    # packet, a failover that leaves the old address dark) is given up within seconds,
+    # not the kernel's quarter of an hour: TCP keepalives probe it while a query waits
+    # for its answer, and tcp_user_timeout bounds how long what was sent may go
+    # unacknowledged. A slow query is not cut: a busy server's kernel still answers.
+    # The request then answers 503 like any outage, within gunicorn's 30 s even when
+    # the connection's health check finds it dead first (15 s) and a new one waits out
+    # connect_timeout (5 s); a worker's task fails and is retried.
+    for option, value in {
+        "keepalives": 1,
+        "keepalives_idle": env.int("DB_KEEPALIVES_IDLE_SECONDS", default=5),
+        "keepalives_interval": env.int("DB_KEEPALIVES_INTERVAL_SECONDS", default=3),
+        "keepalives_count": env.int("DB_KEEPALIVES_COUNT", default=3),
+        "tcp_user_timeout": env.int("DB_TCP_USER_TIMEOUT_MS", default=15_000),
+    }.items():
+        DATABASES["default"]["OPTIONS"].setdefault(option, value)
     # Values travel apart from the SQL (server-side binding) and a statement a connection
     # runs again and again is parsed and planned once (psycopg prepares it on its 5th
     # run): the handover's pick and inserts, the outbox's claim. Planning was a third of

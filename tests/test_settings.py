@@ -132,6 +132,25 @@ def test_each_url_switches_only_its_own_part(env_vars, engine, broker_url, alway
     assert loaded["always_eager"] is always_eager
 
 
+def test_a_silent_database_connection_is_given_up_within_gunicorns_timeout():
+    loaded = _load_settings(DATABASE_URL=POSTGRES_URL)
+    options = loaded["options"]
+    assert (options["keepalives"], options["tcp_user_timeout"]) == (1, 15_000)
+    found_dead = (
+        options["keepalives_idle"] + options["keepalives_interval"] * options["keepalives_count"]
+    )
+    # The health check finds it dead, a new connection waits out connect_timeout: < 30 s.
+    assert max(found_dead, options["tcp_user_timeout"] / 1000) + options["connect_timeout"] < 30
+
+    tuned = _load_settings(
+        DATABASE_URL=f"{POSTGRES_URL}?keepalives_idle=60",
+        DB_TCP_USER_TIMEOUT_MS="5000",
+        DB_KEEPALIVES_COUNT="2",
+    )["options"]
+    assert (tuned["keepalives_idle"], tuned["tcp_user_timeout"]) == (60, 5000)
+    assert tuned["keepalives_count"] == 2
+
+
 def test_prepared_statements_turn_off_for_a_pooler_in_transaction_mode():
     loaded = _load_settings(DATABASE_URL=POSTGRES_URL, DB_PREPARED_STATEMENTS="false")
 

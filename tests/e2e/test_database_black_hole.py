@@ -1,0 +1,214 @@
+"""A database that falls silent in the middle of a connection: its packets dropped, no
+reset, no refusal (a host gone, a cable pulled, a failover that leaves the old address
+dark). What a caller notices: the query fails within seconds (the request answers 503,
+a worker's task fails and is retried) instead of waiting for the kernel to give up a
+quarter of an hour later. config/settings.py sets libpq's TCP keepalives (they find a
+connection dead while a query waits for its answer) and tcp_user_timeout (it bounds how
+long a query sent may go unacknowledged).
+
+The silence is real: the client runs in a network namespace of its own and reaches
+PostgreSQL over a veth pair through a forwarder; taking the root side of the pair down
+drops every packet both ways. Needs root and iproute2 (`ip`), as CI has (REQUIRE_NETNS=1
+there: missing, the run fails rather than skips).
+"""
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+
+import pytest
+from django.conf import settings
+
+from tests.e2e.processes import backends, base_env, database_url_for_tests, pg_connect
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+if os.geteuid() != 0 or shutil.which("ip") is None:
+    MISSING = "needs root and iproute2 (`ip`) to make a network namespace"
+    if os.environ.get("REQUIRE_NETNS") == "1":  # CI sets it: never skipped there
+        raise RuntimeError(f"REQUIRE_NETNS=1, but this test {MISSING}.")
+    pytest.skip(MISSING, allow_module_level=True)
+
+# The client's settings for the test: a dead connection is found in about 2 s.
+FAST_DETECTION = {
+    "DB_KEEPALIVES_IDLE_SECONDS": "1",
+    "DB_KEEPALIVES_INTERVAL_SECONDS": "1",
+    "DB_KEEPALIVES_COUNT": "2",
+    "DB_TCP_USER_TIMEOUT_MS": "2000",
+}
+# Found dead within this long after the silence began (the settings above allow about
+# 3 s; the kernel alone would wait many minutes).
+NOTICED_WITHIN = 10
+CLIENT_TIMEOUT = 40  # then the client is killed and the test fails
+
+CLIENT = r"""
+import os, sys, time
+import django
+django.setup()
+from django.db import OperationalError, connection
+
+def step(text):
+    print(text, flush=True)
+
+with connection.cursor() as cursor:
+    cursor.execute("SELECT 1")
+step("connected")
+sys.stdin.readline()  # the test has made the network silent
+started = time.monotonic()
+try:
+    with connection.cursor() as cursor:
+        cursor.execute(os.environ["SILENT_QUERY"])
+        cursor.fetchall()
+except OperationalError as error:
+    step(f"failed after {time.monotonic() - started:.1f} s: {type(error).__name__}")
+else:
+    step("answered")
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+class SilentLink:
+    """A network namespace whose only way out is a veth pair to a forwarder on the root
+    side (`address`:`port`, forwarding to the test database). `silence()` takes the
+    root side down: packets are dropped both ways, nobody is told."""
+
+    def __init__(self):
+        tag = uuid.uuid4().hex[:6]
+        self.namespace, self.outer, inner = f"hb{tag}", f"hb{tag}o", f"hb{tag}i"
+        octet = int(tag[:2], 16) % 250 + 1
+        self.address, client = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        _ip("netns", "add", self.namespace)
+        try:
+            _ip("link", "add", self.outer, "type", "veth", "peer", "name", inner)
+            _ip("link", "set", inner, "netns", self.namespace)
+            _ip("addr", "add", f"{self.address}/30", "dev", self.outer)
+            _ip("link", "set", self.outer, "up")
+            inside = ["netns", "exec", self.namespace, "ip"]
+            _ip(*inside, "addr", "add", f"{client}/30", "dev", inner)
+            _ip(*inside, "link", "set", inner, "up")
+            _ip(*inside, "link", "set", "lo", "up")
+        except Exception:
+            self.close()
+            raise
+        self.listener = socket.create_server((self.address, 0))
+        self.port = self.listener.getsockname()[1]
+        db = settings.DATABASES["default"]
+        self.upstream = (db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+
+    def silence(self) -> None:
+        _ip("link", "set", self.outer, "down")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.listener.close()
+        with contextlib.suppress(Exception):
+            _ip("netns", "del", self.namespace)  # the pair goes with its inner side
+        with contextlib.suppress(Exception):
+            _ip("link", "del", self.outer)
+
+
+CLIENT_NAME = "black-hole-client"
+
+
+@pytest.fixture
+def silent_link():
+    link = SilentLink()
+    yield link
+    link.close()
+    # The server side of a silenced connection lives on until its own keepalives give
+    # up: ended here, so that the test database can be dropped.
+    with pg_connect() as conn:
+        for pid in backends(conn, CLIENT_NAME):
+            conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+def run_client(link: SilentLink, query: str, *, silence_after: float = 0.0) -> str:
+    """The client's last line: how its query on the silenced connection ended."""
+    url = database_url_for_tests(application_name=CLIENT_NAME)
+    host_and_port = url.split("@", 1)[1].split("/", 1)[0]
+    url = url.replace(f"@{host_and_port}/", f"@{link.address}:{link.port}/", 1)
+    env = base_env(
+        DATABASE_URL=url,
+        DJANGO_SETTINGS_MODULE="config.settings",
+        SILENT_QUERY=query,
+        LOG_LEVEL="WARNING",
+        **FAST_DETECTION,
+    )
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", link.namespace, sys.executable, "-c", CLIENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=settings.BASE_DIR,
+    )
+    try:
+        lines = []
+        while not lines or lines[-1] != "connected":
+            line = client.stdout.readline()
+            assert line, f"the client ended before connecting: {''.join(lines)}"
+            lines.append(line.strip())
+        if silence_after:
+            client.stdin.write("\n")
+            client.stdin.flush()
+            threading.Event().wait(silence_after)  # the query is on its way, or waiting
+            link.silence()
+        else:
+            link.silence()
+            client.stdin.write("\n")
+            client.stdin.flush()
+        output, _ = client.communicate(timeout=CLIENT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        client.communicate()
+        pytest.fail(f"the client still waited for the silent database after {CLIENT_TIMEOUT} s")
+    last = output.strip().splitlines()[-1] if output.strip() else ""
+    return last
+
+
+def seconds_of(line: str) -> float:
+    assert line.startswith("failed after "), line
+    return float(line.split()[2])
+
+
+def test_a_query_sent_into_silence_fails_within_seconds(silent_link):
+    # The query leaves after the network fell silent: it is never acknowledged.
+    line = run_client(silent_link, "SELECT 1")
+    print(line)
+    assert line.endswith("OperationalError"), line
+    assert seconds_of(line) < NOTICED_WITHIN
+
+
+def test_a_query_waiting_for_its_answer_when_silence_falls_fails_within_seconds(silent_link):
+    # The server has the query (acknowledged) and is busy with it when the network
+    # falls silent: nothing is left unacknowledged, only keepalives can tell.
+    line = run_client(silent_link, "SELECT pg_sleep(30)", silence_after=1.0)
+    print(line)
+    assert line.endswith("OperationalError"), line
+    assert seconds_of(line) < 1.0 + NOTICED_WITHIN

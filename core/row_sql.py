@@ -213,19 +213,39 @@ def insert_select_sql(rows: list[tuple[object, str]]) -> list[tuple[str, list]]:
     of one statement, each INSERT is a step that opens and locks every index of its
     table whether or not a row goes in: the handover's two activities and its two
     possible outbox messages cost two steps, not four."""
-    tables: dict[str, tuple[list, list]] = {}
+    tables: dict[str, tuple[type, list, list]] = {}
     db = connections[DEFAULT_DB_ALIAS]
     for obj, when in rows:
+        if not when:
+            raise ValueError("insert_select_sql needs each row's condition")
         sql, params = insert_sql(obj, when=when, db=db)
         # The head ends with the column list; quoted names cannot hold ") SELECT ".
         head, _, row = sql.partition(") SELECT ")
-        bodies, table_params = tables.setdefault(head, ([], []))
+        _, bodies, table_params = tables.setdefault(head, (type(obj), [], []))
         bodies.append(f"SELECT {row}")
         table_params += params
-    return [
-        (f"{head}) {' UNION ALL '.join(bodies)}", params)
-        for head, (bodies, params) in tables.items()
-    ]
+    statements = []
+    for head, (model, bodies, params) in tables.items():
+        if len(bodies) > 1 and db.vendor == "postgresql":
+            # A UNION types a column from its branches before the INSERT sees it: one
+            # untyped parameter per branch would be text, which a uuid or jsonb column
+            # refuses. A first branch of typed NULLs that yields no row gives every
+            # column its own type (and a varchar its length).
+            bodies.insert(0, _typed_nulls(model, db))
+        statements.append((f"{head}) {' UNION ALL '.join(bodies)}", params))
+    return statements
+
+
+def _typed_nulls(model, db) -> str:
+    key = ("typed nulls", model, db.vendor)
+    return _remember(
+        key,
+        lambda: (
+            "SELECT "
+            + ", ".join(_null_sql(field, db) for field in model._meta.local_concrete_fields)
+            + " WHERE false"
+        ),
+    )
 
 
 def _insert_with_compiler(obj, *, when, ignore_conflicts) -> tuple[str, list]:

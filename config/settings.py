@@ -116,11 +116,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A connection whose server falls silent (its host gone, a network that drops every
     # packet, a failover that leaves the old address dark) is given up within seconds,
     # not the kernel's quarter of an hour: TCP keepalives probe it while a query waits
-    # for its answer, and tcp_user_timeout bounds how long what was sent may go
-    # unacknowledged. A slow query is not cut: a busy server's kernel still answers.
-    # The request then answers 503 like any outage, within gunicorn's 30 s even when
-    # the connection's health check finds it dead first (15 s) and a new one waits out
-    # connect_timeout (5 s); a worker's task fails and is retried.
+    # for its answer, and tcp_user_timeout bounds how long what was sent, or a probe,
+    # may go unanswered (on Linux it then decides, not keepalives_count: with these
+    # values the first probe after 15 s ends it, at about 17 s). A slow query is not
+    # cut: a busy server's kernel still answers. The request answers 503 like any
+    # outage, within gunicorn's 30 s also when the connection is found dead first (by
+    # its health check, or in a transaction whose end reconnects) and a new one waits
+    # out connect_timeout: about 22 s. A worker's task fails and is retried.
+    # A live server that stops reading for longer than tcp_user_timeout (a backend
+    # blocked on a lock while megabytes of a pipelined batch queue up) ends the
+    # connection too: that batch fails and is retried.
     for option, value in {
         "keepalives": 1,
         "keepalives_idle": env.int("DB_KEEPALIVES_IDLE_SECONDS", default=5),

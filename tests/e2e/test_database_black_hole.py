@@ -15,6 +15,7 @@ there: missing, the run fails rather than skips).
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -83,8 +84,14 @@ class SilentLink:
     def __init__(self):
         tag = uuid.uuid4().hex[:6]
         self.namespace, self.outer, inner = f"hb{tag}", f"hb{tag}o", f"hb{tag}i"
-        octet = int(tag[:2], 16) % 250 + 1
-        self.address, client = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        # One of the 16,384 /30 networks of 10.213.0.0/16: two runs on one machine
+        # rarely meet, and a clash fails loudly (`ip addr add`), never quietly.
+        base = (int(tag, 16) % 16384) * 4
+        network = f"10.213.{base // 256}.{base % 256}"
+        prefix = network.rsplit(".", 1)[0]
+        self.address, client = f"{prefix}.{base % 256 + 1}", f"{prefix}.{base % 256 + 2}"
+        self.sockets: list[socket.socket] = []
+        self.listener = None
         _ip("netns", "add", self.namespace)
         try:
             _ip("link", "add", self.outer, "type", "veth", "peer", "name", inner)
@@ -95,10 +102,10 @@ class SilentLink:
             _ip(*inside, "addr", "add", f"{client}/30", "dev", inner)
             _ip(*inside, "link", "set", inner, "up")
             _ip(*inside, "link", "set", "lo", "up")
+            self.listener = socket.create_server((self.address, 0))
         except Exception:
             self.close()
             raise
-        self.listener = socket.create_server((self.address, 0))
         self.port = self.listener.getsockname()[1]
         db = settings.DATABASES["default"]
         self.upstream = (db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432))
@@ -108,9 +115,12 @@ class SilentLink:
         while True:
             try:
                 client, _ = self.listener.accept()
+                self.sockets.append(client)
+                server = socket.create_connection(self.upstream, timeout=5)
+                server.settimeout(None)
+                self.sockets.append(server)
             except OSError:
                 return
-            server = socket.create_connection(self.upstream)
             for source, target in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
 
@@ -124,8 +134,12 @@ class SilentLink:
         _ip("link", "set", self.outer, "down")
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.listener.close()
+        # shutdown() wakes the threads blocked in accept() and recv() on them.
+        for sock in [self.listener, *self.sockets]:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
         with contextlib.suppress(Exception):
             _ip("netns", "del", self.namespace)  # the pair goes with its inner side
         with contextlib.suppress(Exception):
@@ -168,11 +182,14 @@ def run_client(link: SilentLink, query: str, *, silence_after: float = 0.0) -> s
         env=env,
         cwd=settings.BASE_DIR,
     )
+    # Whatever happens below, the client does not outlive CLIENT_TIMEOUT or the test.
+    watchdog = threading.Timer(CLIENT_TIMEOUT, client.kill)
+    watchdog.start()
     try:
         lines = []
         while not lines or lines[-1] != "connected":
             line = client.stdout.readline()
-            assert line, f"the client ended before connecting: {''.join(lines)}"
+            assert line, f"the client ended before the query: {' | '.join(lines)}"
             lines.append(line.strip())
         if silence_after:
             client.stdin.write("\n")
@@ -183,13 +200,14 @@ def run_client(link: SilentLink, query: str, *, silence_after: float = 0.0) -> s
             link.silence()
             client.stdin.write("\n")
             client.stdin.flush()
-        output, _ = client.communicate(timeout=CLIENT_TIMEOUT)
-    except subprocess.TimeoutExpired:
+        output, _ = client.communicate()
+    finally:
+        watchdog.cancel()
         client.kill()
-        client.communicate()
+        client.wait()
+    if client.returncode == -signal.SIGKILL:
         pytest.fail(f"the client still waited for the silent database after {CLIENT_TIMEOUT} s")
-    last = output.strip().splitlines()[-1] if output.strip() else ""
-    return last
+    return output.strip().splitlines()[-1] if output.strip() else ""
 
 
 def seconds_of(line: str) -> float:

@@ -158,16 +158,13 @@ def _plan(model, db) -> list[_Column] | None:
     return plan
 
 
-def insert_sql(
-    obj, *, when: str | None = None, ignore_conflicts: bool = False, db=None
-) -> tuple[str, list]:
+def insert_sql(obj, *, when: str | None = None, ignore_conflicts: bool = False) -> tuple[str, list]:
     """`INSERT INTO t (…) VALUES (…)` for one unsaved instance, or with `when`
     `INSERT INTO t (…) SELECT … WHERE when` (a row that goes in only if `when` holds).
-    `ignore_conflicts`: ON CONFLICT DO NOTHING. `db`: the default connection, for a
-    caller that already has it."""
+    `ignore_conflicts`: ON CONFLICT DO NOTHING."""
     model = type(obj)
     # The connection itself, not the proxy: every field asks it something.
-    db = db or connections[DEFAULT_DB_ALIAS]
+    db = connections[DEFAULT_DB_ALIAS]
     plan = _plan(model, db)
     if plan is None:
         return _insert_with_compiler(obj, when=when, ignore_conflicts=ignore_conflicts)
@@ -204,48 +201,6 @@ def insert_sql(
         return head + body + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
 
     return _remember(key, build), params
-
-
-def insert_select_sql(rows: list[tuple[object, str]]) -> list[tuple[str, list]]:
-    """Unsaved instances, each with the condition under which it goes in (`when`), as
-    INSERT … SELECT statements, one per table: `INSERT INTO t (…) SELECT … WHERE c1
-    UNION ALL SELECT … WHERE c2`, in the order the tables first appear. Written as CTEs
-    of one statement, each INSERT is a step that opens and locks every index of its
-    table whether or not a row goes in: the handover's two activities and its two
-    possible outbox messages cost two steps, not four."""
-    tables: dict[str, tuple[type, list, list]] = {}
-    db = connections[DEFAULT_DB_ALIAS]
-    for obj, when in rows:
-        if not when:
-            raise ValueError("insert_select_sql needs each row's condition")
-        sql, params = insert_sql(obj, when=when, db=db)
-        # The head ends with the column list; quoted names cannot hold ") SELECT ".
-        head, _, row = sql.partition(") SELECT ")
-        _, bodies, table_params = tables.setdefault(head, (type(obj), [], []))
-        bodies.append(f"SELECT {row}")
-        table_params += params
-    statements = []
-    for head, (model, bodies, params) in tables.items():
-        if len(bodies) > 1 and db.vendor == "postgresql":
-            # A UNION types a column from its branches before the INSERT sees it: one
-            # untyped parameter per branch would be text, which a uuid or jsonb column
-            # refuses. A first branch of typed NULLs that yields no row gives every
-            # column its own type (and a varchar its length).
-            bodies.insert(0, _typed_nulls(model, db))
-        statements.append((f"{head}) {' UNION ALL '.join(bodies)}", params))
-    return statements
-
-
-def _typed_nulls(model, db) -> str:
-    key = ("typed nulls", model, db.vendor)
-    return _remember(
-        key,
-        lambda: (
-            "SELECT "
-            + ", ".join(_null_sql(field, db) for field in model._meta.local_concrete_fields)
-            + " WHERE false"
-        ),
-    )
 
 
 def _insert_with_compiler(obj, *, when, ignore_conflicts) -> tuple[str, list]:

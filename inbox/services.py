@@ -28,7 +28,7 @@ from core import log_context
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
 from core.locking import first_locked
-from core.row_sql import insert_select_sql, insert_sql, new_row
+from core.row_sql import insert_sql, new_row
 from inbox.channels import confirmation_sender
 from inbox.models import (
     ONE_OPEN_SESSION_PER_CONTACT,
@@ -431,7 +431,8 @@ def _new_session_ctes(
         output_field=_SPLICED,
     )
     row.team = decision.team or candidate.team
-    inserts = [(row, ASSIGNED_WHEN)] + [(other, ASSIGNED_WHEN) for other in rows]
+    statements = [insert_sql(row, when=ASSIGNED_WHEN)]
+    statements += [insert_sql(other, when=ASSIGNED_WHEN) for other in rows]
     data = {
         "strategy": decision.strategy,
         "tier": decision.tier,
@@ -446,17 +447,16 @@ def _new_session_ctes(
         [json.dumps(data)],
         output_field=_SPLICED,
     )
-    inserts.append((activity, ASSIGNED_WHEN))
+    statements.append(insert_sql(activity, when=ASSIGNED_WHEN))
     # The agent's notice, and its email if the agent asked for emails (inbox.notices).
     notice = session_notice(candidate, None, kind=SessionNoticeKind.SESSION_ASSIGNED)
     notice.recipient_id = ROUTED_AGENT_ID
     email = notice_email(notice, ROUTED_AGENT_EMAIL)
-    inserts.append((email, EMAILED_WHEN))
+    statements.append(insert_sql(email, when=EMAILED_WHEN))
     notice.email_message_id = RawSQL(  # noqa: S611
         f"CASE WHEN {EMAILED_WHEN} THEN %s::uuid END", [email.pk], output_field=_SPLICED
     )
-    inserts.append((notice, ASSIGNED_WHEN))
-    statements = insert_select_sql(inserts)
+    statements.append(insert_sql(notice, when=ASSIGNED_WHEN))
     return row, [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
 

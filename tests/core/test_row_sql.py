@@ -64,49 +64,6 @@ def test_a_raw_sql_value_is_spliced_in_with_its_own_parameters():
     assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).target_label == "left-right"
 
 
-def test_insert_select_sql_writes_a_tables_rows_in_one_statement_each_under_its_condition():
-    tenant = TenantFactory()
-    user = UserFactory()
-    kept = activity(tenant, action="kept", actor_user=user)  # a user here, a NULL below
-    skipped = activity(tenant, action="skipped")
-    spliced = activity(tenant, action="spliced", data={"n": 2})
-    spliced.target_label = RawSQL("SELECT %s || '-' || %s", ["left", "right"])
-    other_table = TenantFactory.build(name="Other", slug="other-table")
-    statements = row_sql.insert_select_sql(
-        [(kept, "1 = 1"), (other_table, "1 = 1"), (skipped, "1 = 0"), (spliced, "1 = 1")]
-    )
-
-    # The activities' rows are one statement (before the tenant's: first seen first).
-    assert len(statements) == 2
-    assert statements[0][0].count('INSERT INTO "audit_activitylog"') == 1
-    assert [run(*statement) for statement in statements] == [2, 1]
-    saved = {a.action: a for a in ActivityLog.objects.for_tenant(tenant)}
-    assert set(saved) == {"kept", "spliced"}
-    assert saved["kept"].actor_user_id == user.pk and saved["kept"].data == {"n": 1}
-    assert saved["spliced"].target_label == "left-right" and saved["spliced"].data == {"n": 2}
-    assert saved["spliced"].actor_user_id is None
-
-
-@pytest.mark.postgres
-def test_insert_select_sql_gives_untyped_values_of_several_rows_their_columns_types():
-    # Alone, an untyped parameter takes its column's type; in a UNION it would be text,
-    # which a jsonb (or uuid) column refuses.
-    tenant = TenantFactory()
-    rows = [activity(tenant, action=f"a{n}") for n in range(2)]
-    for n, row in enumerate(rows):
-        row.data = RawSQL("%s", [f'{{"n": {n}}}'])
-        row.tenant_id = RawSQL("%s", [str(tenant.pk)])
-    ((sql, params),) = row_sql.insert_select_sql([(row, "1 = 1") for row in rows])
-    assert run(sql, params) == 2
-    saved = ActivityLog.objects.for_tenant(tenant).order_by("action")
-    assert [a.data for a in saved] == [{"n": 0}, {"n": 1}]
-
-
-def test_insert_select_sql_refuses_a_row_without_a_condition():
-    with pytest.raises(ValueError, match="condition"):
-        row_sql.insert_select_sql([(activity(TenantFactory()), "")])
-
-
 def test_ignore_conflicts_skips_a_row_whose_key_is_taken():
     tenant = TenantFactory()
     row = activity(tenant, action="first")

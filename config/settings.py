@@ -122,7 +122,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # cut: a busy server's kernel still answers. The request answers 503 like any
     # outage, within gunicorn's 30 s also when the connection is found dead first (by
     # its health check, or in a transaction whose end reconnects) and a new one waits
-    # out connect_timeout: about 22 s. A worker's task fails and is retried.
+    # out connect_timeout: about 22 s. A worker's task fails rather than hangs.
     # A live server that stops reading for longer than tcp_user_timeout (a backend
     # blocked on a lock while megabytes of a pipelined batch queue up) ends the
     # connection too: that batch fails and is retried.

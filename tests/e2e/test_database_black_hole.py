@@ -16,7 +16,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import pytest
 from django.conf import settings
 
 from tests.e2e.processes import (
+    TcpProxy,
     backends,
     base_env,
     database_url_for_tests,
@@ -105,11 +105,8 @@ class SilentLink:
                 break
         self.namespace, self.outer, inner = f"hb{tag}", f"hb{tag}o", f"hb{tag}i"
         self.address, client = f"{prefix}.{base % 256 + 1}", f"{prefix}.{base % 256 + 2}"
-        self.client = client
-        self.sockets: list[socket.socket] = []
-        self.listener = None
-        _ip("netns", "add", self.namespace)
         try:
+            _ip("netns", "add", self.namespace)
             _ip("link", "add", self.outer, "type", "veth", "peer", "name", inner)
             _ip("link", "set", inner, "netns", self.namespace)
             _ip("addr", "add", f"{self.address}/30", "dev", self.outer)
@@ -118,51 +115,20 @@ class SilentLink:
             _ip(*inside, "addr", "add", f"{client}/30", "dev", inner)
             _ip(*inside, "link", "set", inner, "up")
             _ip(*inside, "link", "set", "lo", "up")
-            self.listener = socket.create_server((self.address, 0))
+            db = settings.DATABASES["default"]
+            upstream = (db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432))
+            self.proxy = TcpProxy(upstream, host=self.address)
         except Exception:
             self.close()
             raise
-        self.port = self.listener.getsockname()[1]
-        db = settings.DATABASES["default"]
-        self.upstream = (db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, (address, _) = self.listener.accept()
-            except OSError:
-                return  # closed
-            self.sockets.append(client)
-            if address != self.client:  # only the namespace's client is forwarded
-                client.close()
-                continue
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            self.sockets.append(server)
-            for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, target: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                target.sendall(data)
+        self.port = self.proxy.port
 
     def silence(self) -> None:
         _ip("link", "set", self.outer, "down")
 
     def close(self) -> None:
-        # shutdown() wakes the threads blocked in accept() and recv() on them.
-        for sock in [self.listener, *self.sockets]:
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
+        if getattr(self, "proxy", None) is not None:
+            self.proxy.close()
         with contextlib.suppress(Exception):
             _ip("netns", "del", self.namespace)  # the pair goes with its inner side
         with contextlib.suppress(Exception):

@@ -9,9 +9,6 @@ whose connection was cut in the middle of its transaction. A broker that cannot 
 reached costs a handover nothing.
 """
 
-import contextlib
-import socket
-import threading
 from urllib.parse import quote
 
 import pytest
@@ -25,7 +22,7 @@ from inbox.models import HandoverRequest, InboxSession
 from outbox.models import OutboundMessage
 from teams.models import Role
 from teams.services import create_api_key
-from tests.e2e.processes import free_port, processes, wait_until
+from tests.e2e.processes import TcpProxy, free_port, processes, wait_until
 from tests.factories import MembershipFactory, TenantFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -35,107 +32,6 @@ AUDIT_INSERT = b'INSERT INTO "audit_activitylog"'
 # A request during an outage must be answered within this long (a refused connection
 # fails at once; a black-holed one after the 2 s connect_timeout given to gunicorn).
 ANSWER_TIMEOUT = 15
-
-
-class TcpProxy:
-    """127.0.0.1:`port` forwarded to `upstream`, until the test says otherwise:
-
-    * `cut()`: every connection is closed and new ones are refused (nothing listens);
-    * `black_hole()`: every connection is closed; new ones are accepted, never answered;
-    * `cut_when_sent(pattern)`: `cut()` as soon as a client sends `pattern`, which is not
-      forwarded: the server sees its client vanish in the middle of a transaction;
-    * `restore()`: forwarding again.
-    """
-
-    def __init__(self, upstream: tuple[str, int]):
-        self.upstream = upstream
-        self.port = free_port()
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.black_holed = False
-        self.trigger: bytes | None = None
-        self.listener: socket.socket | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        with self.lock:
-            self.black_holed = False
-            if self.listener is not None:
-                return
-            listener = socket.socket()
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", self.port))
-            listener.listen(64)
-            self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        with self.lock:
-            listener, self.listener = self.listener, None
-        if listener is not None:
-            # shutdown() first: a bare close() leaves the accept() of another thread
-            # blocked on it, still taking connections.
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        self._close_all()
-
-    def black_hole(self) -> None:
-        with self.lock:
-            self.black_holed = True
-        self._close_all()
-
-    def cut_when_sent(self, pattern: bytes) -> None:
-        self.trigger = pattern
-
-    def close(self) -> None:
-        self.cut()
-
-    def _close_all(self) -> None:
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # cut: the listener is closed
-            with self.lock:
-                self.sockets.append(client)
-                if self.black_holed:
-                    continue  # held open, never answered
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            with self.lock:
-                self.sockets.append(server)
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, from_client: bool) -> None:
-        tail = b""
-        try:
-            while data := source.recv(65536):
-                trigger = self.trigger
-                if from_client and trigger and trigger in tail + data:
-                    self.trigger = None
-                    self.cut()
-                    return
-                tail = data[-len(trigger) :] if trigger else b""
-                target.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, target):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 def database_url_through(port: int, **options: str) -> str:

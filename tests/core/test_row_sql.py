@@ -223,6 +223,22 @@ def test_new_row_takes_a_foreign_keys_default_instance_by_its_key():
     assert row_sql.new_row(Row).tenant_id == default.pk == Row().tenant_id
 
 
+@isolate_apps("audit")
+def test_new_row_asks_a_field_with_its_own_default_for_each_row():
+    class Fresh(models.JSONField):
+        def get_default(self):
+            return ["made for this row"]
+
+    class Row(models.Model):  # noqa: DJ008
+        items = Fresh()
+
+        class Meta:
+            app_label = "audit"
+
+    first, second = row_sql.new_row(Row), row_sql.new_row(Row)
+    assert first.items == ["made for this row"] and first.items is not second.items
+
+
 def test_choices_members_and_booleans_are_written_as_django_would_write_them():
     from inbox.models import InboxSession
 

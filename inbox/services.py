@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import logging
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,10 +42,11 @@ from inbox.models import (
 from inbox.notices import notice_email, save_notices, session_notice
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import build_message, queue_messages
-from teams.models import Membership, Strategy, Team, Tenant
+from teams.models import Membership, Strategy, Team, Tenant, User
 from teams.routing import (
     ROUTED_AGENT,
     Cte,
+    PickRefused,
     RoutingDecision,
     UnassignedReason,
     route,
@@ -52,7 +54,8 @@ from teams.routing import (
 from teams.selectors import team_for_routing
 from teams.services import CounterDrift, reconcile_agent_counter
 from webhooks import events
-from webhooks.events import Event, emit
+from webhooks.events import Event, active_endpoints, emit, messages_for_events
+from webhooks.selectors import active_endpoint_exists_sql
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +306,6 @@ def session_event(session: InboxSession, event_type: str, **extra) -> Event:
         type=event_type,
         data=data,
         subject_id=str(session.pk),
-        tenant=session.tenant if InboxSession.tenant.is_cached(session) else None,
     )
 
 
@@ -470,20 +472,116 @@ def _shadow_of(session: InboxSession) -> InboxSession:
     return shadow
 
 
-def _route_new_session(candidate, team, rows, *, actor, now) -> RoutingDecision:
+# Who the pick statement chose is known only in SQL: what is written about it (the
+# webhook events' bodies, the replayed answer) is built here with this stand-in agent,
+# whose values the statement replaces in the JSON text with the routed agent's
+# (`_with_routed_agent`). The tokens are random: no contact's text can hold them.
+_STAND_IN_NAME = f"routed-agent-name-{uuid.uuid4().hex}"
+_STAND_IN_EMAIL = f"routed-agent-email-{uuid.uuid4().hex}"
+_STAND_IN_AGENT = Membership(
+    id=uuid.uuid4(), user=User(email=_STAND_IN_EMAIL, full_name=_STAND_IN_NAME)
+)
+_ROUTED_AGENT_VALUES = (
+    # (token in the JSON text, its replacement: JSON text of the routed agent's value)
+    (str(_STAND_IN_AGENT.pk), f"(SELECT id::text FROM {ROUTED_AGENT})"),  # noqa: S608
+    (
+        json.dumps(_STAND_IN_NAME),
+        f"(SELECT to_json(coalesce(nullif(user_full_name, ''), user_email))::text"  # noqa: S608
+        f" FROM {ROUTED_AGENT})",  # as User.get_full_name
+    ),
+    (json.dumps(_STAND_IN_EMAIL), f"(SELECT to_json(user_email)::text FROM {ROUTED_AGENT})"),  # noqa: S608
+)
+
+
+def _with_routed_agent(text: str) -> tuple[str, list]:
+    """SQL for `text` (JSON built with the stand-in agent) with the routed agent's id,
+    name and email in place of the stand-in's."""
+    sql, params = "%s::text", [text]
+    for token, value_sql in _ROUTED_AGENT_VALUES:
+        sql = f"replace({sql}, %s, {value_sql})"
+        params.append(token)
+    return sql, params
+
+
+def _as_given_to_stand_in(candidate: InboxSession, decision: RoutingDecision, now):
+    """The new session as the pick statement writes it if `decision` stands, given to
+    the stand-in agent."""
+    session = _shadow_of(candidate)
+    session._state.adding = False
+    session.team = decision.team or candidate.team
+    _give_session_to(session, _STAND_IN_AGENT, strategy=decision.strategy, now=now, counted=True)
+    return session
+
+
+def _outcome_ctes(
+    candidate: InboxSession,
+    decision: RoutingDecision,
+    *,
+    now,
+    new: "_NewSession",
+    endpoints: list,
+    idempotency_record: HandoverRequest | None,
+) -> list[Cte]:
+    """What a new session's handover writes about its outcome, as statements of the
+    pick: the webhook events (session.created, session.assigned) for `endpoints`, and
+    the Idempotency-Key's answer to replay. So the pool's lock is held for the one
+    statement, as without them; each runs only if somebody was picked."""
+    session = _as_given_to_stand_in(candidate, decision, now)
+    statements = []
+    happened = [
+        session_event(session, events.SESSION_CREATED),
+        session_event(session, events.SESSION_ASSIGNED, tier=decision.tier),
+    ]
+    for message in messages_for_events(happened, endpoints):
+        body_sql, body_params = _with_routed_agent(message.payload["body"])
+        message.payload = RawSQL(  # noqa: S611
+            f"jsonb_set(%s::jsonb, '{{body}}', to_jsonb({body_sql}))",
+            [json.dumps(message.payload), *body_params],
+            output_field=_SPLICED,
+        )
+        statements.append(insert_sql(message, when=ASSIGNED_WHEN))
+    if idempotency_record is not None:
+        outcome = _outcome(
+            session,
+            created=True,
+            confirmation=new.confirmation,
+            skipped_reason=new.skipped_reason,
+        )
+        body_sql, body_params = _with_routed_agent(json.dumps(outcome.body))
+        table = connection.ops.quote_name(HandoverRequest._meta.db_table)
+        statements.append(
+            (
+                f"UPDATE {table} SET session_id = %s, response_status = %s,"  # noqa: S608
+                f" response_body = ({body_sql})::jsonb WHERE id = %s AND {ASSIGNED_WHEN}",
+                [session.pk, outcome.status_code, *body_params, idempotency_record.pk],
+            )
+        )
+    return [Cte(f"outcome{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+
+
+def _route_new_session(
+    candidate, team, rows, *, actor, now, only_if=None, more=None
+) -> RoutingDecision:
     """Route a session not yet inserted, and insert it (with `rows`) in the pick
     statement when somebody is picked: the session row is written once, already
-    assigned. When nobody is picked nothing was written (`decision.attached` is False)."""
+    assigned. When nobody is picked nothing was written (`decision.attached` is False).
+    `only_if`: the pick's condition (teams.routing `route`). `more(decision)`: further
+    statements for the pick to run (`_outcome_ctes`)."""
 
     written = []
 
     def new_session_ctes(provisional: RoutingDecision):
         row, ctes = _new_session_ctes(candidate, provisional, rows, actor=actor, now=now)
         written[:] = [row]
-        return ctes
+        return ctes + (more(provisional) if more is not None else [])
 
     decision = route(
-        tenant=candidate.tenant, team=team, work="sessions", count=True, attach=new_session_ctes
+        tenant=candidate.tenant,
+        team=team,
+        work="sessions",
+        count=True,
+        attach=new_session_ctes,
+        only_if=only_if,
     )
     if decision.attached:
         # The statement wrote the session, its rows, the activity and the notice; mirror
@@ -581,6 +679,8 @@ def _handover_once(ask: HandoverAsk) -> HandoverOutcome:
         if ask.idempotency_key or ask.tenant.has_active_webhooks:
             return _handover(ask, create_in_pick=True)
         outcome = _new_session_in_one_statement(ask)
+        if outcome is None:  # the tenant has webhooks: their events go with the change
+            return _handover(ask, create_in_pick=True)
         if isinstance(outcome, HandoverOutcome):
             return outcome
         # Nobody was picked (nothing was written): the transaction records it.
@@ -641,17 +741,33 @@ def _outcome(session, *, created: bool, confirmation: str, skipped_reason) -> Ha
     return HandoverOutcome(status_code=201 if created else 200, body=body)
 
 
-def _new_session_in_one_statement(ask: HandoverAsk) -> HandoverOutcome | RoutingDecision:
+def _new_session_in_one_statement(
+    ask: HandoverAsk,
+) -> HandoverOutcome | RoutingDecision | None:
     """A new session, assigned, by the pick statement alone (outside a transaction: the
-    statement is one). When nobody was picked nothing was written: the decision."""
+    statement is one). When nobody was picked nothing was written: the decision. None
+    when the tenant has an active webhook endpoint after all (nothing was written): the
+    tenant this was chosen by (`has_active_webhooks`) can be a few seconds old (the API
+    key's cache), so the statement itself checks, and the events are not lost."""
     tenant = ask.tenant
     team = _team_of_tenant(tenant=tenant, team_id=ask.team_id) if ask.team_id else None
     now = timezone.now()
     new = _new_session(ask, team=team, now=now)
+    endpoint_sql, endpoint_params = active_endpoint_exists_sql(tenant=tenant)
     # Inside a caller's transaction, a savepoint: the failed statement of a contact with
     # an open session must not abort it.
-    with transaction.atomic() if connection.in_atomic_block else nullcontext():
-        routed = _route_new_session(new.candidate, team, new.rows, actor=ask.actor, now=now)
+    try:
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            routed = _route_new_session(
+                new.candidate,
+                team,
+                new.rows,
+                actor=ask.actor,
+                now=now,
+                only_if=(f"NOT {endpoint_sql}", endpoint_params),
+            )
+    except PickRefused:
+        return None
     if not routed.attached:
         return routed
     session = new.candidate
@@ -697,7 +813,23 @@ def _handover(
     confirmation, skipped_reason = new.confirmation, new.skipped_reason
     decided = nobody_picked
     if create_in_pick:
-        decided = _route_new_session(candidate, team, rows, actor=actor, now=now)
+        # Read before the pick: the pool's lock is held for the pick's statement alone.
+        endpoints = active_endpoints({tenant.pk})
+
+        def outcome_ctes(provisional: RoutingDecision) -> list[Cte]:
+            return _outcome_ctes(
+                candidate,
+                provisional,
+                now=now,
+                new=new,
+                endpoints=endpoints,
+                idempotency_record=idempotency_record,
+            )
+
+        decided = _route_new_session(candidate, team, rows, actor=actor, now=now, more=outcome_ctes)
+    # The pick statement wrote the session and everything about it, events and the
+    # answer to replay included.
+    written_by_pick = decided is not None and decided.attached
     if decided is not None and decided.attached:
         created, session = True, candidate
     elif may_create and _create_open_session(candidate, rows):
@@ -771,12 +903,13 @@ def _handover(
     webhook_events = [session_event(session, events.SESSION_CREATED)] if created else []
     if routed is not None:
         webhook_events.append(_routing_event(session, routed))
-    emit(webhook_events)
+    if not written_by_pick:
+        emit(webhook_events)
 
     outcome = _outcome(
         session, created=created, confirmation=confirmation, skipped_reason=skipped_reason
     )
-    if idempotency_record is not None:
+    if idempotency_record is not None and not written_by_pick:
         idempotency_record.session = session
         idempotency_record.response_status = outcome.status_code
         idempotency_record.response_body = outcome.body

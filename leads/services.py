@@ -185,7 +185,6 @@ def lead_event(lead: Lead, event_type: str, **extra) -> Event:
         type=event_type,
         data=data,
         subject_id=str(lead.pk),
-        tenant=lead.tenant if Lead.tenant.is_cached(lead) else None,
     )
 
 
@@ -1279,7 +1278,6 @@ def _emit_breach_events(stage: _Stage, leads: list) -> None:
                     "deadline": getattr(lead, stage.deadline).isoformat(),
                 },
                 subject_id=str(lead.pk),
-                tenant=lead.tenant,
             )
             for lead, data in zip(full, shown, strict=True)
         ]

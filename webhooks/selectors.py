@@ -21,3 +21,18 @@ def attempts_for_endpoint(*, tenant, endpoint_id):
         .select_related("message")
         .order_by("-attempted_at", "pk")
     )
+
+
+_ENDPOINT = WebhookEndpoint._meta
+# Read inside another statement (the handover's pick), so that what it writes and
+# whether the tenant has endpoints come from one snapshot, never from a cached tenant.
+_ACTIVE_ENDPOINT_EXISTS = (
+    f"EXISTS (SELECT 1 FROM {_ENDPOINT.db_table}"  # noqa: S608 (names from the model)
+    f" WHERE {_ENDPOINT.get_field('tenant').column} = %s"
+    f" AND {_ENDPOINT.get_field('is_active').column})"
+)
+
+
+def active_endpoint_exists_sql(*, tenant) -> tuple[str, list]:
+    """SQL (and its parameters) true when the tenant has an active endpoint."""
+    return _ACTIVE_ENDPOINT_EXISTS, [getattr(tenant, "pk", tenant)]

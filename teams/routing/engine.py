@@ -36,7 +36,11 @@ DEFAULT_TEAM_TIER = "default_team"
 # outside routing (an admin's assignment) can make it lose again.
 MAX_ATTEMPTS = 5
 
-__all__ = ["ResolvedConfig", "RoutingDecision", "resolve_config", "route"]
+__all__ = ["PickRefused", "ResolvedConfig", "RoutingDecision", "resolve_config", "route"]
+
+
+class PickRefused(Exception):
+    """The pick's `only_if` did not hold: nothing was locked or written."""
 
 
 @dataclass
@@ -105,7 +109,7 @@ def _agent_ids(ids: Sequence) -> list:
     ]
 
 
-def _pick(pool: Pool, *, tenant_id, attach, dry_run: bool, **args):
+def _pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if=None, **args):
     """The pool's agent (the statement also ran `attach`), or None.
 
     A pick that lost a race runs again. Outside a transaction (a pick statement that
@@ -115,27 +119,33 @@ def _pick(pool: Pool, *, tenant_id, attach, dry_run: bool, **args):
     and a busy pool could turn work away. In the transaction the second try at the
     latest reads a snapshot taken under the lock, and wins.
     """
-    settled = _try_pick(pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, **args)
+    settled = _try_pick(
+        pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, only_if=only_if, **args
+    )
     if settled is not None:
         return settled
     alone = connection.vendor == "postgresql" and not connection.in_atomic_block
     with transaction.atomic() if alone and not dry_run else nullcontext():
         for _ in range(MAX_ATTEMPTS - 1):
-            settled = _try_pick(pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, **args)
+            settled = _try_pick(
+                pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, only_if=only_if, **args
+            )
             if settled is not None:
                 return settled
     return None, False
 
 
-def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, **args):
+def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, **args):
     """(agent or None, whether `attach` ran) when the pick is settled; None when it is
     to run again (it lost a race, or it created the pool's cursor)."""
     if connection.vendor == "postgresql":
         ctes = attach() if attach is not None and not dry_run else []
         sql, params = picking.pick_statement(
-            pool, tenant_id=tenant_id, dry_run=dry_run, attach=ctes, **args
+            pool, tenant_id=tenant_id, dry_run=dry_run, attach=ctes, only_if=only_if, **args
         )
         result = picking.run_pick(sql, params)
+        if result.refused:
+            raise PickRefused
     else:
         ctes = []
         result = picking.pick_with_orm(pool, tenant_id=tenant_id, dry_run=dry_run, **args)
@@ -161,6 +171,7 @@ def route(
     lock_agents: bool = True,
     count: bool = False,
     attach: Callable[["RoutingDecision"], list[Cte]] | None = None,
+    only_if: tuple[str, list] | None = None,
 ) -> RoutingDecision:
     """Pick an agent for one piece of work by the team's or tenant's rules.
 
@@ -172,7 +183,9 @@ def route(
     its own order. `count=True` adds the work to the agent's counter in the pick.
     `attach(decision)` returns statements to run in the pick statement, given the
     decision as it stands if this pool's pick succeeds (PostgreSQL only;
-    `decision.attached` says whether they ran).
+    `decision.attached` says whether they ran). `only_if` (PostgreSQL only): an SQL
+    condition, with its parameters, read in each pick statement's snapshot; when it
+    does not hold, nothing is locked or written and PickRefused is raised.
     """
     del load
     now = timezone.now()
@@ -218,7 +231,9 @@ def route(
         # somebody is picked here (tier, team, the tiers tried so far).
         decision.tier, decision.team = pool.tier, pool_team
         ctes = (lambda: attach(decision)) if attach is not None else None
-        agent, attached = _pick(pool, tenant_id=tenant_id, attach=ctes, dry_run=dry_run, **args)
+        agent, attached = _pick(
+            pool, tenant_id=tenant_id, attach=ctes, dry_run=dry_run, only_if=only_if, **args
+        )
         decision.tier, decision.team = None, team
         if agent is not None:
             decision.agent, decision.tier, decision.team = agent, pool.tier, pool_team

@@ -26,9 +26,12 @@ Writing statements (CTEs, in this order of data flow):
     routing_cursor UPDATE the cursor to the agent
     + the caller's CTEs (`attach`), which read `routed_agent`
 
-The caller runs it as the last statement before COMMIT, or alone outside a transaction
-(a new handover session: every write is attached), so the cursor's lock is held for one
-statement. When the candidate lost a race (someone filled its capacity, or moved its
+A new handover session runs it alone outside a transaction, or as the last statement
+before COMMIT (every write about the outcome attached), so the cursor's lock is held for
+one statement. Other callers (routing existing work again, transfers, leads) write after
+it in their transaction and hold the lock until their COMMIT. `only_if` makes the pick
+conditional on something read in the same snapshot (the handover: no webhook endpoint).
+When the candidate lost a race (someone filled its capacity, or moved its
 load, after this statement's snapshot was taken) the statement changed nothing; the
 engine runs it again with a fresh snapshot.
 """
@@ -96,6 +99,7 @@ class PickResult:
     has_cursor: bool
     candidate_id: object
     agent: Membership | None
+    refused: bool = False  # `only_if` did not hold: nothing was locked or written
 
 
 def _counter(work: str) -> str:
@@ -203,15 +207,21 @@ def pick_statement(
     touch_agent: bool = True,
     count: bool = False,
     attach: list[Cte] = (),
+    only_if: tuple[str, list] | None = None,
 ) -> tuple[str, list]:
+    """`only_if`: an SQL condition (and its parameters) without which the statement
+    locks and writes nothing (the result says `refused`), read in the statement's own
+    snapshot."""
     counter = _counter(work)
     args = {"tenant_id": tenant_id, "strategy": strategy, "counter": counter, "exclude": exclude}
     lock = "" if dry_run else " FOR UPDATE"
+    condition, condition_params = only_if or ("true", [])
     ctes = [
         (
             "routing_lock",
-            f"SELECT last_agent_id FROM {C} WHERE tenant_id = %s AND pool_key = %s{lock}",
-            [tenant_id, pool.key],
+            f"SELECT last_agent_id FROM {C} WHERE tenant_id = %s AND pool_key = %s"
+            f" AND {condition}{lock}",
+            [tenant_id, pool.key, *condition_params],
         )
     ]
     gate = "" if dry_run else " WHERE EXISTS (SELECT 1 FROM routing_lock)"
@@ -282,18 +292,19 @@ def pick_statement(
 
     sql = "WITH " + ",\n".join(f"{name} AS ({body})" for name, body, _ in ctes)
     sql += (
-        "\nSELECT EXISTS (SELECT 1 FROM routing_lock), (SELECT id FROM routing_pick), a.*"
+        f"\nSELECT NOT ({condition}), EXISTS (SELECT 1 FROM routing_lock),"
+        " (SELECT id FROM routing_pick), a.*"
         f" FROM (SELECT 1) AS one LEFT JOIN {ROUTED_AGENT} a ON true"
     )
-    return sql, [param for _, _, params in ctes for param in params]
+    return sql, [param for _, _, params in ctes for param in params] + condition_params
 
 
 def run_pick(sql: str, params: list) -> PickResult:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    has_cursor, candidate_id, *agent_row = row
-    return PickResult(has_cursor, candidate_id, _agent_from(agent_row))
+    refused, has_cursor, candidate_id, *agent_row = row
+    return PickResult(has_cursor, candidate_id, _agent_from(agent_row), refused=refused)
 
 
 def _agent_from(values) -> Membership | None:

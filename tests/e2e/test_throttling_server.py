@@ -3,11 +3,13 @@ shared between processes) and a Redis of our own, called over HTTP with `request
 """
 
 import shutil
+import statistics
 import time
 import uuid
 
 import pytest
 import requests
+from django.test import Client
 
 from core.actor import Actor
 from teams.services import create_api_key
@@ -107,3 +109,39 @@ def test_a_redis_that_is_gone_throttles_nothing(procs):
 
     assert bad == [401] * (LIMIT + 5)
     assert call(base, valid).status_code == 200
+
+
+def test_a_hung_redis_holds_a_request_for_the_throttles_timeout_and_no_more(procs, settings):
+    """The bound: a hung cache never holds a request more than 100 ms. Production's
+    throttle cache (its options as config/settings.py makes them) against a Redis that
+    accepts connections and never answers: a request pays one timeout, not one per call
+    nor redis-py's retries. A Redis that refuses costs nothing at all. Measured in
+    process, against the same request with the Redis answering."""
+    throttle = settings.CACHES["throttle"]
+    assert throttle["BACKEND"].endswith("RedisCache"), "the production cache (REDIS_URL set)"
+    assert settings.THROTTLE_CACHE_TIMEOUT_SECONDS == 0.1
+    tenant = TenantFactory()
+    _, key = create_api_key(tenant=tenant, name="e2e", actor=Actor.system())
+    redis = procs.redis()
+    settings.CACHES = {**settings.CACHES, "throttle": {**throttle, "LOCATION": redis.url}}
+    client = Client()
+
+    def timed() -> float:
+        started = time.perf_counter()
+        response = client.get(WHOAMI, HTTP_X_API_KEY=key)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200, response.content
+        return elapsed
+
+    healthy = statistics.median([timed() for _ in range(20)][5:])
+    redis.pause()  # connections are accepted, nothing ever answers
+    try:
+        hung = [timed() - healthy for _ in range(5)]
+    finally:
+        redis.resume()
+    redis.stop()
+    refused = [timed() - healthy for _ in range(5)]
+
+    assert min(hung) >= 0.09, f"the requests did not wait on the hung Redis: {hung}"
+    assert max(hung) <= 0.15, f"a request waited longer than the 0.1 s timeout: {hung}"
+    assert max(refused) <= 0.05, f"a refusing Redis held a request: {refused}"

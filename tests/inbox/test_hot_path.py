@@ -2,6 +2,7 @@
 assigns, moves or closes a session (and repaired by reconcile_counters), the routing
 cache's lifetime, and round robin and capacity under concurrency in a 2,000-agent team."""
 
+import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from io import StringIO
@@ -197,16 +198,17 @@ def test_the_agents_notice_and_email_are_part_of_the_one_statement(
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("why", ["idempotency_key", "webhooks"])
+@pytest.mark.parametrize("why", ["idempotency_key", "webhooks", "both"])
 @pytest.mark.django_db(transaction=True)
-def test_a_handover_with_more_to_write_is_one_transaction_with_the_pick_in_it(
+def test_a_handover_with_more_to_write_locks_the_pool_for_its_last_statement_only(
     tenant, tenant_client, why
 ):
     """An Idempotency-Key (its record) or the tenant's webhooks (their messages) add
-    writes: one transaction, the pick in it once; the webhooks' within the budget."""
+    writes: one transaction, within the budget, whose last statement before COMMIT is
+    the pick (which writes them too), so the pool's lock is held for that one statement."""
     MembershipFactory(tenant=tenant)
     headers = {}
-    if why == "webhooks":
+    if why in ("webhooks", "both"):
         from webhooks.services import create_endpoint
 
         create_endpoint(
@@ -218,7 +220,7 @@ def test_a_handover_with_more_to_write_is_one_transaction_with_the_pick_in_it(
     tenant_client.post(URL, {"contactId": "warm-up"}, format="json")
 
     with CaptureQueriesContext(connection) as captured:
-        if why == "idempotency_key":
+        if why in ("idempotency_key", "both"):
             headers["HTTP_IDEMPOTENCY_KEY"] = "k-1"
         response = tenant_client.post(URL, {"contactId": "measured"}, format="json", **headers)
 
@@ -227,11 +229,55 @@ def test_a_handover_with_more_to_write_is_one_transaction_with_the_pick_in_it(
     assert statements[0] == "BEGIN" and statements[-1] == "COMMIT", statements
     assert len(statements) <= BUDGET, statements
     picks = [n for n, sql in enumerate(statements) if "routing_lock" in sql]
-    assert len(picks) == 1, statements
-    if why == "webhooks":
+    assert picks == [len(statements) - 2], statements
+    if why in ("webhooks", "both"):
         from outbox.models import OutboundMessage
 
         assert OutboundMessage.all_tenants.filter(channel="webhook").count() == 2
+    if why in ("idempotency_key", "both"):
+        replay = tenant_client.post(URL, {"contactId": "measured"}, format="json", **headers)
+        assert replay["Idempotent-Replayed"] == "true"
+        assert (replay.status_code, replay.json()) == (201, response.json())
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("full_name", ['Zoë "Z" O\'Brien \\ 東京 </script> \u2028', ""])
+@pytest.mark.django_db(transaction=True)
+def test_what_the_pick_writes_about_its_agent_is_what_the_answer_says(
+    tenant, tenant_client, full_name
+):
+    """The webhook events and the answer to replay are written by the pick statement,
+    which alone knows whom it picked: the agent's id, name (the email when there is no
+    name) and email in them are the answer's, whatever characters they hold."""
+    from outbox.models import OutboundMessage
+    from webhooks.services import create_endpoint
+
+    agent = MembershipFactory(
+        tenant=tenant, user__full_name=full_name, user__email='o\'brien+"1"@example.com'
+    )
+    create_endpoint(
+        tenant=tenant, url="https://mine.example.com/in", events=None, actor=Actor.system()
+    )
+    headers = {"HTTP_IDEMPOTENCY_KEY": "k-names"}
+
+    response = tenant_client.post(URL, {"contactId": "+49151"}, format="json", **headers)
+
+    assert response.status_code == 201, response.content
+    answer = response.json()
+    assert answer["assignedAgent"] == {
+        "id": str(agent.pk),
+        "name": full_name or agent.user.email,
+        "email": agent.user.email,
+    }
+    hooks = OutboundMessage.all_tenants.filter(channel="webhook").order_by("created_at")
+    bodies = {m.kind: json.loads(m.payload["body"]) for m in hooks}
+    assert set(bodies) == {"session.created", "session.assigned"}
+    for body in bodies.values():
+        assert body["data"]["assignedAgent"] == answer["assignedAgent"]
+        assert body["data"]["sessionId"] == answer["sessionId"]
+    replay = tenant_client.post(URL, {"contactId": "+49151"}, format="json", **headers)
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.json() == answer
 
 
 @pytest.mark.postgres

@@ -29,6 +29,7 @@ from inbox.models import InboxSession
 from leads import tasks as leads_tasks
 from leads.models import Lead, Notification
 from outbox.models import MessageStatus, OutboundMessage
+from teams import api_key_cache
 from teams.models import Role, Strategy
 from tests.factories import (
     AssignmentConfigFactory,
@@ -938,8 +939,10 @@ def test_a_tenant_without_active_endpoints_queues_no_webhook_message(
     assert answer["status"] == "assigned" and answer["sessionCreated"] is True
     assert not OutboundMessage.all_tenants.filter(channel="webhook").exists()
     endpoint_table = WebhookEndpoint._meta.db_table
-    assert not [q["sql"] for q in queries.captured_queries if endpoint_table in q["sql"]], (
-        "a tenant without active endpoints costs no endpoint query"
+    reads = [q["sql"] for q in queries.captured_queries if endpoint_table in q["sql"]]
+    assert reads and all("routing_lock" in sql for sql in reads), (
+        "a tenant without active endpoints costs no endpoint query of its own: the pick"
+        " statement checks (the pool's first pick runs twice: it creates the cursor)"
     )
 
 
@@ -1017,6 +1020,42 @@ def test_an_endpoint_added_in_the_admin_switched_off_gets_nothing(
 
     assert kinds(added) == []
     assert added.is_active is False
+
+
+@pytest.mark.parametrize("door", ["handover", "lead"])
+def test_a_first_endpoint_made_by_another_process_hears_the_next_event_here(
+    door, tenant, tenant_client, api_key, monkeypatch
+):
+    """Another process (a second gunicorn worker, the admin's) made the tenant's first
+    endpoint: the tenant this process remembers for the API key still says it has none
+    for a few seconds. The next handover or lead here is not lost to the endpoint for
+    that (the one-statement handover checks the endpoints itself; `emit` reads them)."""
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    warm = tenant_client.post(
+        HANDOVER, {"contactId": "+4915100000080", "sendHandoverMessage": False}, format="json"
+    )
+    assert warm.status_code == 201  # the key and its tenant (no webhooks yet) are remembered
+    # This process does not hear of the change, as another process would not.
+    monkeypatch.setattr(api_key_cache, "forget_tenant", lambda tenant_id: None)
+    endpoint = endpoint_for(tenant)
+    assert api_key_cache.lookup(api_key[0].prefix).tenant.has_active_webhooks is False
+
+    if door == "handover":
+        response = tenant_client.post(
+            HANDOVER, {"contactId": "+4915100000081", "sendHandoverMessage": False}, format="json"
+        )
+        assert response.status_code == 201, response.content
+        assert response.json()["assignedAgent"]["id"] == str(agent.pk)
+        assert kinds(endpoint) == [events.SESSION_CREATED, events.SESSION_ASSIGNED]
+        agent.refresh_from_db()
+        assert agent.open_session_count == 2  # counted once: the refused pick wrote nothing
+        assert (
+            body_of(messages_for(endpoint)[0])["data"]["sessionId"] == response.json()["sessionId"]
+        )
+    else:
+        lead = new_lead(tenant_client)
+        assert events.LEAD_CREATED in kinds(endpoint)
+        assert body_of(messages_for(endpoint, events.LEAD_CREATED)[0])["data"]["id"] == lead["id"]
 
 
 def test_a_tenants_first_endpoint_hears_the_very_next_handover(tenant, tenant_client):

@@ -940,10 +940,13 @@ def test_a_tenant_without_active_endpoints_queues_no_webhook_message(
     assert not OutboundMessage.all_tenants.filter(channel="webhook").exists()
     endpoint_table = WebhookEndpoint._meta.db_table
     reads = [q["sql"] for q in queries.captured_queries if endpoint_table in q["sql"]]
-    assert reads and all("routing_lock" in sql for sql in reads), (
-        "a tenant without active endpoints costs no endpoint query of its own: the pick"
-        " statement checks (the pool's first pick runs twice: it creates the cursor)"
-    )
+    if connection.vendor == "postgresql":
+        assert reads and all("routing_lock" in sql for sql in reads), (
+            "a tenant without active endpoints costs no endpoint query of its own: the pick"
+            " statement checks (the pool's first pick runs twice: it creates the cursor)"
+        )
+    else:  # embedded mode routes in a transaction, whose emit() reads the endpoints once
+        assert len(reads) == 1, reads
 
 
 def test_an_email_that_finally_fails_is_announced(tenant, tenant_client, receiver, deliver_outbox):

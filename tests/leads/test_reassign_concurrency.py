@@ -216,7 +216,8 @@ def test_one_reassignment_via_the_api_key_runs_at_most_15_sql_statements(
 def test_one_reassignment_by_a_logged_in_admin_runs_at_most_16_sql_statements(
     tenant, owner, django_assert_max_num_queries
 ):
-    """One more than with the key: the login's session and user are read."""
+    """The webhook endpoints are read on every reassignment (never taken from a tenant
+    row's flag that may be old)."""
     alice, bob = MembershipFactory(tenant=tenant), MembershipFactory(tenant=tenant)
     warm_up, measured = _lead(tenant, alice, 1), _lead(tenant, alice, 2)
     client = APIClient()

@@ -415,6 +415,9 @@ def served(report: Report, base: str, seconds: float, rounds: int) -> None:
         errors = sum(r.errors for r in results)
         if errors:
             print(f"    {label}: {errors} non-2xx answers")
+    # Each round's pair, for the spread: the machine's speed drifts from round to round.
+    pairs = ", ".join(f"{h.rps:.0f}/{o.rps:.0f}" for o, h in zip(one, hand, strict=True))
+    print(f"    rounds, handover/one-query req/s: {pairs}", flush=True)
     one_rps = statistics.fmean(r.rps for r in one)
     hand_rps = statistics.fmean(r.rps for r in hand)
     report.add("one-query endpoint, req/s (16 conn)", f"{one_rps:.0f}", "yardstick")
@@ -819,7 +822,7 @@ def main(argv=None) -> int:
     quick = args.quick
     global SHOW_SQL
     SHOW_SQL = args.show_sql
-    seconds, rounds, requests = (3, 1, 60) if quick else (10, 3, 300)
+    seconds, rounds, requests = (3, 1, 60) if quick else (10, 5, 300)
     from tests.e2e.processes import processes
 
     report = Report()

@@ -55,8 +55,10 @@ def _refresh_tenant_flag(tenant_id) -> None:
     """Tenant.has_active_webhooks, in the transaction that changed its endpoints. The
     tenant is locked before the endpoints are counted: two changes at once then count
     one after the other, the second seeing the first's endpoint (counted first, both
-    could miss each other's, and leave the flag off with an endpoint on)."""
-    tenant = Tenant.objects.select_for_update().get(pk=tenant_id)
+    could miss each other's, and leave the flag off with an endpoint on). FOR NO KEY
+    UPDATE: the tenant's other writers' foreign-key checks (FOR KEY SHARE) do not wait
+    for it."""
+    tenant = Tenant.objects.select_for_update(no_key=True).get(pk=tenant_id)
     active = WebhookEndpoint.objects.for_tenant(tenant_id).filter(is_active=True).exists()
     if tenant.has_active_webhooks != active:
         tenant.has_active_webhooks = active

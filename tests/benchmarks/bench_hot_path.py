@@ -822,7 +822,7 @@ def main(argv=None) -> int:
     quick = args.quick
     global SHOW_SQL
     SHOW_SQL = args.show_sql
-    seconds, rounds, requests = (3, 1, 60) if quick else (10, 5, 300)
+    seconds, rounds, requests = (3, 1, 60) if quick else (10, 3, 300)
     from tests.e2e.processes import processes
 
     report = Report()

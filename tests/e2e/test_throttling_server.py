@@ -112,11 +112,11 @@ def test_a_redis_that_is_gone_throttles_nothing(procs):
 
 
 def test_a_hung_redis_holds_a_request_for_the_throttles_timeout_and_no_more(procs, settings):
-    """The bound: a hung cache never holds a request more than 100 ms. Production's
-    throttle cache (its options as config/settings.py makes them) against a Redis that
-    accepts connections and never answers: a request pays one timeout, not one per call
-    nor redis-py's retries. A Redis that refuses costs nothing at all. Measured in
-    process, against the same request with the Redis answering."""
+    """The bound: a hung cache holds a request for the throttle's 0.1 s timeout, once,
+    and no more (not once per call, nor redis-py's retries). Production's throttle cache
+    (its options as config/settings.py makes them) against a Redis that accepts
+    connections and never answers; a Redis that refuses costs nothing at all. Measured
+    in process, against the same request with the Redis answering."""
     throttle = settings.CACHES["throttle"]
     if not throttle["BACKEND"].endswith("RedisCache"):
         pytest.skip("needs REDIS_URL: production's throttle cache is Redis (CI sets it)")

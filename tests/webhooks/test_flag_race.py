@@ -41,6 +41,22 @@ def _in_thread(work, errors: list) -> threading.Thread:
     return thread
 
 
+def _adding_an_endpoint(tenant, added: threading.Event, release: threading.Event):
+    """Work for a thread: add an endpoint and hold the change uncommitted until
+    `release` (`added` once it is made)."""
+
+    def add_one():
+        try:
+            with transaction.atomic():
+                create_endpoint(tenant=tenant, actor=SYSTEM, url="https://new.example.com/in")
+                added.set()
+                release.wait(10)
+        finally:
+            added.set()
+
+    return add_one
+
+
 @pytest.mark.parametrize("second", ["turns the old one off", "adds another"])
 def test_two_endpoint_changes_at_once_leave_the_flag_as_the_endpoints_are(tenant, second):
     """One admin adds an endpoint while another turns the only other one off (or adds
@@ -50,22 +66,13 @@ def test_two_endpoint_changes_at_once_leave_the_flag_as_the_endpoints_are(tenant
     added, release = threading.Event(), threading.Event()
     errors: list = []
 
-    def add_one():
-        try:
-            with transaction.atomic():
-                create_endpoint(tenant=tenant, actor=SYSTEM, url="https://new.example.com/in")
-                added.set()
-                release.wait(10)  # uncommitted while the other change runs
-        finally:
-            added.set()
-
     def change_another():
         if second == "adds another":
             create_endpoint(tenant=tenant, actor=SYSTEM, url="https://other.example.com/in")
         else:
             update_endpoint(tenant=tenant, actor=SYSTEM, endpoint_id=old.pk, is_active=False)
 
-    adder = _in_thread(add_one, errors)
+    adder = _in_thread(_adding_an_endpoint(tenant, added, release), errors)
     try:
         assert added.wait(10)
         other = _in_thread(change_another, errors)
@@ -94,21 +101,12 @@ def test_an_endpoint_change_holds_no_handover_of_the_tenant(tenant, api_key):
     errors: list = []
     answers: list = []
 
-    def add_one():
-        try:
-            with transaction.atomic():
-                create_endpoint(tenant=tenant, actor=SYSTEM, url="https://new.example.com/in")
-                added.set()
-                release.wait(10)
-        finally:
-            added.set()
-
     def hand_over():
         client = APIClient()
         client.credentials(HTTP_X_API_KEY=api_key[1])
         answers.append(client.post("/api/v1/handover", {"contactId": "+4915"}, format="json"))
 
-    adder = _in_thread(add_one, errors)
+    adder = _in_thread(_adding_an_endpoint(tenant, added, release), errors)
     try:
         assert added.wait(10)
         handover = _in_thread(hand_over, errors)

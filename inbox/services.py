@@ -830,7 +830,7 @@ def _handover(
     # The pick statement wrote the session and everything about it, events and the
     # answer to replay included.
     written_by_pick = decided is not None and decided.attached
-    if decided is not None and decided.attached:
+    if written_by_pick:
         created, session = True, candidate
     elif may_create and _create_open_session(candidate, rows):
         candidate._state.adding = False

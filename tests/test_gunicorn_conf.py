@@ -39,3 +39,9 @@ def test_the_interval_comes_from_the_environment(switch_interval, monkeypatch):
     hooks = runpy.run_path(str(CONF))
     hooks["post_fork"](None, worker(threads=4))
     assert sys.getswitchinterval() == pytest.approx(0.002)
+
+
+def test_each_worker_listens_on_its_own_socket_unless_turned_off(monkeypatch):
+    assert runpy.run_path(str(CONF))["reuse_port"] is True
+    monkeypatch.setenv("WEB_REUSE_PORT", "false")
+    assert runpy.run_path(str(CONF))["reuse_port"] is False

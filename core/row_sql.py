@@ -158,16 +158,22 @@ def _plan(model, db) -> list[_Column] | None:
     return plan
 
 
-def insert_sql(obj, *, when: str | None = None, ignore_conflicts: bool = False) -> tuple[str, list]:
+def insert_sql(
+    obj, *, when: str | None = None, source: str | None = None, ignore_conflicts: bool = False
+) -> tuple[str, list]:
     """`INSERT INTO t (…) VALUES (…)` for one unsaved instance, or with `when`
-    `INSERT INTO t (…) SELECT … WHERE when` (a row that goes in only if `when` holds).
-    `ignore_conflicts`: ON CONFLICT DO NOTHING."""
+    `INSERT INTO t (…) SELECT … WHERE when` (a row that goes in only if `when` holds);
+    with `source` too, `SELECT … FROM source WHERE when`: a row for each row of
+    `source` (a CTE of the same statement), whose columns the row's RawSQL values and
+    `when` may name. `ignore_conflicts`: ON CONFLICT DO NOTHING."""
     model = type(obj)
     # The connection itself, not the proxy: every field asks it something.
     db = connections[DEFAULT_DB_ALIAS]
     plan = _plan(model, db)
     if plan is None:
-        return _insert_with_compiler(obj, when=when, ignore_conflicts=ignore_conflicts)
+        return _insert_with_compiler(
+            obj, when=when, source=source, ignore_conflicts=ignore_conflicts
+        )
     # One pass over the columns; the common values (strings, ids, aware timestamps,
     # NULLs) take the shortest way, as a handover builds six rows per request.
     state = obj.__dict__
@@ -186,32 +192,41 @@ def insert_sql(obj, *, when: str | None = None, ignore_conflicts: bool = False) 
             shape.append(None)
             params.append(value)
         elif hasattr(value, "resolve_expression") and kind is not RawSQL:
-            return _insert_with_compiler(obj, when=when, ignore_conflicts=ignore_conflicts)
+            return _insert_with_compiler(
+                obj, when=when, source=source, ignore_conflicts=ignore_conflicts
+            )
         else:
             sql, value_params = _value_sql(column, value, db)
             shape.append(sql)
             params += value_params
-    key = ("insert", model, when, ignore_conflicts, tuple(shape))
+    key = ("insert", model, when, source, ignore_conflicts, tuple(shape))
 
     def build() -> str:
         columns = ", ".join(_quote(column.field.column) for column in plan)
         row = ", ".join(sql or "%s" for sql in shape)
         head = f"INSERT INTO {_quote(model._meta.db_table)} ({columns}) "
-        body = f"SELECT {row} WHERE {when}" if when else f"VALUES ({row})"
+        body = _select_body(row, when=when, source=source)
         return head + body + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
 
     return _remember(key, build), params
 
 
-def _insert_with_compiler(obj, *, when, ignore_conflicts) -> tuple[str, list]:
+def _select_body(row: str, *, when: str | None, source: str | None) -> str:
+    if not when and not source:
+        return f"VALUES ({row})"
+    source_sql = f" FROM {source}" if source else ""
+    return f"SELECT {row}{source_sql} WHERE {when or 'true'}"
+
+
+def _insert_with_compiler(obj, *, when, source, ignore_conflicts) -> tuple[str, list]:
     model = type(obj)
     query = InsertQuery(model, on_conflict=OnConflict.IGNORE if ignore_conflicts else None)
     query.insert_values(model._meta.local_concrete_fields, [obj])
     ((sql, params),) = query.get_compiler(connection=connection).as_sql()
-    if when:
+    if when or source:
         head, _, rest = sql.partition(" VALUES (")
         values, _, tail = rest.rpartition(")")
-        sql = f"{head} SELECT {values} WHERE {when}{tail}"
+        sql = f"{head} {_select_body(values, when=when, source=source)}{tail}"
     return sql, list(params)
 
 

@@ -173,8 +173,9 @@ GIVEN_FIELDS = [
 
 
 # The routing statement's chosen agent, for a session given to "whoever the pick
-# statement picks" (handover's single-statement assignment; see _assignment_ctes).
-ROUTED_AGENT_ID = RawSQL(f"SELECT id FROM {ROUTED_AGENT}", [])  # noqa: S608, S611
+# statement picks" (handover's single-statement assignment; see _new_session_ctes): a
+# column of the statement's `routed_agent`, which each attached write reads FROM.
+ROUTED_AGENT_ID = RawSQL(f"{ROUTED_AGENT}.id", [])  # noqa: S611
 # RawSQL values only spliced into SQL text (core.row_sql) share one output field rather
 # than building a model field each.
 _SPLICED = Field()
@@ -404,11 +405,13 @@ def _create_open_session(candidate: InboxSession, rows: list) -> bool:
     return _execute_with(inserts, first=(f"{sql} RETURNING {pk_column}", params)) is not None
 
 
-ASSIGNED_WHEN = f"EXISTS (SELECT 1 FROM {ROUTED_AGENT})"  # noqa: S608
-EMAILED_WHEN = (
-    f"EXISTS (SELECT 1 FROM {ROUTED_AGENT} WHERE email_on_conversation AND user_email <> '')"  # noqa: S608
-)
-ROUTED_AGENT_EMAIL = RawSQL(f"SELECT user_email FROM {ROUTED_AGENT}", [])  # noqa: S608, S611
+# A write attached to the pick reads the routed agent as its row source (`FROM
+# routed_agent`): no row when nobody was picked, and the agent's columns by name. (A
+# sub-select per value and an EXISTS per row were a dozen subplans more, which the
+# executor sets up again, all of them, each time the statement re-reads a row another
+# handover changed while it waited for the pool's lock.)
+EMAILED_WHEN = f"{ROUTED_AGENT}.email_on_conversation AND {ROUTED_AGENT}.user_email <> ''"
+ROUTED_AGENT_EMAIL = RawSQL(f"{ROUTED_AGENT}.user_email", [])  # noqa: S611
 
 
 def _new_session_ctes(
@@ -422,19 +425,18 @@ def _new_session_ctes(
     session row as written, and the statements. The session is a plain INSERT: a contact
     who has an open session already makes the statement fail
     (ONE_OPEN_SESSION_PER_CONTACT)."""
-    agent_sql = f"(SELECT id FROM {ROUTED_AGENT})"  # noqa: S608
     row = _shadow_of(candidate)
     _give_session_to(row, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True)
     record = decision.as_record() | {"outcome": "assigned"}
     record.pop("availableAgents", None)
     row.last_assignment_attempt = RawSQL(  # noqa: S611
-        f"%s::jsonb || jsonb_build_object('agentId', {agent_sql}::text)",
+        f"%s::jsonb || jsonb_build_object('agentId', {ROUTED_AGENT}.id::text)",
         [json.dumps(record, cls=DjangoJSONEncoder)],
         output_field=_SPLICED,
     )
     row.team = decision.team or candidate.team
-    statements = [insert_sql(row, when=ASSIGNED_WHEN)]
-    statements += [insert_sql(other, when=ASSIGNED_WHEN) for other in rows]
+    statements = [insert_sql(row, source=ROUTED_AGENT)]
+    statements += [insert_sql(other, source=ROUTED_AGENT) for other in rows]
     data = {
         "strategy": decision.strategy,
         "tier": decision.tier,
@@ -444,21 +446,21 @@ def _new_session_ctes(
         tenant=candidate.tenant, action="session.assigned", actor=actor, target=candidate
     )
     activity.data = RawSQL(  # noqa: S611
-        f"%s::jsonb || (SELECT jsonb_build_object('agent_id', id::text, 'agent_email',"  # noqa: S608
-        f" user_email) FROM {ROUTED_AGENT})",
+        f"%s::jsonb || jsonb_build_object('agent_id', {ROUTED_AGENT}.id::text,"
+        f" 'agent_email', {ROUTED_AGENT}.user_email)",
         [json.dumps(data)],
         output_field=_SPLICED,
     )
-    statements.append(insert_sql(activity, when=ASSIGNED_WHEN))
+    statements.append(insert_sql(activity, source=ROUTED_AGENT))
     # The agent's notice, and its email if the agent asked for emails (inbox.notices).
     notice = session_notice(candidate, None, kind=SessionNoticeKind.SESSION_ASSIGNED)
     notice.recipient_id = ROUTED_AGENT_ID
     email = notice_email(notice, ROUTED_AGENT_EMAIL)
-    statements.append(insert_sql(email, when=EMAILED_WHEN))
+    statements.append(insert_sql(email, source=ROUTED_AGENT, when=EMAILED_WHEN))
     notice.email_message_id = RawSQL(  # noqa: S611
         f"CASE WHEN {EMAILED_WHEN} THEN %s::uuid END", [email.pk], output_field=_SPLICED
     )
-    statements.append(insert_sql(notice, when=ASSIGNED_WHEN))
+    statements.append(insert_sql(notice, source=ROUTED_AGENT))
     return row, [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
 
@@ -483,13 +485,13 @@ _STAND_IN_AGENT = Membership(
 )
 _ROUTED_AGENT_VALUES = (
     # (token in the JSON text, its replacement: JSON text of the routed agent's value)
-    (str(_STAND_IN_AGENT.pk), f"(SELECT id::text FROM {ROUTED_AGENT})"),  # noqa: S608
+    (str(_STAND_IN_AGENT.pk), f"{ROUTED_AGENT}.id::text"),
     (
         json.dumps(_STAND_IN_NAME),
-        f"(SELECT to_json(coalesce(nullif(user_full_name, ''), user_email))::text"  # noqa: S608
-        f" FROM {ROUTED_AGENT})",  # as User.get_full_name
+        f"to_json(coalesce(nullif({ROUTED_AGENT}.user_full_name, ''),"
+        f" {ROUTED_AGENT}.user_email))::text",  # as User.get_full_name
     ),
-    (json.dumps(_STAND_IN_EMAIL), f"(SELECT to_json(user_email)::text FROM {ROUTED_AGENT})"),  # noqa: S608
+    (json.dumps(_STAND_IN_EMAIL), f"to_json({ROUTED_AGENT}.user_email)::text"),
 )
 
 
@@ -539,7 +541,7 @@ def _outcome_ctes(
             [json.dumps(message.payload), *body_params],
             output_field=_SPLICED,
         )
-        statements.append(insert_sql(message, when=ASSIGNED_WHEN))
+        statements.append(insert_sql(message, source=ROUTED_AGENT))
     if idempotency_record is not None:
         outcome = _outcome(
             session,
@@ -552,7 +554,8 @@ def _outcome_ctes(
         statements.append(
             (
                 f"UPDATE {table} SET session_id = %s, response_status = %s,"  # noqa: S608
-                f" response_body = ({body_sql})::jsonb WHERE id = %s AND {ASSIGNED_WHEN}",
+                f" response_body = ({body_sql})::jsonb FROM {ROUTED_AGENT}"
+                f" WHERE {table}.id = %s",
                 [session.pk, outcome.status_code, *body_params, idempotency_record.pk],
             )
         )

@@ -4,6 +4,7 @@ The command line gives bind, workers and logging; this file adds the hooks.
 """
 
 import os
+import socket
 import sys
 
 from prometheus_client import multiprocess
@@ -17,16 +18,58 @@ from prometheus_client import multiprocess
 # after 0.5 ms costs a little more switching and takes that wait away.
 GIL_SWITCH_INTERVAL_MS = float(os.environ.get("WEB_GIL_SWITCH_INTERVAL_MS", "0.5"))
 
-# Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
-# connections over them. With the one socket they would share otherwise, a threaded
-# worker keeps accepting while its threads are busy: the 16 keep-alive connections of a
-# load test all landed on one worker in a third of the runs, whose GIL then served them
-# on one core while the other worker idled (measured with wrk, 2 workers x 8 threads:
-# 380 req/s against 850 when they were spread). The price: connections still waiting
-# in a worker's queue when that worker exits are reset, and a second server started on
-# the same port by the same user shares it instead of failing to bind
-# (WEB_REUSE_PORT=false turns it off).
-reuse_port = os.environ.get("WEB_REUSE_PORT", "true").strip().lower() not in {"0", "false", "no"}
+# Threaded workers each listen on a socket of their own (SO_REUSEPORT) and the kernel
+# spreads new connections over them. On the one socket they would share otherwise, a
+# threaded worker keeps accepting while its threads are busy: the 16 keep-alive
+# connections of a load test all landed on one worker in a third of the runs, whose GIL
+# then served them on one core while the other worker idled (measured with wrk, 2 workers
+# x 8 threads: 373-390 req/s against 830-960 when they were spread). Sync workers
+# (--threads 1) keep the shared socket: one of them accepts only when it is free, which
+# spreads connections by load, not by hash. Only for TCP addresses gunicorn binds itself
+# (not sockets handed over by systemd or a re-exec: those stay shared), and only once the
+# master has bound each address itself without the option: a port another process holds
+# still stops gunicorn at once, instead of workers failing to bind again and again. What
+# it costs: connections still waiting in a worker's queue when that worker exits are
+# reset. WEB_REUSE_PORT=false keeps the one socket.
+WEB_REUSE_PORT = os.environ.get("WEB_REUSE_PORT", "true").strip().lower() not in {
+    "0",
+    "false",
+    "no",
+}
+
+
+def _bindable(address) -> bool:
+    """Whether the master can bind `address` (host, port) now, as a socket without
+    SO_REUSEPORT would: a port in use by anyone is not."""
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, kind, proto, _, sockaddr in infos[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError:
+                return False
+    return True
+
+
+def on_starting(server):
+    cfg = server.cfg
+    inherited = os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")
+    addresses = cfg.address
+    if (
+        not WEB_REUSE_PORT
+        or cfg.threads <= 1
+        or inherited
+        or not hasattr(socket, "SO_REUSEPORT")
+        or not all(isinstance(a, tuple) and a[1] for a in addresses)
+    ):
+        return
+    if all(_bindable(address) for address in addresses):
+        cfg.set("reuse_port", True)
 
 
 def post_fork(server, worker):

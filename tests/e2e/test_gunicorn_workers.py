@@ -15,8 +15,8 @@ WORKERS = 2
 CLIENTS = 32
 
 
-def start_gunicorn(procs, **env):
-    port = free_port()
+def start_gunicorn(procs, port=None, *, wait=True, **env):
+    port = port or free_port()
     web = procs.start(
         "gunicorn",
         [
@@ -39,6 +39,8 @@ def start_gunicorn(procs, **env):
         ],
         env=base_env(**env),
     )
+    if not wait:
+        return port, web
     web.wait_for("Booting worker", count=WORKERS)
     # A worker opens its own listening socket after it has booted.
     wait_until(
@@ -84,3 +86,17 @@ def test_keep_alive_clients_arriving_at_once_are_spread_over_the_workers():
     # worker with more than 28 of the 32 has a chance of 3 in a million.
     assert len(set(workers)) == WORKERS
     assert busiest <= 28, f"one worker took {busiest} of {CLIENTS} connections"
+
+
+def test_a_port_another_server_listens_on_stops_gunicorn_rather_than_sharing_it():
+    """A stale server of the same user with SO_REUSEPORT on the port: without the check
+    the workers would join it and take half its connections."""
+    with socket.socket() as stale:
+        stale.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        stale.bind(("127.0.0.1", 0))
+        stale.listen()
+        with processes() as procs:
+            _, web = start_gunicorn(procs, stale.getsockname()[1], wait=False)
+            wait_until(lambda: not web.alive(), timeout=30, what="gunicorn gives up")
+            assert web.process.returncode != 0
+            assert "Connection in use" in web.output

@@ -159,29 +159,22 @@ def start_redis(procs) -> str:
 
 def start_gunicorn(procs, redis_url: str) -> str:
     from tests.e2e.processes import _answers as answers
-    from tests.e2e.processes import base_env, free_port, wait_until
+    from tests.e2e.processes import base_env, free_port, gunicorn_command, wait_until
 
     port = free_port()
     web = procs.start(
         "gunicorn",
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "config/gunicorn.conf.py",
-            "config.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(WORKERS),
-            "--threads",
-            str(THREADS),
-            "--access-logfile",
-            "-",
-            "--access-logformat",
-            '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss',
-        ],
+        gunicorn_command(
+            port,
+            workers=WORKERS,
+            threads=THREADS,
+            extra=(
+                "--access-logfile",
+                "-",
+                "--access-logformat",
+                '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss',
+            ),
+        ),
         env=base_env(
             DJANGO_SETTINGS_MODULE=SETTINGS,
             DATABASE_URL=bench_url(),

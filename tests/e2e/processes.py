@@ -212,6 +212,26 @@ class TcpProxy:
 # --- processes ----------------------------------------------------------------------------
 
 
+def gunicorn_command(port: int, *, workers: int, threads: int = 1, extra=()) -> list[str]:
+    """gunicorn serving the app on 127.0.0.1:`port` with production's hooks
+    (config/gunicorn.conf.py, as the Procfile runs it); `extra` options after."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "config/gunicorn.conf.py",
+        "config.wsgi",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        *extra,
+    ]
+
+
 def base_env(**extra: str) -> dict[str, str]:
     """The environment of a subprocess of ours: the test database, the local CRM allowed."""
     env = {

@@ -3,11 +3,10 @@ over the workers, so a load of keep-alive clients uses every worker's core."""
 
 import re
 import socket
-import sys
 
 import pytest
 
-from tests.e2e.processes import base_env, free_port, processes, wait_until
+from tests.e2e.processes import base_env, free_port, gunicorn_command, processes, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -19,24 +18,12 @@ def start_gunicorn(procs, port=None, *, wait=True, **env):
     port = port or free_port()
     web = procs.start(
         "gunicorn",
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "config/gunicorn.conf.py",
-            "config.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(WORKERS),
-            "--threads",
-            "8",
-            "--access-logfile",
-            "-",
-            "--access-logformat",
-            "served %(p)s %(U)s?%(q)s",
-        ],
+        gunicorn_command(
+            port,
+            workers=WORKERS,
+            threads=8,
+            extra=("--access-logfile", "-", "--access-logformat", "served %(p)s %(U)s?%(q)s"),
+        ),
         env=base_env(**env),
     )
     if not wait:

@@ -29,7 +29,7 @@ from core.actor import Actor
 from leads.models import Lead
 from leads.services import create_lead
 from teams.services import create_api_key
-from tests.e2e.processes import Crm, base_env, free_port, processes, wait_until
+from tests.e2e.processes import Crm, base_env, free_port, gunicorn_command, processes, wait_until
 from tests.factories import MembershipFactory, TenantFactory
 from tests.inbox.factories import CrmIntegrationFactory
 
@@ -106,22 +106,7 @@ def test_counters_add_up_across_gunicorn_workers_and_processes(crm, tmp_path, se
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with processes() as procs:
-        web = procs.start(
-            "gunicorn",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "config/gunicorn.conf.py",
-                "config.wsgi",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-            ],
-            env=env,
-        )
+        web = procs.start("gunicorn", gunicorn_command(port, workers=2), env=env)
         booted = web.wait_for(r"Booting worker with pid: \d+", count=2)
         worker_pids = [int(line.rsplit(" ", 1)[1]) for _, line in booted]
         outbox = procs.start(

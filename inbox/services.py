@@ -55,7 +55,7 @@ from teams.selectors import team_for_routing
 from teams.services import CounterDrift, reconcile_agent_counter
 from webhooks import events
 from webhooks.events import Event, active_endpoints, emit, messages_for_events
-from webhooks.selectors import active_endpoint_exists_sql
+from webhooks.selectors import active_endpoint_exists_sql, other_active_endpoint_exists_sql
 
 logger = logging.getLogger(__name__)
 
@@ -601,6 +601,50 @@ def _route_new_session(
     return decision
 
 
+# Endpoints read again when one was added between the read and the pick, this many
+# times before the handover writes its events after the pick instead (`emit`).
+ENDPOINT_READS = 3
+
+
+def _route_new_session_with_events(
+    candidate, team, new: "_NewSession", *, actor, now, idempotency_record
+) -> RoutingDecision | None:
+    """`_route_new_session` with the webhook events and the answer to replay written by
+    the pick. The endpoints are read before it (the pool's lock is held for the pick's
+    statement alone), and the pick runs only if the tenant has no active endpoint besides
+    them, in its own snapshot: one added in between (by any process) is not left without
+    the events; they are read again. None when they kept changing: nothing was written."""
+    for _ in range(ENDPOINT_READS):
+        endpoints = active_endpoints({candidate.tenant_id})
+
+        def outcome_ctes(provisional: RoutingDecision, endpoints=endpoints) -> list[Cte]:
+            return _outcome_ctes(
+                candidate,
+                provisional,
+                now=now,
+                new=new,
+                endpoints=endpoints,
+                idempotency_record=idempotency_record,
+            )
+
+        only_if = other_active_endpoint_exists_sql(
+            tenant=candidate.tenant_id, endpoint_ids=[endpoint.pk for endpoint in endpoints]
+        )
+        try:
+            return _route_new_session(
+                candidate,
+                team,
+                new.rows,
+                actor=actor,
+                now=now,
+                more=outcome_ctes,
+                only_if=(f"NOT {only_if[0]}", only_if[1]),
+            )
+        except PickRefused:
+            continue
+    return None
+
+
 def _notify_assigned(session: InboxSession, agent: Membership) -> None:
     save_notices([session_notice(session, agent, kind=SessionNoticeKind.SESSION_ASSIGNED)])
 
@@ -816,20 +860,9 @@ def _handover(
     confirmation, skipped_reason = new.confirmation, new.skipped_reason
     decided = nobody_picked
     if create_in_pick:
-        # Read before the pick: the pool's lock is held for the pick's statement alone.
-        endpoints = active_endpoints({tenant.pk})
-
-        def outcome_ctes(provisional: RoutingDecision) -> list[Cte]:
-            return _outcome_ctes(
-                candidate,
-                provisional,
-                now=now,
-                new=new,
-                endpoints=endpoints,
-                idempotency_record=idempotency_record,
-            )
-
-        decided = _route_new_session(candidate, team, rows, actor=actor, now=now, more=outcome_ctes)
+        decided = _route_new_session_with_events(
+            candidate, team, new, actor=actor, now=now, idempotency_record=idempotency_record
+        )
     # The pick statement wrote the session and everything about it, events and the
     # answer to replay included.
     written_by_pick = decided is not None and decided.attached

@@ -24,6 +24,7 @@ from rest_framework.test import APIClient
 from werkzeug import Response
 
 from core.actor import Actor
+from inbox import services as inbox_services
 from inbox import tasks as inbox_tasks
 from inbox.models import InboxSession
 from leads import tasks as leads_tasks
@@ -1059,6 +1060,70 @@ def test_a_first_endpoint_made_by_another_process_hears_the_next_event_here(
         lead = new_lead(tenant_client)
         assert events.LEAD_CREATED in kinds(endpoint)
         assert body_of(messages_for(endpoint, events.LEAD_CREATED)[0])["data"]["id"] == lead["id"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("before", ["an endpoint", "an idempotency key"])
+def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_handover(
+    before, tenant, tenant_client, monkeypatch
+):
+    """With webhooks (or an Idempotency-Key), the handover reads the tenant's endpoints
+    and then picks, writing the events for those endpoints in the pick's statement. An
+    endpoint another process adds in between is seen by the pick's snapshot: the pick is
+    refused, the endpoints are read again, and the new one hears the handover too."""
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    first = endpoint_for(tenant) if before == "an endpoint" else None
+    headers = {"HTTP_IDEMPOTENCY_KEY": "between-reads"} if first is None else {}
+    added = []
+    read_endpoints = inbox_services.active_endpoints
+
+    def read_then_another_process_adds_one(tenant_ids):
+        found = read_endpoints(tenant_ids)
+        if not added:
+            added.append(endpoint_for(tenant, url="https://hooks.example.com/added"))
+        return found
+
+    monkeypatch.setattr(inbox_services, "active_endpoints", read_then_another_process_adds_one)
+    response = tenant_client.post(
+        HANDOVER,
+        {"contactId": "+4915100000090", "sendHandoverMessage": False},
+        format="json",
+        **headers,
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["assignedAgent"]["id"] == str(agent.pk)
+    assert kinds(added[0]) == [events.SESSION_CREATED, events.SESSION_ASSIGNED]
+    if first is not None:
+        assert kinds(first) == [events.SESSION_CREATED, events.SESSION_ASSIGNED]
+    agent.refresh_from_db()
+    assert agent.open_session_count == 1  # counted once: the refused pick wrote nothing
+
+
+@pytest.mark.postgres
+def test_endpoints_that_keep_changing_still_hear_the_handover(tenant, tenant_client, monkeypatch):
+    """An endpoint added after every read: after ENDPOINT_READS refused picks the handover
+    routes the session in its transaction and writes the events after it (`emit`)."""
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    endpoint_for(tenant)
+    read_endpoints = inbox_services.active_endpoints
+    added = []
+
+    def another_one_after_each_read(tenant_ids):
+        found = read_endpoints(tenant_ids)
+        added.append(endpoint_for(tenant, url=f"https://hooks.example.com/{len(added)}"))
+        return found
+
+    monkeypatch.setattr(inbox_services, "active_endpoints", another_one_after_each_read)
+    response = tenant_client.post(
+        HANDOVER, {"contactId": "+4915100000091", "sendHandoverMessage": False}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["assignedAgent"]["id"] == str(agent.pk)
+    assert len(added) == inbox_services.ENDPOINT_READS
+    for endpoint in WebhookEndpoint.objects.for_tenant(tenant):
+        assert kinds(endpoint) == [events.SESSION_CREATED, events.SESSION_ASSIGNED]
+    agent.refresh_from_db()
+    assert agent.open_session_count == 1
 
 
 def test_a_tenants_first_endpoint_hears_the_very_next_handover(tenant, tenant_client):

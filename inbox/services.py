@@ -608,12 +608,14 @@ ENDPOINT_READS = 3
 
 def _route_new_session_with_events(
     candidate, team, new: "_NewSession", *, actor, now, idempotency_record
-) -> RoutingDecision | None:
+) -> tuple[RoutingDecision, bool]:
     """`_route_new_session` with the webhook events and the answer to replay written by
-    the pick. The endpoints are read before it (the pool's lock is held for the pick's
-    statement alone), and the pick runs only if the tenant has no active endpoint besides
-    them, in its own snapshot: one added in between (by any process) is not left without
-    the events; they are read again. None when they kept changing: nothing was written."""
+    the pick: (the decision, whether the pick wrote them). The endpoints are read before
+    it (the pool's lock is held for the pick's statement alone), and the pick runs only
+    if the tenant has no active endpoint besides them, in its own snapshot: one added in
+    between (by any process) is not left without the events; they are read again. When
+    they kept changing, the pick writes the session alone (still after the pool's lock,
+    AGENT_BEFORE_SESSION) and the caller writes the events and the answer after it."""
     for _ in range(ENDPOINT_READS):
         endpoints = active_endpoints({candidate.tenant_id})
 
@@ -631,7 +633,7 @@ def _route_new_session_with_events(
             tenant=candidate.tenant_id, endpoint_ids=[endpoint.pk for endpoint in endpoints]
         )
         try:
-            return _route_new_session(
+            decision = _route_new_session(
                 candidate,
                 team,
                 new.rows,
@@ -642,7 +644,8 @@ def _route_new_session_with_events(
             )
         except PickRefused:
             continue
-    return None
+        return decision, True
+    return _route_new_session(candidate, team, new.rows, actor=actor, now=now), False
 
 
 def _notify_assigned(session: InboxSession, agent: Membership) -> None:
@@ -859,13 +862,15 @@ def _handover(
     candidate, rows = new.candidate, new.rows
     confirmation, skipped_reason = new.confirmation, new.skipped_reason
     decided = nobody_picked
+    outcome_in_pick = False
     if create_in_pick:
-        decided = _route_new_session_with_events(
+        decided, outcome_in_pick = _route_new_session_with_events(
             candidate, team, new, actor=actor, now=now, idempotency_record=idempotency_record
         )
-    # The pick statement wrote the session and everything about it, events and the
-    # answer to replay included.
+    # The pick statement wrote the session and everything about it, and (outcome_in_pick)
+    # the events and the answer to replay.
     written_by_pick = decided is not None and decided.attached
+    outcome_written = written_by_pick and outcome_in_pick
     if written_by_pick:
         created, session = True, candidate
     elif may_create and _create_open_session(candidate, rows):
@@ -939,13 +944,13 @@ def _handover(
     webhook_events = [session_event(session, events.SESSION_CREATED)] if created else []
     if routed is not None:
         webhook_events.append(_routing_event(session, routed))
-    if not written_by_pick:
+    if not outcome_written:
         emit(webhook_events)
 
     outcome = _outcome(
         session, created=created, confirmation=confirmation, skipped_reason=skipped_reason
     )
-    if idempotency_record is not None and not written_by_pick:
+    if idempotency_record is not None and not outcome_written:
         idempotency_record.session = session
         idempotency_record.response_status = outcome.status_code
         idempotency_record.response_body = outcome.body

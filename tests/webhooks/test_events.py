@@ -11,6 +11,7 @@ local receiver that fails), `message.failed`, and tenants without endpoints.
 """
 
 import json
+import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -1063,24 +1064,33 @@ def test_a_first_endpoint_made_by_another_process_hears_the_next_event_here(
 
 
 @pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("before", ["an endpoint", "an idempotency key"])
 def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_handover(
     before, tenant, tenant_client, monkeypatch
 ):
     """With webhooks (or an Idempotency-Key), the handover reads the tenant's endpoints
     and then picks, writing the events for those endpoints in the pick's statement. An
-    endpoint another process adds in between is seen by the pick's snapshot: the pick is
-    refused, the endpoints are read again, and the new one hears the handover too."""
+    endpoint another connection commits in between is seen by the pick's snapshot: the
+    pick is refused, the endpoints are read again, and the new one hears the handover."""
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     first = endpoint_for(tenant) if before == "an endpoint" else None
     headers = {"HTTP_IDEMPOTENCY_KEY": "between-reads"} if first is None else {}
     added = []
     read_endpoints = inbox_services.active_endpoints
 
+    def add_and_commit():
+        try:
+            added.append(endpoint_for(tenant, url="https://hooks.example.com/added"))
+        finally:
+            connection.close()
+
     def read_then_another_process_adds_one(tenant_ids):
         found = read_endpoints(tenant_ids)
         if not added:
-            added.append(endpoint_for(tenant, url="https://hooks.example.com/added"))
+            other = threading.Thread(target=add_and_commit)
+            other.start()
+            other.join(timeout=10)
         return found
 
     monkeypatch.setattr(inbox_services, "active_endpoints", read_then_another_process_adds_one)
@@ -1101,8 +1111,8 @@ def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_handover(
 
 @pytest.mark.postgres
 def test_endpoints_that_keep_changing_still_hear_the_handover(tenant, tenant_client, monkeypatch):
-    """An endpoint added after every read: after ENDPOINT_READS refused picks the handover
-    routes the session in its transaction and writes the events after it (`emit`)."""
+    """An endpoint added after every read: after ENDPOINT_READS refused picks the pick
+    writes the session alone and the handover writes the events after it (`emit`)."""
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     endpoint_for(tenant)
     read_endpoints = inbox_services.active_endpoints
@@ -1114,10 +1124,15 @@ def test_endpoints_that_keep_changing_still_hear_the_handover(tenant, tenant_cli
         return found
 
     monkeypatch.setattr(inbox_services, "active_endpoints", another_one_after_each_read)
-    response = tenant_client.post(
-        HANDOVER, {"contactId": "+4915100000091", "sendHandoverMessage": False}, format="json"
-    )
+    with CaptureQueriesContext(connection) as captured:
+        response = tenant_client.post(
+            HANDOVER, {"contactId": "+4915100000091", "sendHandoverMessage": False}, format="json"
+        )
     assert response.status_code == 201, response.content
+    # Still inserted by the pick, after the pool's lock (never an open session's index
+    # entry held while waiting for a pool: AGENT_BEFORE_SESSION).
+    inserts = [q["sql"] for q in captured.captured_queries if '"inbox_inboxsession"' in q["sql"]]
+    assert inserts and all(sql.startswith("WITH routing_lock") for sql in inserts)
     assert response.json()["assignedAgent"]["id"] == str(agent.pk)
     assert len(added) == inbox_services.ENDPOINT_READS
     for endpoint in WebhookEndpoint.objects.for_tenant(tenant):

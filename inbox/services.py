@@ -55,7 +55,7 @@ from teams.selectors import team_for_routing
 from teams.services import CounterDrift, reconcile_agent_counter
 from webhooks import events
 from webhooks.events import Event, active_endpoints, emit, messages_for_events
-from webhooks.selectors import active_endpoint_exists_sql, other_active_endpoint_exists_sql
+from webhooks.selectors import active_endpoint_exists_sql
 
 logger = logging.getLogger(__name__)
 
@@ -629,8 +629,8 @@ def _route_new_session_with_events(
                 idempotency_record=idempotency_record,
             )
 
-        only_if = other_active_endpoint_exists_sql(
-            tenant=candidate.tenant_id, endpoint_ids=[endpoint.pk for endpoint in endpoints]
+        only_if = active_endpoint_exists_sql(
+            tenant=candidate.tenant_id, besides=[endpoint.pk for endpoint in endpoints]
         )
         try:
             decision = _route_new_session(

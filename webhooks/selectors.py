@@ -29,24 +29,13 @@ _ENDPOINT = WebhookEndpoint._meta
 _ACTIVE_ENDPOINT_EXISTS = (
     f"EXISTS (SELECT 1 FROM {_ENDPOINT.db_table}"  # noqa: S608 (names from the model)
     f" WHERE {_ENDPOINT.get_field('tenant').column} = %s"
-    f" AND {_ENDPOINT.get_field('is_active').column})"
-)
-
-
-def active_endpoint_exists_sql(*, tenant) -> tuple[str, list]:
-    """SQL (and its parameters) true when the tenant has an active endpoint."""
-    return _ACTIVE_ENDPOINT_EXISTS, [getattr(tenant, "pk", tenant)]
-
-
-_OTHER_ACTIVE_ENDPOINT_EXISTS = (
-    f"EXISTS (SELECT 1 FROM {_ENDPOINT.db_table}"  # noqa: S608 (names from the model)
-    f" WHERE {_ENDPOINT.get_field('tenant').column} = %s"
     f" AND {_ENDPOINT.get_field('is_active').column}"
     f" AND NOT ({_ENDPOINT.pk.column} = ANY(%s::uuid[])))"
 )
 
 
-def other_active_endpoint_exists_sql(*, tenant, endpoint_ids) -> tuple[str, list]:
-    """SQL true when the tenant has an active endpoint that is not one of
-    `endpoint_ids` (those a write read a moment before, to write events for)."""
-    return _OTHER_ACTIVE_ENDPOINT_EXISTS, [getattr(tenant, "pk", tenant), list(endpoint_ids)]
+def active_endpoint_exists_sql(*, tenant, besides=()) -> tuple[str, list]:
+    """SQL (and its parameters) true when the tenant has an active endpoint, other than
+    the endpoints `besides` (ids: those a write read a moment before, to write events
+    for)."""
+    return _ACTIVE_ENDPOINT_EXISTS, [getattr(tenant, "pk", tenant), list(besides)]

@@ -14,6 +14,7 @@ the text rather than a parameter; a row with any other expression, or a model wi
 field that needs its own placeholder, goes through Django's compiler as before.
 """
 
+import enum
 import threading
 import uuid
 from dataclasses import dataclass
@@ -158,14 +159,40 @@ def _plan(model, db) -> list[_Column] | None:
     return plan
 
 
+def _literal(column: _Column, value) -> str | None:
+    """SQL text for a value every row of a call site tends to share (a choice, a flag,
+    an empty string, a zero count), so it goes into the statement's text instead of
+    being adapted and bound as a parameter on every run; None for any other value. The
+    text of a shape includes it: each such value is a shape of its own, and there are
+    few (the members of a choices enum, true and false, '' and 0). Only values that come
+    from code qualify: an enum member, a bool, the empty string, the integer 0."""
+    kind = type(value)
+    if kind is bool:
+        return ("true" if value else "false") if bool in column.kept else None
+    if kind is int:
+        return "0" if value == 0 and isinstance(column.field, models.IntegerField) else None
+    if kind is str:
+        return "''" if not value and column.takes_str_subclasses else None
+    if isinstance(value, enum.Enum) and isinstance(value, str) and column.takes_str_subclasses:
+        return "'" + str(value.value).replace("'", "''") + "'"
+    return None
+
+
 def insert_sql(
-    obj, *, when: str | None = None, source: str | None = None, ignore_conflicts: bool = False
+    obj,
+    *,
+    when: str | None = None,
+    source: str | None = None,
+    ignore_conflicts: bool = False,
+    literals: bool = False,
 ) -> tuple[str, list]:
     """`INSERT INTO t (…) VALUES (…)` for one unsaved instance, or with `when`
     `INSERT INTO t (…) SELECT … WHERE when` (a row that goes in only if `when` holds);
     with `source` too, `SELECT … FROM source WHERE when`: a row for each row of
     `source` (a CTE of the same statement), whose columns the row's RawSQL values and
-    `when` may name. `ignore_conflicts`: ON CONFLICT DO NOTHING."""
+    `when` may name. `ignore_conflicts`: ON CONFLICT DO NOTHING. `literals`: the values
+    `_literal` knows go into the text (a statement that runs again and again with them).
+    """
     model = type(obj)
     # The connection itself, not the proxy: every field asks it something.
     db = connections[DEFAULT_DB_ALIAS]
@@ -181,7 +208,9 @@ def insert_sql(
     for column in plan:
         value = column.field.pre_save(obj, True) if column.computed else state[column.attname]
         kind = type(value)
-        if kind in column.kept and (kind is not datetime or value.tzinfo):
+        if literals and value is not None and (literal := _literal(column, value)) is not None:
+            shape.append(literal)
+        elif kind in column.kept and (kind is not datetime or value.tzinfo):
             if value is None and column.null_sql:
                 shape.append(column.null_sql)
             else:
@@ -199,7 +228,7 @@ def insert_sql(
             sql, value_params = _value_sql(column, value, db)
             shape.append(sql)
             params += value_params
-    key = ("insert", model, when, source, ignore_conflicts, tuple(shape))
+    key = ("insert", model, when, source, ignore_conflicts, literals, tuple(shape))
 
     def build() -> str:
         columns = ", ".join(_quote(column.field.column) for column in plan)

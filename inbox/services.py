@@ -435,8 +435,8 @@ def _new_session_ctes(
         output_field=_SPLICED,
     )
     row.team = decision.team or candidate.team
-    statements = [insert_sql(row, source=ROUTED_AGENT)]
-    statements += [insert_sql(other, source=ROUTED_AGENT) for other in rows]
+    statements = [insert_sql(row, source=ROUTED_AGENT, literals=True)]
+    statements += [insert_sql(other, source=ROUTED_AGENT, literals=True) for other in rows]
     data = {
         "strategy": decision.strategy,
         "tier": decision.tier,
@@ -451,16 +451,16 @@ def _new_session_ctes(
         [json.dumps(data)],
         output_field=_SPLICED,
     )
-    statements.append(insert_sql(activity, source=ROUTED_AGENT))
+    statements.append(insert_sql(activity, source=ROUTED_AGENT, literals=True))
     # The agent's notice, and its email if the agent asked for emails (inbox.notices).
     notice = session_notice(candidate, None, kind=SessionNoticeKind.SESSION_ASSIGNED)
     notice.recipient_id = ROUTED_AGENT_ID
     email = notice_email(notice, ROUTED_AGENT_EMAIL)
-    statements.append(insert_sql(email, source=ROUTED_AGENT, when=EMAILED_WHEN))
+    statements.append(insert_sql(email, source=ROUTED_AGENT, when=EMAILED_WHEN, literals=True))
     notice.email_message_id = RawSQL(  # noqa: S611
         f"CASE WHEN {EMAILED_WHEN} THEN %s::uuid END", [email.pk], output_field=_SPLICED
     )
-    statements.append(insert_sql(notice, source=ROUTED_AGENT))
+    statements.append(insert_sql(notice, source=ROUTED_AGENT, literals=True))
     return row, [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
 
@@ -541,7 +541,7 @@ def _outcome_ctes(
             [json.dumps(message.payload), *body_params],
             output_field=_SPLICED,
         )
-        statements.append(insert_sql(message, source=ROUTED_AGENT))
+        statements.append(insert_sql(message, source=ROUTED_AGENT, literals=True))
     if idempotency_record is not None:
         outcome = _outcome(
             session,

@@ -93,6 +93,73 @@ def test_a_null_is_written_into_the_text_and_reads_back_as_null():
     assert (saved.actor_id, saved.actor_user_id) == (None, None)
 
 
+def notice(tenant, **fields):
+    recipient = MembershipFactory(tenant=tenant)
+    defaults = {"kind": "session_assigned", "title": "New conversation", "body": ""}
+    return SessionNotice(tenant=tenant, recipient=recipient, **(defaults | fields))
+
+
+@pytest.mark.postgres
+def test_literals_write_choices_flags_empty_strings_and_zeros_into_the_text():
+    from inbox.models import SessionNoticeKind
+
+    tenant = TenantFactory()
+    row = notice(tenant, kind=SessionNoticeKind.SESSION_ASSIGNED, is_read=False)
+    sql, params = row_sql.insert_sql(row, literals=True)
+    assert "'session_assigned'" in sql and "false" in sql and "''" in sql
+    assert SessionNoticeKind.SESSION_ASSIGNED not in params and False not in params
+    assert "" not in params
+    assert run(sql, params) == 1
+    saved = SessionNotice.objects.for_tenant(tenant).get(pk=row.pk)
+    assert (saved.kind, saved.is_read, saved.body, saved.dedupe_key) == (
+        "session_assigned",
+        False,
+        "",
+        "",
+    )
+    plain_sql, plain_params = row_sql.insert_sql(row)  # without: every value a parameter
+    assert plain_sql != sql and len(plain_params) > len(params)
+
+
+class Quoted(models.TextChoices):
+    ODD = "it's", "Odd"
+
+
+@pytest.mark.postgres
+def test_a_choice_with_a_quote_is_written_as_it_is():
+    tenant = TenantFactory()
+    row = notice(tenant, kind=Quoted.ODD)
+    run(*row_sql.insert_sql(row, literals=True))
+    assert SessionNotice.objects.for_tenant(tenant).get(pk=row.pk).kind == "it's"
+
+
+class Label(str):
+    """A str of another class that is not a choice: text from anywhere."""
+
+
+@pytest.mark.postgres
+def test_text_that_is_not_a_choice_stays_a_parameter_whatever_it_holds():
+    tenant = TenantFactory()
+    hostile = "x'); DELETE FROM inbox_sessionnotice; --"
+    row = notice(tenant, title=hostile, body=Label("not empty"), dedupe_key=Label(""))
+    sql, params = row_sql.insert_sql(row, literals=True)
+    assert hostile in params and "not empty" in params and "DELETE" not in sql
+    run(sql, params)
+    saved = SessionNotice.objects.for_tenant(tenant).get(pk=row.pk)
+    assert (saved.title, saved.body, saved.dedupe_key) == (hostile, "not empty", "")
+
+
+@pytest.mark.postgres
+def test_a_flag_or_a_zero_in_json_stays_json():
+    tenant = TenantFactory()
+    flag, zero = activity(tenant, data=True), activity(tenant, data=0)
+    for row in (flag, zero):
+        sql, params = row_sql.insert_sql(row, literals=True)
+        run(sql, params)
+    saved = dict(ActivityLog.objects.for_tenant(tenant).values_list("pk", "data"))
+    assert saved[flag.pk] is True and saved[zero.pk] == 0
+
+
 class Shouting(models.CharField):
     def get_prep_value(self, value):
         return super().get_prep_value(value).upper()

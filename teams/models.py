@@ -233,10 +233,12 @@ class Membership(TenantOwnedModel):
         blank=True,
         help_text="Most open conversations or leads at once; empty means no limit.",
     )
-    current_lead_count = models.PositiveIntegerField(default=0, editable=False)
+    # Never negative: the named CHECK constraints below say so (a PositiveIntegerField
+    # would add a second, identical one, which every UPDATE of an agent row evaluates).
+    current_lead_count = models.IntegerField(default=0, editable=False)
     # Open sessions assigned to the agent, kept with F() in the transaction that assigns,
     # moves or closes one (like current_lead_count); `reconcile_counters` repairs drift.
-    open_session_count = models.PositiveIntegerField(default=0, editable=False)
+    open_session_count = models.IntegerField(default=0, editable=False)
     last_assigned_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -1,4 +1,4 @@
-"""The schema's indexes: every foreign key can be followed from the row it points at
+"""The schema's indexes and checks: every foreign key can be followed from the row it points at
 (a tenant's deletion, a membership's, the admin's related lists), yet no column carries
 two indexes where one serves (each is written on every insert)."""
 
@@ -70,3 +70,19 @@ def test_the_tables_a_handover_writes_keep_no_index_another_one_covers():
         [HOT_TABLES, HOT_TABLES, PREFIX_SEARCHED],
     )
     assert covered == []
+
+
+def test_no_table_checks_the_same_condition_twice():
+    """Every UPDATE and INSERT evaluates each CHECK constraint of its table (PostgreSQL
+    reads and prepares each one again per statement): a second, identical one is work
+    without a rule (a PositiveIntegerField's own check next to a named one, say)."""
+    doubled = _rows(
+        """
+        SELECT conrelid::regclass::text, pg_get_constraintdef(oid), array_agg(conname ORDER BY 1)
+        FROM pg_constraint
+        WHERE contype = 'c' AND connamespace = 'public'::regnamespace
+        GROUP BY conrelid, pg_get_constraintdef(oid)
+        HAVING count(*) > 1
+        """
+    )
+    assert doubled == []

@@ -103,7 +103,15 @@ def _remember(key, build):
 class _Column:
     """How one field's value becomes SQL, worked out once per model and database."""
 
-    __slots__ = ("attname", "computed", "field", "kept", "null_sql", "takes_str_subclasses")
+    __slots__ = (
+        "attname",
+        "computed",
+        "field",
+        "kept",
+        "may_be_literal",
+        "null_sql",
+        "takes_str_subclasses",
+    )
 
     def __init__(self, field, db):
         self.field = field
@@ -112,6 +120,10 @@ class _Column:
         self.kept = _kept_as_is(field, db)
         # Such a column learns each str subclass it meets (added to `kept`).
         self.takes_str_subclasses = str in self.kept
+        # Whether `_literal` can ever write one of its values into the text.
+        self.may_be_literal = (
+            self.takes_str_subclasses or bool in self.kept or isinstance(field, models.IntegerField)
+        )
         # On PostgreSQL a NULL is written into the text (typed, as a row built by SELECT
         # needs it): a handover's statement has a dozen, each a parameter less to adapt.
         self.null_sql = _null_sql(field, db) if db.vendor == "postgresql" else None
@@ -208,7 +220,12 @@ def insert_sql(
     for column in plan:
         value = column.field.pre_save(obj, True) if column.computed else state[column.attname]
         kind = type(value)
-        if literals and value is not None and (literal := _literal(column, value)) is not None:
+        if (
+            literals
+            and column.may_be_literal
+            and value is not None
+            and (literal := _literal(column, value)) is not None
+        ):
             shape.append(literal)
         elif kind in column.kept and (kind is not datetime or value.tzinfo):
             if value is None and column.null_sql:

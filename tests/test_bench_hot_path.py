@@ -46,3 +46,24 @@ def test_the_benchmark_prints_one_table():
     lines = report.table().splitlines()
     assert lines[0].startswith("| figure") and len(lines) == 4
     assert "ok" in lines[2]
+
+
+def test_cpu_seconds_reads_the_cpu_a_process_spent_and_counts_a_gone_one_as_none():
+    import os
+    import time
+
+    before = bench_hot_path.cpu_seconds([os.getpid()])
+    started = time.process_time()
+    while time.process_time() - started < 0.3:  # burn a little CPU
+        pass
+    spent = bench_hot_path.cpu_seconds([os.getpid()]) - before
+    assert 0.2 <= spent <= 2.0
+    assert bench_hot_path.cpu_seconds([2**22 + 1]) == 0.0  # above pid_max: no such process
+
+
+def test_cpu_per_request_divides_by_the_requests_served():
+    use = bench_hot_path.CpuUse(web=3.0, database=1.0, requests=1000)
+    assert use.per_request_ms() == (3.0, 1.0)
+    remote = bench_hot_path.CpuUse(web=3.0, database=None, requests=1000)
+    assert remote.per_request_ms() == (3.0, None)
+    assert "not on this machine" in bench_hot_path._cpu_text(remote)

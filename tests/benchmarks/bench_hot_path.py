@@ -17,6 +17,10 @@ How each figure is taken:
   are production's plus the one-query endpoint), driven by wrk at 16 connections.
 - In-process figures (p50 ratios, statements): Django's test Client in this process,
   the two sides of each ratio alternating request by request, so drift hits both alike.
+- CPU per request, next to the req/s: the CPU time gunicorn's workers and the bench
+  database's PostgreSQL backends spent during each wrk run (from /proc, so only when
+  PostgreSQL runs on this machine), over the requests served. Throughput on a small
+  machine is CPU over CPU per request; this says where the time went.
 - The one-query endpoint (`GET /api/v1/bench/one-query`, tests/benchmarks/bench_urls.py)
   authenticates the API key like every endpoint and does one SELECT by primary key.
 - Handover: new contact, `sendHandoverMessage` true (an outbox row is queued), no team
@@ -54,6 +58,7 @@ OPEN_SESSIONS = 100_000
 BREACHES = 10_000
 IDLE_LEADS = 100_000
 SHOW_SQL = False
+GUNICORN_PID = None  # the master of the gunicorn start_gunicorn runs
 SECTIONS = ["served", "latency", "statements", "teams", "load", "sweep", "revoke"]
 
 # --- figures -------------------------------------------------------------------------
@@ -183,6 +188,8 @@ def start_gunicorn(procs, redis_url: str) -> str:
         ),
     )
     web.wait_for("Booting worker", count=WORKERS)
+    global GUNICORN_PID
+    GUNICORN_PID = web.pid
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: answers(f"{base}/healthz"), timeout=30, what="gunicorn answers")
     return base
@@ -389,6 +396,84 @@ def run_wrk(base: str, *, method: str, path: str, key: str, seconds: float, team
     return WrkResult(rps=rps, p50_ms=p50_ms, requests=requests, errors=errors)
 
 
+def cpu_seconds(pids) -> float:
+    """User + system CPU time of the processes `pids` (those gone count 0), from /proc."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(child) for child in handle.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _local_database() -> bool:
+    host = urlsplit(bench_url()).hostname or ""
+    return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+
+
+def _backend_pids() -> list[int]:
+    """The bench database's PostgreSQL backends (gunicorn's connections among them)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [DB_NAME],
+        )
+        return [pid for (pid,) in cursor.fetchall()]
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds of gunicorn's workers and of the database's backends, and requests."""
+
+    web: float = 0.0
+    database: float | None = 0.0
+    requests: int = 0
+
+    def per_request_ms(self) -> tuple[float, float | None]:
+        web = self.web / self.requests * 1000
+        database = None if self.database is None else self.database / self.requests * 1000
+        return web, database
+
+
+def wrk_with_cpu(use: CpuUse, base: str, **wrk) -> WrkResult:
+    """run_wrk, adding the CPU the run cost to `use` (the database's only when it is on
+    this machine: its backends' pids mean nothing elsewhere)."""
+    workers = _children(GUNICORN_PID) if GUNICORN_PID else []
+    local = _local_database() and use.database is not None
+    backends = _backend_pids() if local else []
+    web_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
+    result = run_wrk(base, **wrk)
+    use.web += cpu_seconds(workers) - web_before
+    if local:
+        # Connections gunicorn opened during the run count from zero.
+        new = [pid for pid in _backend_pids() if pid not in backends]
+        use.database += cpu_seconds(backends) - db_before + cpu_seconds(new)
+    else:
+        use.database = None
+    use.requests += result.requests
+    return result
+
+
+def _cpu_text(use: CpuUse) -> str:
+    web, database = use.per_request_ms()
+    if database is None:
+        return f"{web:.2f} ms (gunicorn; the database is not on this machine)"
+    return f"{web + database:.2f} ms (gunicorn {web:.2f} + PostgreSQL {database:.2f})"
+
+
 def served(report: Report, base: str, seconds: float, rounds: int) -> None:
     """Handover vs one-query req/s at 16 connections, rounds alternating the two."""
     from teams.models import Strategy
@@ -399,10 +484,17 @@ def served(report: Report, base: str, seconds: float, rounds: int) -> None:
     run_wrk(base, method="GET", path=get_path, key=tenant.api_key, seconds=1)
     run_wrk(base, method="POST", path=HANDOVER, key=tenant.api_key, seconds=1)
     one, hand = [], []
+    one_cpu, hand_cpu = CpuUse(), CpuUse()
     for _ in range(rounds):
-        one.append(run_wrk(base, method="GET", path=get_path, key=tenant.api_key, seconds=seconds))
+        one.append(
+            wrk_with_cpu(
+                one_cpu, base, method="GET", path=get_path, key=tenant.api_key, seconds=seconds
+            )
+        )
         hand.append(
-            run_wrk(base, method="POST", path=HANDOVER, key=tenant.api_key, seconds=seconds)
+            wrk_with_cpu(
+                hand_cpu, base, method="POST", path=HANDOVER, key=tenant.api_key, seconds=seconds
+            )
         )
     for label, results in (("one-query", one), ("handover", hand)):
         errors = sum(r.errors for r in results)
@@ -417,6 +509,11 @@ def served(report: Report, base: str, seconds: float, rounds: int) -> None:
     report.add("handover (new contact, message on, no team), req/s", f"{hand_rps:.0f}", "")
     r = ratio(hand_rps, one_rps)
     report.add("handover / one-query throughput", f"{r:.2f}x", ">= 0.5x", r >= 0.5)
+    report.add("CPU per request under wrk, one-query", _cpu_text(one_cpu), "(why)")
+    report.add("CPU per request under wrk, handover", _cpu_text(hand_cpu), "(why)")
+    if one_cpu.database is not None and hand_cpu.database is not None:
+        cost = ratio(sum(one_cpu.per_request_ms()), sum(hand_cpu.per_request_ms()))
+        report.add("one-query / handover CPU per request", f"{cost:.2f}x", "(why)")
 
     # Round robin under 16 concurrent clients: exactly fair?
     team, agents = tenant.make_team("spread", SPREAD_POOL, Strategy.ROUND_ROBIN)

@@ -48,17 +48,27 @@ def test_the_benchmark_prints_one_table():
     assert "ok" in lines[2]
 
 
-def test_cpu_seconds_reads_the_cpu_a_process_spent_and_counts_a_gone_one_as_none():
+def test_tree_cpu_counts_a_process_and_its_children_and_keeps_a_reaped_childs_time():
     import os
+    import subprocess
+    import sys
     import time
 
-    before = bench_hot_path.cpu_seconds([os.getpid()])
-    started = time.process_time()
-    while time.process_time() - started < 0.3:  # burn a little CPU
-        pass
-    spent = bench_hot_path.cpu_seconds([os.getpid()]) - before
-    assert 0.2 <= spent <= 2.0
-    assert bench_hot_path.cpu_seconds([2**22 + 1]) == 0.0  # above pid_max: no such process
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    before = bench_hot_path.tree_cpu_seconds(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", burn + "\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while bench_hot_path.tree_cpu_seconds(os.getpid()) - before < 0.3:
+            assert time.monotonic() < deadline, "the child's CPU was never counted"
+            time.sleep(0.05)
+        while_alive = bench_hot_path.tree_cpu_seconds(os.getpid()) - before
+    finally:
+        child.kill()
+        child.wait()  # reaped: its time moves to this process's children's total
+    after_exit = bench_hot_path.tree_cpu_seconds(os.getpid()) - before
+    assert after_exit >= while_alive >= 0.3
+    assert bench_hot_path.tree_cpu_seconds(2**22 + 1) == 0.0  # above pid_max: no such process
 
 
 def test_cpu_per_request_divides_by_the_requests_served():

@@ -17,9 +17,9 @@ How each figure is taken:
   are production's plus the one-query endpoint), driven by wrk at 16 connections.
 - In-process figures (p50 ratios, statements): Django's test Client in this process,
   the two sides of each ratio alternating request by request, so drift hits both alike.
-- CPU per request, next to the req/s: the CPU time gunicorn's workers and the bench
-  database's PostgreSQL backends spent during each wrk run (from /proc, so only when
-  PostgreSQL runs on this machine), over the requests served. Throughput on a small
+- CPU per request, next to the req/s: the CPU time gunicorn (master and workers) and the
+  PostgreSQL server's processes spent during each wrk run (from /proc, so the database's
+  only when it runs on this machine), over the requests served. Throughput on a small
   machine is CPU over CPU per request; this says where the time went.
 - The one-query endpoint (`GET /api/v1/bench/one-query`, tests/benchmarks/bench_urls.py)
   authenticates the API key like every endpoint and does one SELECT by primary key.
@@ -396,47 +396,56 @@ def run_wrk(base: str, *, method: str, path: str, key: str, seconds: float, team
     return WrkResult(rps=rps, p50_ms=p50_ms, requests=requests, errors=errors)
 
 
-def cpu_seconds(pids) -> float:
-    """User + system CPU time of the processes `pids` (those gone count 0), from /proc."""
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+def _stat(pid) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def tree_cpu_seconds(parent) -> float:
+    """CPU time (user + system) of a process and its children, as a total that only
+    grows: the children alive now, plus the parent's own time and that of the children
+    it has already reaped (an exiting child's time moves there: a gunicorn worker
+    restarted, a PostgreSQL backend whose connection reached its age)."""
+    fields = _stat(parent)
+    if fields is None:
+        return 0.0
+    # utime, stime, cutime, cstime: fields 14-17 of stat, 11-14 here.
+    ticks = sum(int(value) for value in fields[11:15])
+    try:
+        with open(f"/proc/{parent}/task/{parent}/children") as handle:
+            children = handle.read().split()
+    except FileNotFoundError:
+        children = []
+    for child in children:
+        child_fields = _stat(child)
+        if child_fields is not None:
+            ticks += int(child_fields[11]) + int(child_fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(child) for child in handle.read().split()]
-    except FileNotFoundError:
-        return []
-
-
-def _local_database() -> bool:
-    host = urlsplit(bench_url()).hostname or ""
-    return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
-
-
-def _backend_pids() -> list[int]:
-    """The bench database's PostgreSQL backends (gunicorn's connections among them)."""
+def postgres_server_pid() -> int | None:
+    """The local PostgreSQL server's main process (the parent of this connection's
+    backend), or None when the database is elsewhere: its pids mean nothing here."""
     from django.db import connection
 
+    host = urlsplit(bench_url()).hostname or ""
+    if not (host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")):
+        return None
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [DB_NAME],
-        )
-        return [pid for (pid,) in cursor.fetchall()]
+        cursor.execute("SELECT pg_backend_pid()")
+        (backend,) = cursor.fetchone()
+    fields = _stat(backend)
+    return int(fields[1]) if fields is not None else None  # ppid
 
 
 @dataclass
 class CpuUse:
-    """CPU seconds of gunicorn's workers and of the database's backends, and requests."""
+    """CPU seconds of gunicorn (master and workers) and of the PostgreSQL server, over
+    the requests served."""
 
     web: float = 0.0
     database: float | None = 0.0
@@ -449,18 +458,14 @@ class CpuUse:
 
 
 def wrk_with_cpu(use: CpuUse, base: str, **wrk) -> WrkResult:
-    """run_wrk, adding the CPU the run cost to `use` (the database's only when it is on
-    this machine: its backends' pids mean nothing elsewhere)."""
-    workers = _children(GUNICORN_PID) if GUNICORN_PID else []
-    local = _local_database() and use.database is not None
-    backends = _backend_pids() if local else []
-    web_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
+    """run_wrk, adding the CPU the run cost to `use`."""
+    server = postgres_server_pid() if use.database is not None else None
+    web_before = tree_cpu_seconds(GUNICORN_PID) if GUNICORN_PID else 0.0
+    db_before = tree_cpu_seconds(server) if server else 0.0
     result = run_wrk(base, **wrk)
-    use.web += cpu_seconds(workers) - web_before
-    if local:
-        # Connections gunicorn opened during the run count from zero.
-        new = [pid for pid in _backend_pids() if pid not in backends]
-        use.database += cpu_seconds(backends) - db_before + cpu_seconds(new)
+    use.web += (tree_cpu_seconds(GUNICORN_PID) if GUNICORN_PID else 0.0) - web_before
+    if server:
+        use.database += tree_cpu_seconds(server) - db_before
     else:
         use.database = None
     use.requests += result.requests

@@ -14,7 +14,6 @@ the text rather than a parameter; a row with any other expression, or a model wi
 field that needs its own placeholder, goes through Django's compiler as before.
 """
 
-import enum
 import threading
 import uuid
 from dataclasses import dataclass
@@ -106,9 +105,10 @@ class _Column:
     __slots__ = (
         "attname",
         "computed",
+        "default",
+        "default_sql",
         "field",
         "kept",
-        "may_be_literal",
         "null_sql",
         "takes_str_subclasses",
     )
@@ -120,10 +120,8 @@ class _Column:
         self.kept = _kept_as_is(field, db)
         # Such a column learns each str subclass it meets (added to `kept`).
         self.takes_str_subclasses = str in self.kept
-        # Whether `_literal` can ever write one of its values into the text.
-        self.may_be_literal = (
-            self.takes_str_subclasses or bool in self.kept or isinstance(field, models.IntegerField)
-        )
+        # The field's default as SQL text, when it is a constant that text can say.
+        self.default, self.default_sql = _default_literal(field, self.kept)
         # On PostgreSQL a NULL is written into the text (typed, as a row built by SELECT
         # needs it): a handover's statement has a dozen, each a parameter less to adapt.
         self.null_sql = _null_sql(field, db) if db.vendor == "postgresql" else None
@@ -171,23 +169,37 @@ def _plan(model, db) -> list[_Column] | None:
     return plan
 
 
-def _literal(column: _Column, value) -> str | None:
-    """SQL text for a value every row of a call site tends to share (a choice, a flag,
-    an empty string, a zero count), so it goes into the statement's text instead of
-    being adapted and bound as a parameter on every run; None for any other value. The
-    text of a shape includes it: each such value is a shape of its own, and there are
-    few (the members of a choices enum, true and false, '' and 0). Only values that come
-    from code qualify: an enum member, a bool, the empty string, the integer 0."""
-    kind = type(value)
-    if kind is bool:
-        return ("true" if value else "false") if bool in column.kept else None
-    if kind is int:
-        return "0" if value == 0 and isinstance(column.field, models.IntegerField) else None
-    if kind is str:
-        return "''" if not value and column.takes_str_subclasses else None
-    if isinstance(value, enum.Enum) and isinstance(value, str) and column.takes_str_subclasses:
-        return "'" + str(value.value).replace("'", "''") + "'"
-    return None
+def _plain_integer(field) -> bool:
+    """An integer field that prepares values as IntegerField does (a 0 is a 0)."""
+    return isinstance(field, models.IntegerField) and all(
+        getattr(type(field), name) is getattr(models.IntegerField, name)
+        for name in ("get_db_prep_save", "get_db_prep_value", "get_prep_value")
+    )
+
+
+def _default_literal(field, kept) -> tuple[object, str | None]:
+    """(the field's default, its SQL text) when the default is a constant of code that
+    text can say as the parameter would (a flag, the integer 0, a string: a choices
+    member, the empty string); (None, None) else. `%` is doubled: psycopg reads the text
+    for placeholders."""
+    default = _default_of(field)
+    if type(default) is bool:
+        return (default, "true" if default else "false") if bool in kept else (None, None)
+    if type(default) is int:
+        return (default, "0") if default == 0 and _plain_integer(field) else (None, None)
+    if isinstance(default, str) and str in kept:
+        text = str.__str__(default)  # what the parameter sends, for a choices member too
+        return default, "'" + text.replace("'", "''").replace("%", "%%") + "'"
+    return None, None
+
+
+def _is_default(column: "_Column", value) -> bool:
+    default = column.default
+    if type(default) is bool:
+        return value is default
+    if isinstance(default, str):
+        return isinstance(value, str) and value == default
+    return type(value) is int and value == default
 
 
 def insert_sql(
@@ -202,8 +214,10 @@ def insert_sql(
     `INSERT INTO t (…) SELECT … WHERE when` (a row that goes in only if `when` holds);
     with `source` too, `SELECT … FROM source WHERE when`: a row for each row of
     `source` (a CTE of the same statement), whose columns the row's RawSQL values and
-    `when` may name. `ignore_conflicts`: ON CONFLICT DO NOTHING. `literals`: the values
-    `_literal` knows go into the text (a statement that runs again and again with them).
+    `when` may name. `ignore_conflicts`: ON CONFLICT DO NOTHING. `literals`: a value
+    equal to its field's constant default (a status, a flag, an empty string, a zero
+    count) goes into the text instead of being adapted and bound as a parameter on every
+    run, for a statement run again and again; a column then has two shapes at most.
     """
     model = type(obj)
     # The connection itself, not the proxy: every field asks it something.
@@ -220,13 +234,8 @@ def insert_sql(
     for column in plan:
         value = column.field.pre_save(obj, True) if column.computed else state[column.attname]
         kind = type(value)
-        if (
-            literals
-            and column.may_be_literal
-            and value is not None
-            and (literal := _literal(column, value)) is not None
-        ):
-            shape.append(literal)
+        if literals and column.default_sql is not None and _is_default(column, value):
+            shape.append(column.default_sql)
         elif kind in column.kept and (kind is not datetime or value.tzinfo):
             if value is None and column.null_sql:
                 shape.append(column.null_sql)

@@ -4,8 +4,10 @@ psycopg turns a statement's text into the server's form (`%s` to `$n`, with a re
 expression over the whole text) on every run, unless it remembers it: it does so only
 for texts of at most 4,096 bytes with at most 50 parameters (`psycopg._queries`), a
 guard against ORM statements whose text changes with every batch size. The handover's
-pick statement carries the new session's writes (about 4 KB, 70 parameters) and its text
-never changes, so it was converted again on every handover. The limits are raised to fit
+pick statement carries the new session's writes (about 5 KB, 74 parameters) and its text
+changes only with the handover's shape (the pool's kind, which rows it writes, which
+values are NULL or their field's default: a few texts per deployment), so it was
+converted again on every handover. The limits are raised to fit
 it with room to spare; the cache stays an LRU of 128 entries, so the occasional long
 statement of a varying text only pushes out an old entry.
 """

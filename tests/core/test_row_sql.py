@@ -100,15 +100,13 @@ def notice(tenant, **fields):
 
 
 @pytest.mark.postgres
-def test_literals_write_choices_flags_empty_strings_and_zeros_into_the_text():
-    from inbox.models import SessionNoticeKind
-
+def test_literals_write_values_equal_to_their_fields_constant_default_into_the_text():
     tenant = TenantFactory()
-    row = notice(tenant, kind=SessionNoticeKind.SESSION_ASSIGNED, is_read=False)
+    row = notice(tenant, kind="session_assigned", is_read=False, body="", dedupe_key="")
     sql, params = row_sql.insert_sql(row, literals=True)
-    assert "'session_assigned'" in sql and "false" in sql and "''" in sql
-    assert SessionNoticeKind.SESSION_ASSIGNED not in params and False not in params
-    assert "" not in params
+    # is_read, body and dedupe_key hold their defaults; kind and title do not.
+    assert "false" in sql and False not in params and "" not in params
+    assert "session_assigned" in params and "New conversation" in params
     assert run(sql, params) == 1
     saved = SessionNotice.objects.for_tenant(tenant).get(pk=row.pk)
     assert (saved.kind, saved.is_read, saved.body, saved.dedupe_key) == (
@@ -118,46 +116,62 @@ def test_literals_write_choices_flags_empty_strings_and_zeros_into_the_text():
         "",
     )
     plain_sql, plain_params = row_sql.insert_sql(row)  # without: every value a parameter
-    assert plain_sql != sql and len(plain_params) > len(params)
-
-
-class Quoted(models.TextChoices):
-    ODD = "it's", "Odd"
+    assert plain_sql != sql and len(plain_params) == len(params) + 3
 
 
 @pytest.mark.postgres
-def test_a_choice_with_a_quote_is_written_as_it_is():
+def test_a_value_other_than_the_default_stays_a_parameter_whatever_it_holds():
     tenant = TenantFactory()
-    row = notice(tenant, kind=Quoted.ODD)
-    run(*row_sql.insert_sql(row, literals=True))
-    assert SessionNotice.objects.for_tenant(tenant).get(pk=row.pk).kind == "it's"
+    hostile = "x'); DELETE FROM inbox_sessionnotice; --"
+    row = notice(tenant, title=hostile, body=Label("not empty"), is_read=True)
+    sql, params = row_sql.insert_sql(row, literals=True)
+    assert hostile in params and "not empty" in params and True in params
+    assert "DELETE" not in sql
+    run(sql, params)
+    saved = SessionNotice.objects.for_tenant(tenant).get(pk=row.pk)
+    assert (saved.title, saved.body, saved.is_read) == (hostile, "not empty", True)
+
+
+class Quoted(models.TextChoices):
+    ODD = "it's 50%", "Odd"
+
+
+def _default_sql(field) -> str | None:
+    field.set_attributes_from_name("value")
+    return row_sql._Column(field, connection).default_sql
+
+
+@pytest.mark.postgres
+def test_a_default_with_a_quote_or_a_percent_sign_reads_back_as_it_is():
+    for field in (
+        models.CharField(max_length=20, default="it's 50%"),
+        models.CharField(max_length=20, default=Quoted.ODD),
+    ):
+        sql = _default_sql(field)
+        with connection.cursor() as cursor:  # a parameter next to it: psycopg reads the text
+            cursor.execute(f"SELECT {sql}, %s", ["other"])
+            assert cursor.fetchone() == ("it's 50%", "other")
+
+
+@pytest.mark.postgres
+def test_only_defaults_text_can_say_as_the_parameter_would_become_literals():
+    assert _default_sql(models.BooleanField(default=True)) == "true"
+    assert _default_sql(models.PositiveIntegerField(default=0)) == "0"
+    assert _default_sql(models.IntegerField(default=5)) is None  # a count that varies
+    assert _default_sql(Doubled(default=0)) is None  # an integer field with its own prep
+    assert _default_sql(models.JSONField(default=False)) is None  # JSON false, not boolean
+    assert _default_sql(models.JSONField(default=dict)) is None  # made per row
+    assert _default_sql(Shouting(max_length=10, default="quiet")) is None  # its own prep
+    assert _default_sql(models.CharField(max_length=10, null=True)) is None  # NULL anyway
+
+
+class Doubled(models.IntegerField):
+    def get_prep_value(self, value):
+        return super().get_prep_value(value) * 2
 
 
 class Label(str):
     """A str of another class that is not a choice: text from anywhere."""
-
-
-@pytest.mark.postgres
-def test_text_that_is_not_a_choice_stays_a_parameter_whatever_it_holds():
-    tenant = TenantFactory()
-    hostile = "x'); DELETE FROM inbox_sessionnotice; --"
-    row = notice(tenant, title=hostile, body=Label("not empty"), dedupe_key=Label(""))
-    sql, params = row_sql.insert_sql(row, literals=True)
-    assert hostile in params and "not empty" in params and "DELETE" not in sql
-    run(sql, params)
-    saved = SessionNotice.objects.for_tenant(tenant).get(pk=row.pk)
-    assert (saved.title, saved.body, saved.dedupe_key) == (hostile, "not empty", "")
-
-
-@pytest.mark.postgres
-def test_a_flag_or_a_zero_in_json_stays_json():
-    tenant = TenantFactory()
-    flag, zero = activity(tenant, data=True), activity(tenant, data=0)
-    for row in (flag, zero):
-        sql, params = row_sql.insert_sql(row, literals=True)
-        run(sql, params)
-    saved = dict(ActivityLog.objects.for_tenant(tenant).values_list("pk", "data"))
-    assert saved[flag.pk] is True and saved[zero.pk] == 0
 
 
 class Shouting(models.CharField):

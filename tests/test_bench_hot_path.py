@@ -71,6 +71,25 @@ def test_tree_cpu_counts_a_process_and_its_children_and_keeps_a_reaped_childs_ti
     assert bench_hot_path.tree_cpu_seconds(2**22 + 1) == 0.0  # above pid_max: no such process
 
 
+def test_stat_gives_the_parent_pid_where_the_server_lookup_reads_it():
+    import os
+
+    assert bench_hot_path._stat(os.getpid())[1] == str(os.getppid())
+
+
+@pytest.mark.postgres
+def test_the_postgresql_server_found_is_the_parent_of_this_connections_backend():
+    from django.db import connection
+
+    server = bench_hot_path.postgres_server_pid()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (backend,) = cursor.fetchone()
+    assert server is not None and bench_hot_path._command(server) == "postgres"
+    with open(f"/proc/{server}/task/{server}/children") as handle:
+        assert str(backend) in handle.read().split()
+
+
 def test_cpu_per_request_divides_by_the_requests_served():
     use = bench_hot_path.CpuUse(web=3.0, database=1.0, requests=1000)
     assert use.per_request_ms() == (3.0, 1.0)

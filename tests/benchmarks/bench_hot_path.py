@@ -410,21 +410,30 @@ def tree_cpu_seconds(parent) -> float:
     grows: the children alive now, plus the parent's own time and that of the children
     it has already reaped (an exiting child's time moves there: a gunicorn worker
     restarted, a PostgreSQL backend whose connection reached its age)."""
-    fields = _stat(parent)
-    if fields is None:
-        return 0.0
-    # utime, stime, cutime, cstime: fields 14-17 of stat, 11-14 here.
-    ticks = sum(int(value) for value in fields[11:15])
     try:
         with open(f"/proc/{parent}/task/{parent}/children") as handle:
             children = handle.read().split()
     except FileNotFoundError:
-        children = []
+        return 0.0
+    ticks = 0
     for child in children:
         child_fields = _stat(child)
-        if child_fields is not None:
+        if child_fields is not None:  # utime, stime: fields 14 and 15 of stat, 11, 12 here
             ticks += int(child_fields[11]) + int(child_fields[12])
+    # The parent last: a child reaped while its siblings were read is in cutime by now.
+    fields = _stat(parent)
+    if fields is None:
+        return 0.0
+    ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _command(pid) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def postgres_server_pid() -> int | None:
@@ -439,7 +448,12 @@ def postgres_server_pid() -> int | None:
         cursor.execute("SELECT pg_backend_pid()")
         (backend,) = cursor.fetchone()
     fields = _stat(backend)
-    return int(fields[1]) if fields is not None else None  # ppid
+    if fields is None:
+        return None
+    server = int(fields[1])  # ppid
+    # A pid from another pid namespace (PostgreSQL in a container) names some other
+    # process here, or none.
+    return server if _command(backend) == _command(server) == "postgres" else None
 
 
 @dataclass
@@ -452,8 +466,9 @@ class CpuUse:
     requests: int = 0
 
     def per_request_ms(self) -> tuple[float, float | None]:
-        web = self.web / self.requests * 1000
-        database = None if self.database is None else self.database / self.requests * 1000
+        served = max(self.requests, 1)  # wrk counted none: the server failed every request
+        web = self.web / served * 1000
+        database = None if self.database is None else self.database / served * 1000
         return web, database
 
 

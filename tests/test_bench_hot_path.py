@@ -90,9 +90,19 @@ def test_the_postgresql_server_found_is_the_parent_of_this_connections_backend()
         assert str(backend) in handle.read().split()
 
 
+@pytest.mark.postgres
+def test_a_server_pid_that_is_not_postgres_here_is_not_measured(monkeypatch):
+    # PostgreSQL in a container: its pids name other processes (or none) on this host.
+    monkeypatch.setattr(bench_hot_path, "_command", lambda pid: "python")
+    assert bench_hot_path.postgres_server_pid() is None
+
+
 def test_cpu_per_request_divides_by_the_requests_served():
     use = bench_hot_path.CpuUse(web=3.0, database=1.0, requests=1000)
     assert use.per_request_ms() == (3.0, 1.0)
     remote = bench_hot_path.CpuUse(web=3.0, database=None, requests=1000)
     assert remote.per_request_ms() == (3.0, None)
     assert "not on this machine" in bench_hot_path._cpu_text(remote)
+    failed = bench_hot_path.CpuUse(web=3.0, database=1.0, requests=0)  # wrk counted none
+    assert failed.per_request_ms() == (3000.0, 1000.0)
+    assert bench_hot_path.tree_cpu_seconds(None) == 0.0

@@ -409,7 +409,9 @@ def tree_cpu_seconds(parent) -> float:
     """CPU time (user + system) of a process and its children, as a total that only
     grows: the children alive now, plus the parent's own time and that of the children
     it has already reaped (an exiting child's time moves there: a gunicorn worker
-    restarted, a PostgreSQL backend whose connection reached its age)."""
+    restarted, a PostgreSQL backend whose connection reached its age); 0 for None."""
+    if parent is None:
+        return 0.0
     try:
         with open(f"/proc/{parent}/task/{parent}/children") as handle:
             children = handle.read().split()
@@ -475,14 +477,13 @@ class CpuUse:
 def wrk_with_cpu(use: CpuUse, base: str, **wrk) -> WrkResult:
     """run_wrk, adding the CPU the run cost to `use`."""
     server = postgres_server_pid() if use.database is not None else None
-    web_before = tree_cpu_seconds(GUNICORN_PID) if GUNICORN_PID else 0.0
-    db_before = tree_cpu_seconds(server) if server else 0.0
+    web_before, db_before = tree_cpu_seconds(GUNICORN_PID), tree_cpu_seconds(server)
     result = run_wrk(base, **wrk)
-    use.web += (tree_cpu_seconds(GUNICORN_PID) if GUNICORN_PID else 0.0) - web_before
-    if server:
-        use.database += tree_cpu_seconds(server) - db_before
-    else:
+    use.web += tree_cpu_seconds(GUNICORN_PID) - web_before
+    if server is None:
         use.database = None
+    else:
+        use.database += tree_cpu_seconds(server) - db_before
     use.requests += result.requests
     return result
 

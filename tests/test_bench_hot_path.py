@@ -6,7 +6,7 @@ import pytest
 from django.urls import Resolver404, resolve
 
 from teams import api_key_cache
-from tests.benchmarks import bench_hot_path
+from tests.benchmarks import bench_hot_path, proc_cpu
 
 pytestmark = pytest.mark.django_db
 
@@ -55,26 +55,26 @@ def test_tree_cpu_counts_a_process_and_its_children_and_keeps_a_reaped_childs_ti
     import time
 
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
-    before = bench_hot_path.tree_cpu_seconds(os.getpid())
+    before = proc_cpu.tree_cpu_seconds(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", burn + "\ntime.sleep(30)"])
     try:
         deadline = time.monotonic() + 20
-        while bench_hot_path.tree_cpu_seconds(os.getpid()) - before < 0.3:
+        while proc_cpu.tree_cpu_seconds(os.getpid()) - before < 0.3:
             assert time.monotonic() < deadline, "the child's CPU was never counted"
             time.sleep(0.05)
-        while_alive = bench_hot_path.tree_cpu_seconds(os.getpid()) - before
+        while_alive = proc_cpu.tree_cpu_seconds(os.getpid()) - before
     finally:
         child.kill()
         child.wait()  # reaped: its time moves to this process's children's total
-    after_exit = bench_hot_path.tree_cpu_seconds(os.getpid()) - before
+    after_exit = proc_cpu.tree_cpu_seconds(os.getpid()) - before
     assert after_exit >= while_alive >= 0.3
-    assert bench_hot_path.tree_cpu_seconds(2**22 + 1) == 0.0  # above pid_max: no such process
+    assert proc_cpu.tree_cpu_seconds(2**22 + 1) == 0.0  # above pid_max: no such process
 
 
 def test_stat_gives_the_parent_pid_where_the_server_lookup_reads_it():
     import os
 
-    assert bench_hot_path._stat(os.getpid())[1] == str(os.getppid())
+    assert proc_cpu.stat_fields(os.getpid())[1] == str(os.getppid())
 
 
 @pytest.mark.postgres
@@ -85,7 +85,7 @@ def test_the_postgresql_server_found_is_the_parent_of_this_connections_backend()
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         (backend,) = cursor.fetchone()
-    assert server is not None and bench_hot_path._command(server) == "postgres"
+    assert server is not None and proc_cpu.command(server) == "postgres"
     with open(f"/proc/{server}/task/{server}/children") as handle:
         assert str(backend) in handle.read().split()
 
@@ -93,7 +93,7 @@ def test_the_postgresql_server_found_is_the_parent_of_this_connections_backend()
 @pytest.mark.postgres
 def test_a_server_pid_that_is_not_postgres_here_is_not_measured(monkeypatch):
     # PostgreSQL in a container: its pids name other processes (or none) on this host.
-    monkeypatch.setattr(bench_hot_path, "_command", lambda pid: "python")
+    monkeypatch.setattr(bench_hot_path, "command", lambda pid: "python")
     assert bench_hot_path.postgres_server_pid() is None
 
 
@@ -105,4 +105,4 @@ def test_cpu_per_request_divides_by_the_requests_served():
     assert "not on this machine" in bench_hot_path._cpu_text(remote)
     failed = bench_hot_path.CpuUse(web=3.0, database=1.0, requests=0)  # wrk counted none
     assert failed.per_request_ms() == (3000.0, 1000.0)
-    assert bench_hot_path.tree_cpu_seconds(None) == 0.0
+    assert proc_cpu.tree_cpu_seconds(None) == 0.0

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
+from tests.benchmarks.proc_cpu import command, stat_fields, tree_cpu_seconds
+
 DB_NAME = "handover_bench_hot"
 SETTINGS = "config.settings_bench"
 HANDOVER = "/api/v1/handover"
@@ -396,48 +398,6 @@ def run_wrk(base: str, *, method: str, path: str, key: str, seconds: float, team
     return WrkResult(rps=rps, p50_ms=p50_ms, requests=requests, errors=errors)
 
 
-def _stat(pid) -> list[str] | None:
-    """/proc/<pid>/stat's fields after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def tree_cpu_seconds(parent) -> float:
-    """CPU time (user + system) of a process and its children, as a total that only
-    grows: the children alive now, plus the parent's own time and that of the children
-    it has already reaped (an exiting child's time moves there: a gunicorn worker
-    restarted, a PostgreSQL backend whose connection reached its age); 0 for None."""
-    if parent is None:
-        return 0.0
-    try:
-        with open(f"/proc/{parent}/task/{parent}/children") as handle:
-            children = handle.read().split()
-    except FileNotFoundError:
-        return 0.0
-    ticks = 0
-    for child in children:
-        child_fields = _stat(child)
-        if child_fields is not None:  # utime, stime: fields 14 and 15 of stat, 11, 12 here
-            ticks += int(child_fields[11]) + int(child_fields[12])
-    # The parent last: a child reaped while its siblings were read is in cutime by now.
-    fields = _stat(parent)
-    if fields is None:
-        return 0.0
-    ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _command(pid) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as handle:
-            return handle.read().strip()
-    except FileNotFoundError:
-        return ""
-
-
 def postgres_server_pid() -> int | None:
     """The local PostgreSQL server's main process (the parent of this connection's
     backend), or None when the database is elsewhere: its pids mean nothing here."""
@@ -449,13 +409,13 @@ def postgres_server_pid() -> int | None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         (backend,) = cursor.fetchone()
-    fields = _stat(backend)
+    fields = stat_fields(backend)
     if fields is None:
         return None
     server = int(fields[1])  # ppid
     # A pid from another pid namespace (PostgreSQL in a container) names some other
     # process here, or none.
-    return server if _command(backend) == _command(server) == "postgres" else None
+    return server if command(backend) == command(server) == "postgres" else None
 
 
 @dataclass

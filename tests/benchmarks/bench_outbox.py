@@ -59,6 +59,7 @@ from urllib.parse import urlsplit, urlunsplit
 from celery import shared_task
 
 from tests.benchmarks.bench_handover import percentile, table
+from tests.benchmarks.proc_cpu import cpu_by_pid, process_tree
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_MODULE = "tests.benchmarks.bench_outbox"  # the Celery worker imports it (--include)
@@ -101,29 +102,6 @@ class Run:
     @property
     def seconds(self) -> float:
         return max(self.done) - self.started
-
-
-def _process_tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as children:
-                    todo.extend(int(child) for child in children.read().split())
-    return pids
-
-
-def cpu_by_pid(pids) -> dict[int, float]:
-    """User + system CPU seconds of each process that is still there (Linux /proc)."""
-    ticks, cpu = os.sysconf("SC_CLK_TCK"), {}
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return cpu
 
 
 class CpuMeter:
@@ -340,7 +318,7 @@ class CeleryBaseline:
     def run(self) -> Run:
         self.rounds += 1
         key = f"{self.queue}:round-{self.rounds}"
-        worker_cpu = CpuMeter(lambda: _process_tree(self.worker.pid))
+        worker_cpu = CpuMeter(lambda: process_tree(self.worker.pid))
         broker_cpu = CpuMeter(lambda: [self.redis_server.pid])
         published = self._batch(key, self.args.messages, self.args.timeout)
         run = Run(self.label(), started=published[0])
@@ -390,7 +368,7 @@ class OutboxDelivery:
         self.worker = self.workers[0]
 
     def worker_pids(self) -> list[int]:
-        return [pid for worker in self.workers for pid in _process_tree(worker.pid)]
+        return [pid for worker in self.workers for pid in process_tree(worker.pid)]
 
     @property
     def threads(self) -> str:

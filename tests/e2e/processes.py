@@ -473,24 +473,30 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _inode_of_local_port(port: int) -> str | None:
+def _inodes_of_connection(local_port: int, remote_port: int | None) -> set[str]:
+    # Linux hands one ephemeral port to several connections when their peers differ (a
+    # worker's link to the CRM and another's to PostgreSQL), so the peer's port is part of
+    # the match, and every socket that matches is a candidate.
+    inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as lines:
             next(lines)
             for line in lines:
                 fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] != "0":
-                    return fields[9]
-    return None
+                local = int(fields[1].rsplit(":", 1)[1], 16)
+                remote = int(fields[2].rsplit(":", 1)[1], 16)
+                if local != local_port or fields[9] == "0":
+                    continue
+                if remote_port is None or remote == remote_port:
+                    inodes.add(fields[9])
+    return inodes
 
 
-def owner_of_port(port: int, pids: list[int]) -> int | None:
-    """The pid (of `pids`) whose socket has local TCP port `port` on this machine."""
-    inode = _inode_of_local_port(port)
-    if inode is None:
-        return None
+def owner_of_port(port: int, pids: list[int], remote_port: int | None = None) -> int | None:
+    """The pid (of `pids`) whose socket has local TCP port `port` (talking to `remote_port`)."""
+    inodes = _inodes_of_connection(port, remote_port)
     for pid in pids:
-        if inode in _socket_inodes(pid):
+        if inodes & _socket_inodes(pid):
             return pid
     return None
 

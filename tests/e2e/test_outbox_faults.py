@@ -500,7 +500,7 @@ def test_two_workers_drain_a_thousand_messages_each_sent_once(procs, crm, pg):
     tenants = [tenant_with_crm(crm, f"crm{index}")[0] for index in range(5)]
     first = procs.outbox_worker("outbox-a", threads=4)
     second = procs.outbox_worker("outbox-b", threads=4)
-    crm.identify_client = lambda port: owner_of_port(port, [first.pid, second.pid])
+    crm.identify_client = lambda port: owner_of_port(port, [first.pid, second.pid], crm.port)
     first.wait_until_ready()
     second.wait_until_ready()
     wait_until(lambda: listeners(pg) >= 2, timeout=10, what="both workers listen")

@@ -117,7 +117,7 @@ def test_with_both_urls_the_product_runs_on_postgres_and_redis():
     assert loaded["celery_broker_url"] == REDIS_URL
     assert loaded["always_eager"] is False
     assert loaded["celery_always_eager"] is False
-    assert loaded["cache_backend"] == "django.core.cache.backends.redis.RedisCache"
+    assert loaded["cache_backend"] == "core.redis_cache.ReusedClientRedisCache"
     assert loaded["cache_location"] == REDIS_URL
 
 

@@ -356,8 +356,10 @@ class Processes:
         self.started.append(worker)
         return worker
 
-    def redis(self) -> "RedisServer":
-        port = free_port()
+    def redis(self, port: int | None = None) -> "RedisServer":
+        """A Redis of its own, on `port` (one that was in use before: a restart) or a free
+        one."""
+        port = port or free_port()
         server = RedisServer(
             "redis",
             [

@@ -312,11 +312,12 @@ def test_a_failed_attempt_and_a_limited_key_are_what_write(clock, recording_cach
 
 @pytest.fixture
 def dead_cache(settings):
-    """The throttle's cache is a Redis on a port where nothing listens."""
+    """The throttle's cache (production's backend) is a Redis on a port where nothing
+    listens."""
     settings.CACHES = {
         **settings.CACHES,
         "throttle": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "core.redis_cache.ReusedClientRedisCache",
             "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
             "OPTIONS": {"socket_connect_timeout": 0.1, "socket_timeout": 0.1},
         },

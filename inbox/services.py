@@ -7,18 +7,16 @@ session only when its agent changed or the tenant's quiet period passed). A fail
 message never undoes an assignment.
 """
 
-import copy
 import hashlib
 import json
 import logging
-import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, Count, F, Field, Q, When
+from django.db.models import Case, Count, F, Q, When
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -42,7 +40,7 @@ from inbox.models import (
 from inbox.notices import notice_email, save_notices, session_notice
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import build_message, queue_messages
-from teams.models import Membership, Strategy, Team, Tenant, User
+from teams.models import Membership, Strategy, Team, Tenant
 from teams.routing import (
     ROUTED_AGENT,
     Cte,
@@ -50,6 +48,15 @@ from teams.routing import (
     RoutingDecision,
     UnassignedReason,
     route,
+)
+from teams.routing.attached import (
+    ROUTED_AGENT_EMAIL,
+    ROUTED_AGENT_ID,
+    SPLICED,
+    STAND_IN_AGENT,
+    json_with_routed_agent,
+    shadow_of,
+    with_routed_agent,
 )
 from teams.selectors import team_for_routing
 from teams.services import CounterDrift, reconcile_agent_counter
@@ -170,15 +177,6 @@ GIVEN_FIELDS = [
     "accept_deadline",
     "accepted_at",
 ]
-
-
-# The routing statement's chosen agent, for a session given to "whoever the pick
-# statement picks" (handover's single-statement assignment; see _new_session_ctes): a
-# column of the statement's `routed_agent`, which each attached write reads FROM.
-ROUTED_AGENT_ID = RawSQL(f"{ROUTED_AGENT}.id", [])  # noqa: S611
-# RawSQL values only spliced into SQL text (core.row_sql) share one output field rather
-# than building a model field each.
-_SPLICED = Field()
 
 
 def _give_session_to(
@@ -411,7 +409,6 @@ def _create_open_session(candidate: InboxSession, rows: list) -> bool:
 # executor sets up again, all of them, each time the statement re-reads a row another
 # handover changed while it waited for the pool's lock.)
 EMAILED_WHEN = f"{ROUTED_AGENT}.email_on_conversation AND {ROUTED_AGENT}.user_email <> ''"
-ROUTED_AGENT_EMAIL = RawSQL(f"{ROUTED_AGENT}.user_email", [])  # noqa: S611
 
 
 def _new_session_ctes(
@@ -425,14 +422,14 @@ def _new_session_ctes(
     session row as written, and the statements. The session is a plain INSERT: a contact
     who has an open session already makes the statement fail
     (ONE_OPEN_SESSION_PER_CONTACT)."""
-    row = _shadow_of(candidate)
+    row = shadow_of(candidate)
     _give_session_to(row, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True)
     record = decision.as_record() | {"outcome": "assigned"}
     record.pop("availableAgents", None)
     row.last_assignment_attempt = RawSQL(  # noqa: S611
         f"%s::jsonb || jsonb_build_object('agentId', {ROUTED_AGENT}.id::text)",
         [json.dumps(record, cls=DjangoJSONEncoder)],
-        output_field=_SPLICED,
+        output_field=SPLICED,
     )
     row.team = decision.team or candidate.team
     statements = [insert_sql(row, source=ROUTED_AGENT, literals=True)]
@@ -449,7 +446,7 @@ def _new_session_ctes(
         f"%s::jsonb || jsonb_build_object('agent_id', {ROUTED_AGENT}.id::text,"
         f" 'agent_email', {ROUTED_AGENT}.user_email)",
         [json.dumps(data)],
-        output_field=_SPLICED,
+        output_field=SPLICED,
     )
     statements.append(insert_sql(activity, source=ROUTED_AGENT, literals=True))
     # The agent's notice, and its email if the agent asked for emails (inbox.notices).
@@ -458,60 +455,19 @@ def _new_session_ctes(
     email = notice_email(notice, ROUTED_AGENT_EMAIL)
     statements.append(insert_sql(email, source=ROUTED_AGENT, when=EMAILED_WHEN, literals=True))
     notice.email_message_id = RawSQL(  # noqa: S611
-        f"CASE WHEN {EMAILED_WHEN} THEN %s::uuid END", [email.pk], output_field=_SPLICED
+        f"CASE WHEN {EMAILED_WHEN} THEN %s::uuid END", [email.pk], output_field=SPLICED
     )
     statements.append(insert_sql(notice, source=ROUTED_AGENT, literals=True))
     return row, [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
 
-def _shadow_of(session: InboxSession) -> InboxSession:
-    """A copy of `session` to set the pick's values on without touching the session (a
-    shallow copy, as `copy.copy` makes, without its pickling round)."""
-    shadow = InboxSession.__new__(InboxSession)
-    shadow.__dict__.update(session.__dict__)
-    shadow._state = copy.copy(session._state)
-    shadow._state.fields_cache = dict(session._state.fields_cache)
-    return shadow
-
-
-# Who the pick statement chose is known only in SQL: what is written about it (the
-# webhook events' bodies, the replayed answer) is built here with this stand-in agent,
-# whose values the statement replaces in the JSON text with the routed agent's
-# (`_with_routed_agent`). The tokens are random: no contact's text can hold them.
-_STAND_IN_NAME = f"routed-agent-name-{uuid.uuid4().hex}"
-_STAND_IN_EMAIL = f"routed-agent-email-{uuid.uuid4().hex}"
-_STAND_IN_AGENT = Membership(
-    id=uuid.uuid4(), user=User(email=_STAND_IN_EMAIL, full_name=_STAND_IN_NAME)
-)
-_ROUTED_AGENT_VALUES = (
-    # (token in the JSON text, its replacement: JSON text of the routed agent's value)
-    (str(_STAND_IN_AGENT.pk), f"{ROUTED_AGENT}.id::text"),
-    (
-        json.dumps(_STAND_IN_NAME),
-        f"to_json(coalesce(nullif({ROUTED_AGENT}.user_full_name, ''),"
-        f" {ROUTED_AGENT}.user_email))::text",  # as User.get_full_name
-    ),
-    (json.dumps(_STAND_IN_EMAIL), f"to_json({ROUTED_AGENT}.user_email)::text"),
-)
-
-
-def _with_routed_agent(text: str) -> tuple[str, list]:
-    """SQL for `text` (JSON built with the stand-in agent) with the routed agent's id,
-    name and email in place of the stand-in's."""
-    sql, params = "%s::text", [text]
-    for token, value_sql in _ROUTED_AGENT_VALUES:
-        sql = f"replace({sql}, %s, {value_sql})"
-        params.append(token)
-    return sql, params
-
-
 def _as_given_to_stand_in(candidate: InboxSession, decision: RoutingDecision, now):
     """The new session as the pick statement writes it if `decision` stands, given to
     the stand-in agent."""
-    session = _shadow_of(candidate)
+    session = shadow_of(candidate)
     session._state.adding = False
     session.team = decision.team or candidate.team
-    _give_session_to(session, _STAND_IN_AGENT, strategy=decision.strategy, now=now, counted=True)
+    _give_session_to(session, STAND_IN_AGENT, strategy=decision.strategy, now=now, counted=True)
     return session
 
 
@@ -535,12 +491,7 @@ def _outcome_ctes(
         session_event(session, events.SESSION_ASSIGNED, tier=decision.tier),
     ]
     for message in messages_for_events(happened, endpoints):
-        body_sql, body_params = _with_routed_agent(message.payload["body"])
-        message.payload = RawSQL(  # noqa: S611
-            f"jsonb_set(%s::jsonb, '{{body}}', to_jsonb({body_sql}))",
-            [json.dumps(message.payload), *body_params],
-            output_field=_SPLICED,
-        )
+        message.payload = json_with_routed_agent(message.payload, "body")
         statements.append(insert_sql(message, source=ROUTED_AGENT, literals=True))
     if idempotency_record is not None:
         outcome = _outcome(
@@ -549,7 +500,7 @@ def _outcome_ctes(
             confirmation=new.confirmation,
             skipped_reason=new.skipped_reason,
         )
-        body_sql, body_params = _with_routed_agent(json.dumps(outcome.body))
+        body_sql, body_params = with_routed_agent(json.dumps(outcome.body))
         table = connection.ops.quote_name(HandoverRequest._meta.db_table)
         statements.append(
             (

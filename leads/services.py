@@ -7,6 +7,7 @@ transaction as the lead change, so they cannot drift.
 """
 
 import contextvars
+import json
 import logging
 import threading
 import uuid
@@ -19,6 +20,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, F, Q
 from django.db.models.constants import OnConflict
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.timesince import timesince
 
@@ -29,6 +31,7 @@ from core.actor import SYSTEM, Actor
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from core.locking import first_locked
 from core.metrics import LEAD_SLA_BREACHES
+from core.row_sql import insert_sql, new_row
 from leads.emails import RENDERER as EMAIL_RENDERER
 from leads.emails import attach_email
 from leads.formatting import format_deadline
@@ -48,11 +51,20 @@ from outbox.channels import get_channel
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import queue_messages
 from teams.models import ADMIN_ROLES, Membership, Tenant, User
-from teams.routing import route
+from teams.routing import ROUTED_AGENT, Cte, PickRefused, route
+from teams.routing.attached import (
+    ROUTED_AGENT_EMAIL,
+    ROUTED_AGENT_ID,
+    SPLICED,
+    STAND_IN_AGENT,
+    json_with_routed_agent,
+    shadow_of,
+)
 from teams.selectors import team_for_routing
 from teams.services import CounterDrift, reconcile_agent_counter
 from webhooks import events
-from webhooks.events import Event, emit
+from webhooks.events import Event, active_endpoints, emit, messages_for_events
+from webhooks.selectors import active_endpoint_exists_sql
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +214,6 @@ def _start_claim_window(lead: Lead, agent: Membership, now) -> None:
     lead.claim_deadline = now + timedelta(minutes=lead.tenant.claim_window_minutes)
 
 
-@transaction.atomic
 def create_lead(
     *,
     tenant: Tenant,
@@ -215,19 +226,49 @@ def create_lead(
     team_id=None,
 ) -> Lead:
     """A new lead, given to the named agent or routed by the tenant's rules; the claim
-    window starts as soon as it has an agent."""
+    window starts as soon as it has an agent.
+
+    On PostgreSQL a routed lead is written by the pick statement itself (the lead, its
+    activity, the agent's notification and email, the webhook events; the agent's
+    counter is the pick's), so the pool's lock is held for that one statement and no
+    write after it. When nobody is picked nothing was written; a transaction writes the
+    unassigned lead with that decision (the engine is not run twice)."""
     team = None
     if team_id is not None:
         team = team_for_routing(tenant=tenant, team_id=team_id)
         if team is None:
             raise NotFound(code="team_not_found", message="Team not found.", field="team_id")
+    fields = {"name": name, "phone": phone, "email": email, "source": source, "team": team}
+    nobody = None
+    if assigned_agent_id is None and connection.vendor == "postgresql":
+        routed = _routed_lead_in_pick(tenant=tenant, actor=actor, **fields)
+        if isinstance(routed, Lead):
+            return routed
+        nobody = routed
+    return _create_lead(
+        tenant=tenant,
+        actor=actor,
+        assigned_agent_id=assigned_agent_id,
+        nobody_picked=nobody,
+        **fields,
+    )
+
+
+@transaction.atomic
+def _create_lead(
+    *, tenant: Tenant, actor: Actor, assigned_agent_id, nobody_picked, team, source, **fields
+) -> Lead:
+    """create_lead() in one transaction: the named agent's, or routed here (SQLite, or
+    the tenant's webhook endpoints kept changing); `nobody_picked` is the decision of a
+    pick a moment ago that found nobody: it stands for a routing with the same inputs."""
     now = timezone.now()
-    lead = Lead(tenant=tenant, name=name, phone=phone, email=email, source=source, team=team)
-    decision = None
+    lead = Lead(tenant=tenant, team=team, source=source, **fields)
+    decision = nobody_picked
     if assigned_agent_id is not None:
         agent = _active_agent(tenant=tenant, agent_id=assigned_agent_id, field="assigned_agent_id")
     else:
-        decision = route(tenant=tenant, team=team, load=lead_load, work="leads")
+        if decision is None:
+            decision = route(tenant=tenant, team=team, load=lead_load, work="leads")
         agent = decision.agent
     if agent is not None:
         _start_claim_window(lead, agent, now)
@@ -251,6 +292,100 @@ def create_lead(
         webhook_events.append(lead_event(lead, events.LEAD_ASSIGNED))
     emit(webhook_events)
     return lead
+
+
+# Endpoints read again when one was added between the read and the pick, this many
+# times before the lead is routed in a transaction instead (`_create_lead`).
+ENDPOINT_READS = 3
+
+
+def _routed_lead_in_pick(*, tenant: Tenant, actor: Actor, source: str, **fields):
+    """A routed lead written by the pick statement (PostgreSQL): the lead, or the
+    decision when nobody was picked (nothing was written), or None when the tenant's
+    webhook endpoints changed under every read (nothing was written)."""
+    now = timezone.now()
+    lead = new_row(Lead, tenant=tenant, source=source, **fields)
+    for _ in range(ENDPOINT_READS):
+        endpoints = active_endpoints({tenant.pk})
+        exists_sql, exists_params = active_endpoint_exists_sql(
+            tenant=tenant.pk, besides=[endpoint.pk for endpoint in endpoints]
+        )
+        written = []
+
+        def lead_ctes(provisional, endpoints=endpoints, written=written) -> list[Cte]:
+            row, ctes = _routed_lead_ctes(
+                lead, provisional, actor=actor, now=now, endpoints=endpoints
+            )
+            written[:] = [row]
+            return ctes
+
+        try:
+            decision = route(
+                tenant=tenant,
+                team=fields["team"],
+                work="leads",
+                count=True,
+                attach=lead_ctes,
+                only_if=(f"NOT {exists_sql}", exists_params),
+            )
+        except PickRefused:
+            continue
+        if not decision.attached:
+            return decision
+        # The statement wrote the lead and everything about it; mirror it here.
+        lead._state.adding = False
+        lead.created_at, lead.updated_at = written[0].created_at, written[0].updated_at
+        _start_claim_window(lead, decision.agent, now)
+        log_context.bind(tenant_id=tenant.pk, lead_id=lead.pk)
+        return lead
+    return None
+
+
+def _routed_lead_ctes(lead: Lead, decision, *, actor: Actor, now, endpoints) -> tuple:
+    """A routed lead's writes as statements of the pick (teams.routing `attach`), each
+    reading the picked agent from the statement's `routed_agent`: the lead, given to the
+    agent with its claim window started; its "lead.created" activity; the agent's
+    notification and its email; the webhook events for `endpoints`. Returns the lead's
+    row as written, and the statements."""
+    row = shadow_of(lead)
+    _start_claim_window(row, STAND_IN_AGENT, now)
+    row.assigned_agent_id = ROUTED_AGENT_ID
+    statements = [insert_sql(row, source=ROUTED_AGENT, literals=True)]
+    # The lead as the agent got it, for what is built in Python (the stand-in agent in
+    # place of the routed one: its values are replaced in SQL).
+    given = shadow_of(lead)
+    _start_claim_window(given, STAND_IN_AGENT, now)
+    given.created_at, given.updated_at = row.created_at, row.updated_at
+
+    data = {
+        "source": lead.source,
+        "strategy": decision.strategy,
+        "tier": decision.tier,
+        "reason": decision.reason,
+    }
+    activity = build_activity(tenant=lead.tenant, action="lead.created", actor=actor, target=lead)
+    activity.data = RawSQL(  # noqa: S611
+        f"%s::jsonb || jsonb_build_object('agent_id', {ROUTED_AGENT}.id::text)",
+        [json.dumps(data)],
+        output_field=SPLICED,
+    )
+    statements.append(insert_sql(activity, source=ROUTED_AGENT, literals=True))
+
+    notification = _new_agent_notification(
+        lead=given, agent=STAND_IN_AGENT, kind=NotificationKind.LEAD_ASSIGNED
+    )
+    email = attach_email(notification)
+    email.target = ROUTED_AGENT_EMAIL
+    notification.recipient_id = ROUTED_AGENT_ID
+    statements.append(insert_sql(email, source=ROUTED_AGENT, literals=True))
+    statements.append(insert_sql(notification, source=ROUTED_AGENT, literals=True))
+
+    happened = [lead_event(given, events.LEAD_CREATED), lead_event(given, events.LEAD_ASSIGNED)]
+    for message in messages_for_events(happened, endpoints):
+        message.payload = json_with_routed_agent(message.payload, "body")
+        statements.append(insert_sql(message, source=ROUTED_AGENT, literals=True))
+    ctes = [Cte(f"lead{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+    return row, ctes
 
 
 @transaction.atomic

@@ -26,10 +26,11 @@ Writing statements (CTEs, in this order of data flow):
     routing_cursor UPDATE the cursor to the agent
     + the caller's CTEs (`attach`), which read `routed_agent`
 
-A new handover session runs it alone outside a transaction, or as the last statement
-before COMMIT (every write about the outcome attached), so the cursor's lock is held for
-one statement. Other callers (routing existing work again, transfers, leads) write after
-it in their transaction and hold the lock until their COMMIT. `only_if` makes the pick
+A new handover session and a new routed lead run it alone outside a transaction, or as
+the last statement before COMMIT (every write about the outcome attached), so the
+cursor's lock is held for one statement. Other callers (routing existing work again,
+transfers, reassignment) write after it in their transaction and hold the lock until
+their COMMIT. `only_if` makes the pick
 conditional on something read in the same snapshot (the handover: no webhook endpoint).
 When the candidate lost a race (someone filled its capacity, or moved its
 load, after this statement's snapshot was taken) the statement changed nothing; the

@@ -1,0 +1,233 @@
+"""Issue #10 for lead intake: a routed lead is written by the pick statement itself (the
+lead, its activity, the agent's notification and email, the webhook events; the counter
+is the pick's), so the pool's lock is held for that statement and nothing after it.
+On PostgreSQL, with real threads where it is about concurrency."""
+
+import json
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from audit.models import ActivityLog
+from core.actor import Actor
+from leads import services as lead_services
+from leads.models import Lead, Notification, NotificationKind
+from leads.serializers import LeadOutput
+from leads.services import create_lead
+from outbox.models import OutboundMessage
+from teams.models import Membership, Role, Strategy
+from tests.factories import (
+    AssignmentConfigFactory,
+    MembershipFactory,
+    TeamFactory,
+    TeamMemberFactory,
+    UserFactory,
+)
+from webhooks import events
+from webhooks.services import create_endpoint
+
+pytestmark = pytest.mark.postgres
+
+LEADS = "/api/v1/leads"
+SYSTEM = Actor.system()
+
+
+def endpoint_for(tenant, url="https://hooks.example.com/in"):
+    endpoint, _secret = create_endpoint(
+        tenant=tenant, actor=SYSTEM, url=url, events=None, description="test"
+    )
+    return endpoint
+
+
+def webhook_bodies(endpoint) -> dict:
+    rows = OutboundMessage.all_tenants.filter(channel="webhook").order_by("created_at")
+    return {
+        m.kind: json.loads(m.payload["body"])
+        for m in rows
+        if m.payload.get("endpoint_id") == str(endpoint.pk)
+    }
+
+
+def intake(tenant, **fields) -> Lead:
+    return create_lead(
+        tenant=tenant, actor=SYSTEM, name="Jane Roe", phone="+4915112345678", **fields
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("webhooks", [False, True])
+def test_a_routed_lead_holds_the_pools_lock_for_its_one_statement(tenant, webhooks):
+    MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    if webhooks:
+        endpoint_for(tenant)
+    intake(tenant)  # the pool's cursor exists from now on
+
+    with CaptureQueriesContext(connection) as captured:
+        lead = intake(tenant)
+
+    statements = [q["sql"] for q in captured.captured_queries]
+    picks = [n for n, sql in enumerate(statements) if "routing_lock" in sql]
+    assert picks == [len(statements) - 1], statements  # nothing after it, not even COMMIT
+    assert len(statements) <= 2, statements  # the tenant's endpoints, the pick
+    assert lead.assigned_agent is not None
+    assert Lead.all_tenants.get(pk=lead.pk).assigned_agent_id == lead.assigned_agent_id
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("full_name", ['Zoë "Z" O\'Brien \\ 東京 </script> \u2028', ""])
+def test_what_the_pick_writes_is_what_a_lead_routed_in_python_gets(tenant, full_name):
+    """Everything about the picked agent is written in SQL: the lead, the activity, the
+    notification and its email, the counters and the webhook events name that agent,
+    as the intake that routes in Python (a lead given to a named agent) writes them."""
+    agent = MembershipFactory(
+        tenant=tenant,
+        role=Role.MEMBER,
+        user=UserFactory(full_name=full_name, email="zoe@example.com"),
+    )
+    endpoint = endpoint_for(tenant)
+    tenant.claim_window_minutes = 17
+    tenant.save()
+
+    lead = intake(tenant, source="website")
+
+    stored = Lead.all_tenants.select_related("assigned_agent__user").get(pk=lead.pk)
+    assert stored.assigned_agent_id == agent.pk
+    assert stored.unassigned_reason == ""
+    assert stored.claim_deadline - stored.assigned_at == timedelta(minutes=17)
+    assert (stored.claim_deadline, stored.created_at) == (lead.claim_deadline, lead.created_at)
+    agent.refresh_from_db()
+    assert agent.current_lead_count == 1
+    assert abs(agent.last_assigned_at - stored.assigned_at) < timedelta(seconds=5)
+
+    activity = ActivityLog.all_tenants.get(action="lead.created", target_id=str(lead.pk))
+    assert activity.data == {
+        "source": "website",
+        "agent_id": str(agent.pk),
+        "strategy": Strategy.ROUND_ROBIN,
+        "tier": "member",
+        "reason": None,
+    }
+    assert activity.actor_label == SYSTEM.label
+
+    notification = Notification.all_tenants.get(lead=lead)
+    assert notification.recipient_id == agent.pk
+    assert notification.kind == NotificationKind.LEAD_ASSIGNED
+    assert notification.title == "New lead for you: Jane Roe"
+    assert "Please claim it by" in notification.body
+    email = notification.email_message
+    assert (email.channel, email.target) == ("email", "zoe@example.com")
+    assert email.payload["notification_id"] == str(notification.pk)
+
+    bodies = webhook_bodies(endpoint)
+    assert list(bodies) == [events.LEAD_CREATED, events.LEAD_ASSIGNED]
+    expected = json.loads(json.dumps(LeadOutput(stored).data, default=str))
+    for body in bodies.values():
+        assert body["data"]["assigned_agent"] == {
+            "id": str(agent.pk),
+            "name": full_name or "zoe@example.com",
+            "email": "zoe@example.com",
+        }
+        assert body["data"] == expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_nobody_online_the_lead_waits_unassigned_and_nothing_is_written_twice(tenant):
+    MembershipFactory(tenant=tenant, role=Role.MEMBER, presence="offline")
+
+    lead = intake(tenant)
+
+    assert Lead.all_tenants.filter(tenant=tenant).count() == 1
+    stored = Lead.all_tenants.get(pk=lead.pk)
+    assert (stored.assigned_agent_id, stored.unassigned_reason) == (None, "all_away")
+    assert ActivityLog.all_tenants.filter(action="lead.created").count() == 1
+    assert not Notification.all_tenants.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_lead(tenant, monkeypatch):
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    added = []
+    read_endpoints = lead_services.active_endpoints
+
+    def add_and_commit():
+        try:
+            added.append(endpoint_for(tenant, url="https://hooks.example.com/added"))
+        finally:
+            connection.close()
+
+    def read_then_another_process_adds_one(tenant_ids):
+        found = read_endpoints(tenant_ids)
+        if not added:
+            other = threading.Thread(target=add_and_commit)
+            other.start()
+            other.join(timeout=10)
+        return found
+
+    monkeypatch.setattr(lead_services, "active_endpoints", read_then_another_process_adds_one)
+    lead = intake(tenant)
+
+    assert lead.assigned_agent_id == agent.pk
+    assert list(webhook_bodies(added[0])) == [events.LEAD_CREATED, events.LEAD_ASSIGNED]
+    agent.refresh_from_db()
+    assert agent.current_lead_count == 1  # counted once: the refused pick wrote nothing
+
+
+@pytest.mark.django_db(transaction=True)
+def test_endpoints_that_keep_changing_still_hear_the_lead(tenant, monkeypatch):
+    """An endpoint added after every read: after ENDPOINT_READS refused picks the lead
+    is routed in a transaction that writes the events after it."""
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    read_endpoints = lead_services.active_endpoints
+    added = []
+
+    def another_one_after_each_read(tenant_ids):
+        found = read_endpoints(tenant_ids)
+        added.append(endpoint_for(tenant, url=f"https://hooks.example.com/{len(added)}"))
+        return found
+
+    monkeypatch.setattr(lead_services, "active_endpoints", another_one_after_each_read)
+    lead = intake(tenant)
+
+    assert lead.assigned_agent_id == agent.pk
+    assert len(added) == lead_services.ENDPOINT_READS
+    for endpoint in added:
+        assert list(webhook_bodies(endpoint)) == [events.LEAD_CREATED, events.LEAD_ASSIGNED]
+    agent.refresh_from_db()
+    assert agent.current_lead_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("strategy", [Strategy.ROUND_ROBIN, Strategy.LEAST_BUSY])
+def test_sixteen_clients_spread_leads_evenly_and_every_counter_is_right(tenant, api_key, strategy):
+    team = TeamFactory(tenant=tenant)
+    AssignmentConfigFactory(tenant=tenant, team=team, strategy=strategy)
+    agents = [MembershipFactory(tenant=tenant, role=Role.MEMBER) for _ in range(5)]
+    for agent in agents:
+        TeamMemberFactory(tenant=tenant, team=team, membership=agent)
+
+    def post(n: int) -> int:
+        client = APIClient()
+        client.credentials(HTTP_X_API_KEY=api_key[1])
+        try:
+            body = {"name": f"Lead {n}", "phone": f"+49151{n:07d}", "team_id": str(team.pk)}
+            return client.post(LEADS, body, format="json").status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(post, range(80)))
+
+    assert statuses == [201] * 80
+    per_agent = Counter(
+        Lead.all_tenants.filter(tenant=tenant).values_list("assigned_agent_id", flat=True)
+    )
+    assert sorted(per_agent.values()) == [16] * 5
+    for agent in Membership.objects.for_tenant(tenant).filter(pk__in=[a.pk for a in agents]):
+        assert agent.current_lead_count == per_agent[agent.pk]
+    assert Notification.all_tenants.filter(lead__tenant=tenant).count() == 80

@@ -4,7 +4,6 @@ is the pick's), so the pool's lock is held for that statement and nothing after 
 On PostgreSQL, with real threads where it is about concurrency."""
 
 import json
-import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -28,6 +27,10 @@ from tests.factories import (
     TeamFactory,
     TeamMemberFactory,
     UserFactory,
+)
+from tests.webhooks.endpoint_races import (
+    add_an_endpoint_after_every_read,
+    add_an_endpoint_after_the_first_read,
 )
 from webhooks import events
 from webhooks.services import create_endpoint
@@ -152,24 +155,9 @@ def test_with_nobody_online_the_lead_waits_unassigned_and_nothing_is_written_twi
 @pytest.mark.django_db(transaction=True)
 def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_lead(tenant, monkeypatch):
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
-    added = []
-    read_endpoints = lead_services.active_endpoints
-
-    def add_and_commit():
-        try:
-            added.append(endpoint_for(tenant, url="https://hooks.example.com/added"))
-        finally:
-            connection.close()
-
-    def read_then_another_process_adds_one(tenant_ids):
-        found = read_endpoints(tenant_ids)
-        if not added:
-            other = threading.Thread(target=add_and_commit)
-            other.start()
-            other.join(timeout=10)
-        return found
-
-    monkeypatch.setattr(lead_services, "active_endpoints", read_then_another_process_adds_one)
+    added = add_an_endpoint_after_the_first_read(
+        monkeypatch, lead_services, lambda url: endpoint_for(tenant, url=url)
+    )
     lead = intake(tenant)
 
     assert lead.assigned_agent_id == agent.pk
@@ -183,15 +171,9 @@ def test_endpoints_that_keep_changing_still_hear_the_lead(tenant, monkeypatch):
     """An endpoint added after every read: after ENDPOINT_READS refused picks the lead
     is routed in a transaction that writes the events after it."""
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
-    read_endpoints = lead_services.active_endpoints
-    added = []
-
-    def another_one_after_each_read(tenant_ids):
-        found = read_endpoints(tenant_ids)
-        added.append(endpoint_for(tenant, url=f"https://hooks.example.com/{len(added)}"))
-        return found
-
-    monkeypatch.setattr(lead_services, "active_endpoints", another_one_after_each_read)
+    added = add_an_endpoint_after_every_read(
+        monkeypatch, lead_services, lambda url: endpoint_for(tenant, url=url)
+    )
     lead = intake(tenant)
 
     assert lead.assigned_agent_id == agent.pk

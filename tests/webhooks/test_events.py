@@ -11,7 +11,6 @@ local receiver that fails), `message.failed`, and tenants without endpoints.
 """
 
 import json
-import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -38,6 +37,10 @@ from tests.factories import (
     MembershipFactory,
     TeamFactory,
     TeamMemberFactory,
+)
+from tests.webhooks.endpoint_races import (
+    add_an_endpoint_after_every_read,
+    add_an_endpoint_after_the_first_read,
 )
 from webhooks import events
 from webhooks.models import WebhookEndpoint
@@ -1076,24 +1079,9 @@ def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_handover(
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     first = endpoint_for(tenant) if before == "an endpoint" else None
     headers = {"HTTP_IDEMPOTENCY_KEY": "between-reads"} if first is None else {}
-    added = []
-    read_endpoints = inbox_services.active_endpoints
-
-    def add_and_commit():
-        try:
-            added.append(endpoint_for(tenant, url="https://hooks.example.com/added"))
-        finally:
-            connection.close()
-
-    def read_then_another_process_adds_one(tenant_ids):
-        found = read_endpoints(tenant_ids)
-        if not added:
-            other = threading.Thread(target=add_and_commit)
-            other.start()
-            other.join(timeout=10)
-        return found
-
-    monkeypatch.setattr(inbox_services, "active_endpoints", read_then_another_process_adds_one)
+    added = add_an_endpoint_after_the_first_read(
+        monkeypatch, inbox_services, lambda url: endpoint_for(tenant, url=url)
+    )
     response = tenant_client.post(
         HANDOVER,
         {"contactId": "+4915100000090", "sendHandoverMessage": False},
@@ -1115,15 +1103,9 @@ def test_endpoints_that_keep_changing_still_hear_the_handover(tenant, tenant_cli
     writes the session alone and the handover writes the events after it (`emit`)."""
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     endpoint_for(tenant)
-    read_endpoints = inbox_services.active_endpoints
-    added = []
-
-    def another_one_after_each_read(tenant_ids):
-        found = read_endpoints(tenant_ids)
-        added.append(endpoint_for(tenant, url=f"https://hooks.example.com/{len(added)}"))
-        return found
-
-    monkeypatch.setattr(inbox_services, "active_endpoints", another_one_after_each_read)
+    added = add_an_endpoint_after_every_read(
+        monkeypatch, inbox_services, lambda url: endpoint_for(tenant, url=url)
+    )
     with CaptureQueriesContext(connection) as captured:
         response = tenant_client.post(
             HANDOVER, {"contactId": "+4915100000091", "sendHandoverMessage": False}, format="json"

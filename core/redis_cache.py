@@ -5,7 +5,9 @@ operation; building one copies redis-py's table of about 170 response callbacks,
 cost more CPU than the GET it then sends (77 µs against 61 µs here). Every API-key
 request reads the throttle's counter, so every request paid it. A redis-py client is
 safe to share between threads (it takes a connection from its pool for each command and
-gives it back), so one per pool does; pools, options and behaviour stay Django's.
+gives it back), so one per pool does; pools, options and behaviour stay Django's. It
+leans on the client's private attributes (`_pools`, `_pool_class`, …) as Django 5.2 names
+them: `tests/core/test_redis_cache.py` goes red if an upgrade renames them.
 """
 
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient

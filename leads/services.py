@@ -12,6 +12,7 @@ import logging
 import threading
 import uuid
 from collections import namedtuple
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -319,15 +320,17 @@ def _routed_lead_in_pick(*, tenant: Tenant, actor: Actor, source: str, **fields)
             written[:] = [row]
             return ctes
 
+        # Inside a caller's transaction, a savepoint: a failed pick must not abort it.
         try:
-            decision = route(
-                tenant=tenant,
-                team=fields["team"],
-                work="leads",
-                count=True,
-                attach=lead_ctes,
-                only_if=(f"NOT {exists_sql}", exists_params),
-            )
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                decision = route(
+                    tenant=tenant,
+                    team=fields["team"],
+                    work="leads",
+                    count=True,
+                    attach=lead_ctes,
+                    only_if=(f"NOT {exists_sql}", exists_params),
+                )
         except PickRefused:
             continue
         if not decision.attached:

@@ -31,7 +31,8 @@ the last statement before COMMIT (every write about the outcome attached), so th
 cursor's lock is held for one statement. Other callers (routing existing work again,
 transfers, reassignment) write after it in their transaction and hold the lock until
 their COMMIT. `only_if` makes the pick
-conditional on something read in the same snapshot (the handover: no webhook endpoint).
+conditional on something read in the same snapshot (the handover and lead intake: no
+active webhook endpoint besides those read just before, whose events the pick writes).
 When the candidate lost a race (someone filled its capacity, or moved its
 load, after this statement's snapshot was taken) the statement changed nothing; the
 engine runs it again with a fresh snapshot.

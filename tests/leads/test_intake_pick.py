@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
@@ -21,6 +21,7 @@ from leads.serializers import LeadOutput
 from leads.services import create_lead
 from outbox.models import OutboundMessage
 from teams.models import Membership, Role, Strategy
+from teams.routing import Cte
 from tests.factories import (
     AssignmentConfigFactory,
     MembershipFactory,
@@ -77,7 +78,8 @@ def test_a_routed_lead_holds_the_pools_lock_for_its_one_statement(tenant, webhoo
     statements = [q["sql"] for q in captured.captured_queries]
     picks = [n for n, sql in enumerate(statements) if "routing_lock" in sql]
     assert picks == [len(statements) - 1], statements  # nothing after it, not even COMMIT
-    assert len(statements) <= 2, statements  # the tenant's endpoints, the pick
+    # Before it only reads (the tenant's endpoints; routing config when its cache is cold).
+    assert all(sql.startswith("SELECT") for sql in statements[:-1]), statements
     assert lead.assigned_agent is not None
     assert Lead.all_tenants.get(pk=lead.pk).assigned_agent_id == lead.assigned_agent_id
 
@@ -87,7 +89,7 @@ def test_a_routed_lead_holds_the_pools_lock_for_its_one_statement(tenant, webhoo
 def test_what_the_pick_writes_is_what_a_lead_routed_in_python_gets(tenant, full_name):
     """Everything about the picked agent is written in SQL: the lead, the activity, the
     notification and its email, the counters and the webhook events name that agent,
-    as the intake that routes in Python (a lead given to a named agent) writes them."""
+    and the events' lead is the stored lead as the API shows it."""
     agent = MembershipFactory(
         tenant=tenant,
         role=Role.MEMBER,
@@ -213,3 +215,23 @@ def test_sixteen_clients_spread_leads_evenly_and_every_counter_is_right(tenant, 
     for agent in Membership.objects.for_tenant(tenant).filter(pk__in=[a.pk for a in agents]):
         assert agent.current_lead_count == per_agent[agent.pk]
     assert Notification.all_tenants.filter(lead__tenant=tenant).count() == 80
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_pick_inside_a_callers_transaction_leaves_it_usable(tenant, monkeypatch):
+    """Called inside a transaction, the pick runs in a savepoint: its error reaches the
+    caller, whose transaction goes on (without it PostgreSQL refuses every statement
+    until the rollback)."""
+    MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    writes = lead_services._routed_lead_ctes
+
+    def and_one_that_fails(*args, **kwargs):
+        row, ctes = writes(*args, **kwargs)
+        fails = "UPDATE teams_tenant SET name = name WHERE id = %s AND 1 / (random() * 0)::int = 1"
+        return row, [*ctes, Cte("fails", fails, [tenant.pk])]
+
+    monkeypatch.setattr(lead_services, "_routed_lead_ctes", and_one_that_fails)
+    with transaction.atomic():
+        with pytest.raises(DatabaseError):
+            intake(tenant)
+        assert Lead.all_tenants.filter(tenant=tenant).count() == 0

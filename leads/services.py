@@ -201,16 +201,21 @@ def lead_event(lead: Lead, event_type: str, **extra) -> Event:
     )
 
 
-def _give_lead_to(lead: Lead, agent: Membership, now) -> list[str]:
+def _give_lead_to(lead: Lead, agent, now) -> list[str]:
     """The one way a lead gets an agent: routed (create, retry) or moved (reassignment,
-    automatic or by a person). Timers and counters are the caller's: they depend on why."""
-    lead.assigned_agent = agent
+    automatic or by a person). Timers and counters are the caller's: they depend on why.
+    `agent` may be ROUTED_AGENT_ID when the lead's row is written by the pick statement
+    itself."""
+    if isinstance(agent, Membership):
+        lead.assigned_agent = agent
+    else:
+        lead.assigned_agent_id = agent
     lead.assigned_at = now
     lead.unassigned_reason = ""
     return ["assigned_agent", "assigned_at", "unassigned_reason"]
 
 
-def _start_claim_window(lead: Lead, agent: Membership, now) -> None:
+def _start_claim_window(lead: Lead, agent, now) -> None:
     _give_lead_to(lead, agent, now)
     lead.claim_deadline = now + timedelta(minutes=lead.tenant.claim_window_minutes)
 
@@ -351,8 +356,7 @@ def _routed_lead_ctes(lead: Lead, decision, *, actor: Actor, now, endpoints) -> 
     notification and its email; the webhook events for `endpoints`. Returns the lead's
     row as written, and the statements."""
     row = shadow_of(lead)
-    _start_claim_window(row, STAND_IN_AGENT, now)
-    row.assigned_agent_id = ROUTED_AGENT_ID
+    _start_claim_window(row, ROUTED_AGENT_ID, now)
     statements = [insert_sql(row, source=ROUTED_AGENT, literals=True)]
     # The lead as the agent got it, for what is built in Python (the stand-in agent in
     # place of the routed one: its values are replaced in SQL).

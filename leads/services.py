@@ -387,7 +387,11 @@ def _routed_lead_ctes(lead: Lead, decision, *, actor: Actor, now, endpoints) -> 
     statements.append(insert_sql(email, source=ROUTED_AGENT, literals=True))
     statements.append(insert_sql(notification, source=ROUTED_AGENT, literals=True))
 
-    happened = [lead_event(given, events.LEAD_CREATED), lead_event(given, events.LEAD_ASSIGNED)]
+    happened = (
+        [lead_event(given, events.LEAD_CREATED), lead_event(given, events.LEAD_ASSIGNED)]
+        if endpoints
+        else []  # the lead as the API shows it, built only for an endpoint to hear it
+    )
     for message in messages_for_events(happened, endpoints):
         message.payload = json_with_routed_agent(message.payload, "body")
         statements.append(insert_sql(message, source=ROUTED_AGENT, literals=True))

@@ -95,7 +95,7 @@ class LeadsApi(TenantApiView):
         lead = create_lead(
             tenant=self.tenant, actor=Actor.for_api_key(request.auth), **payload.validated_data
         )
-        lead = lead_for_tenant(tenant=self.tenant, lead_id=lead.pk)
+        # The lead as written (its agent and user came with the write): no read again.
         return Response(LeadOutput(lead).data, status=201)
 
 

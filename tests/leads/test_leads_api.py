@@ -774,3 +774,23 @@ def test_closing_a_lead_frees_the_agent_and_stops_its_timers(
     agent.refresh_from_db()
     assert agent.current_lead_count == 0
     assert Lead.objects.for_tenant(tenant).get().status == "closed"
+
+
+@pytest.mark.parametrize("how", ["routed", "named agent", "nobody online"])
+def test_the_created_lead_answers_as_it_reads_back(tenant, tenant_client, how):
+    """The 201 answer is built from the lead as written, not read again: it must say
+    what a read of the lead says."""
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    body = {"name": "Jane Roe", "phone": "+4915112345678", "email": "jane@example.com"}
+    if how == "named agent":
+        body["assigned_agent_id"] = str(agent.pk)
+    if how == "nobody online":
+        Membership.objects.for_tenant(tenant).update(presence="offline")
+
+    created = tenant_client.post("/api/v1/leads", body, format="json")
+
+    assert created.status_code == 201, created.content
+    read = tenant_client.get(f"/api/v1/leads/{created.json()['id']}").json()
+    read.pop("reassignments")
+    assert created.json() == read
+    assert (created.json()["assigned_agent"] is None) == (how == "nobody online")

@@ -142,10 +142,24 @@ def test_what_the_pick_writes_is_what_a_lead_routed_in_python_gets(tenant, full_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_with_nobody_online_the_lead_waits_unassigned_and_nothing_is_written_twice(tenant):
+def test_with_nobody_online_the_lead_waits_unassigned_and_nothing_is_written_twice(
+    tenant, monkeypatch
+):
+    """The pick that found nobody wrote nothing; the transaction that writes the lead
+    takes its decision rather than running the engine again."""
     MembershipFactory(tenant=tenant, role=Role.MEMBER, presence="offline")
+    routings = []
+    engine = lead_services.route
+
+    def counted(**kwargs):
+        routings.append(kwargs["tenant"])
+        return engine(**kwargs)
+
+    monkeypatch.setattr(lead_services, "route", counted)
 
     lead = intake(tenant)
+
+    assert len(routings) == 1
 
     assert Lead.all_tenants.filter(tenant=tenant).count() == 1
     stored = Lead.all_tenants.get(pk=lead.pk)

@@ -1,4 +1,4 @@
-"""One row's INSERT as SQL text and parameters, the text built once per shape.
+"""One row's INSERT (or UPDATE) as SQL text and parameters, the text built once per shape.
 
 The handover writes a handful of rows inside one statement (the pick, with the new
 session's writes attached), so their SQL has to be text to splice, not `save()` calls.
@@ -264,6 +264,31 @@ def insert_sql(
         return head + body + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
 
     return _remember(key, build), params
+
+
+def update_sql(obj, fields, *, source: str | None = None) -> tuple[str, list]:
+    """`UPDATE t SET … WHERE pk = …` of `fields` of a saved instance, as
+    `save(update_fields=fields)` would write them (`auto_now` applies); with `source` (a
+    CTE of the same statement) `UPDATE … FROM source`: values may be RawSQL reading it,
+    and no row changes when it is empty. Not a hot path: the text is built each call."""
+    model = type(obj)
+    db = connections[DEFAULT_DB_ALIAS]
+    table = _quote(model._meta.db_table)
+    assignments, params = [], []
+    for name in fields:
+        field = model._meta.get_field(name)
+        value = field.pre_save(obj, False)
+        if isinstance(value, RawSQL):
+            assignments.append(f"{_quote(field.column)} = ({value.sql})")
+            params += value.params
+        else:
+            assignments.append(f"{_quote(field.column)} = %s")
+            params.append(field.get_db_prep_save(value, connection=db))
+    pk = model._meta.pk
+    sql = f"UPDATE {table} SET {', '.join(assignments)}"  # noqa: S608
+    sql += f" FROM {source}" if source else ""
+    sql += f" WHERE {table}.{_quote(pk.column)} = %s"
+    return sql, [*params, pk.get_db_prep_value(obj.pk, connection=db)]
 
 
 def _select_body(row: str, *, when: str | None, source: str | None) -> str:

@@ -61,7 +61,13 @@ from teams.routing.attached import (
 from teams.selectors import team_for_routing
 from teams.services import CounterDrift, reconcile_agent_counter
 from webhooks import events
-from webhooks.events import Event, active_endpoints, emit, messages_for_events
+from webhooks.events import (
+    EndpointsKeptChanging,
+    Event,
+    emit,
+    messages_for_events,
+    pick_with_endpoints,
+)
 from webhooks.selectors import active_endpoint_exists_sql
 
 logger = logging.getLogger(__name__)
@@ -552,25 +558,17 @@ def _route_new_session(
     return decision
 
 
-# Endpoints read again when one was added between the read and the pick, this many
-# times before the handover writes its events after the pick instead (`emit`).
-ENDPOINT_READS = 3
-
-
 def _route_new_session_with_events(
     candidate, team, new: "_NewSession", *, actor, now, idempotency_record
 ) -> tuple[RoutingDecision, bool]:
     """`_route_new_session` with the webhook events and the answer to replay written by
-    the pick: (the decision, whether the pick wrote them). The endpoints are read before
-    it (the pool's lock is held for the pick's statement alone), and the pick runs only
-    if the tenant has no active endpoint besides them, in its own snapshot: one added in
-    between (by any process) is not left without the events; they are read again. When
-    they kept changing, the pick writes the session alone (still after the pool's lock,
-    AGENT_BEFORE_SESSION) and the caller writes the events and the answer after it."""
-    for _ in range(ENDPOINT_READS):
-        endpoints = active_endpoints({candidate.tenant_id})
+    the pick: (the decision, whether the pick wrote them); webhooks `pick_with_endpoints`
+    reads the endpoints. When they kept changing, the pick writes the session alone
+    (still after the pool's lock, AGENT_BEFORE_SESSION) and the caller writes the events
+    and the answer after it."""
 
-        def outcome_ctes(provisional: RoutingDecision, endpoints=endpoints) -> list[Cte]:
+    def pick(endpoints, only_if):
+        def outcome_ctes(provisional: RoutingDecision) -> list[Cte]:
             return _outcome_ctes(
                 candidate,
                 provisional,
@@ -580,23 +578,14 @@ def _route_new_session_with_events(
                 idempotency_record=idempotency_record,
             )
 
-        only_if = active_endpoint_exists_sql(
-            tenant=candidate.tenant_id, besides=[endpoint.pk for endpoint in endpoints]
+        return _route_new_session(
+            candidate, team, new.rows, actor=actor, now=now, more=outcome_ctes, only_if=only_if
         )
-        try:
-            decision = _route_new_session(
-                candidate,
-                team,
-                new.rows,
-                actor=actor,
-                now=now,
-                more=outcome_ctes,
-                only_if=(f"NOT {only_if[0]}", only_if[1]),
-            )
-        except PickRefused:
-            continue
-        return decision, True
-    return _route_new_session(candidate, team, new.rows, actor=actor, now=now), False
+
+    try:
+        return pick_with_endpoints(candidate.tenant_id, pick), True
+    except EndpointsKeptChanging:
+        return _route_new_session(candidate, team, new.rows, actor=actor, now=now), False
 
 
 def _notify_assigned(session: InboxSession, agent: Membership) -> None:

@@ -52,7 +52,7 @@ from outbox.channels import get_channel
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import queue_messages
 from teams.models import ADMIN_ROLES, Membership, Tenant, User
-from teams.routing import ROUTED_AGENT, Cte, PickRefused, route
+from teams.routing import ROUTED_AGENT, Cte, route
 from teams.routing.attached import (
     ROUTED_AGENT_EMAIL,
     ROUTED_AGENT_ID,
@@ -64,8 +64,13 @@ from teams.routing.attached import (
 from teams.selectors import team_for_routing
 from teams.services import CounterDrift, reconcile_agent_counter
 from webhooks import events
-from webhooks.events import Event, active_endpoints, emit, messages_for_events
-from webhooks.selectors import active_endpoint_exists_sql
+from webhooks.events import (
+    EndpointsKeptChanging,
+    Event,
+    emit,
+    messages_for_events,
+    pick_with_endpoints,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -300,25 +305,16 @@ def _create_lead(
     return lead
 
 
-# Endpoints read again when one was added between the read and the pick, this many
-# times before the lead is routed in a transaction instead (`_create_lead`).
-ENDPOINT_READS = 3
-
-
 def _routed_lead_in_pick(*, tenant: Tenant, actor: Actor, source: str, **fields):
     """A routed lead written by the pick statement (PostgreSQL): the lead, or the
     decision when nobody was picked (nothing was written), or None when the tenant's
     webhook endpoints changed under every read (nothing was written)."""
     now = timezone.now()
     lead = new_row(Lead, tenant=tenant, source=source, **fields)
-    for _ in range(ENDPOINT_READS):
-        endpoints = active_endpoints({tenant.pk})
-        exists_sql, exists_params = active_endpoint_exists_sql(
-            tenant=tenant.pk, besides=[endpoint.pk for endpoint in endpoints]
-        )
-        written = []
+    written = []
 
-        def lead_ctes(provisional, endpoints=endpoints, written=written) -> list[Cte]:
+    def pick(endpoints, only_if):
+        def lead_ctes(provisional) -> list[Cte]:
             row, ctes = _routed_lead_ctes(
                 lead, provisional, actor=actor, now=now, endpoints=endpoints
             )
@@ -326,27 +322,28 @@ def _routed_lead_in_pick(*, tenant: Tenant, actor: Actor, source: str, **fields)
             return ctes
 
         # Inside a caller's transaction, a savepoint: a failed pick must not abort it.
-        try:
-            with transaction.atomic() if connection.in_atomic_block else nullcontext():
-                decision = route(
-                    tenant=tenant,
-                    team=fields["team"],
-                    work="leads",
-                    count=True,
-                    attach=lead_ctes,
-                    only_if=(f"NOT {exists_sql}", exists_params),
-                )
-        except PickRefused:
-            continue
-        if not decision.attached:
-            return decision
-        # The statement wrote the lead and everything about it; mirror it here.
-        lead._state.adding = False
-        lead.created_at, lead.updated_at = written[0].created_at, written[0].updated_at
-        _start_claim_window(lead, decision.agent, now)
-        log_context.bind(tenant_id=tenant.pk, lead_id=lead.pk)
-        return lead
-    return None
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            return route(
+                tenant=tenant,
+                team=fields["team"],
+                work="leads",
+                count=True,
+                attach=lead_ctes,
+                only_if=only_if,
+            )
+
+    try:
+        decision = pick_with_endpoints(tenant.pk, pick)
+    except EndpointsKeptChanging:
+        return None
+    if not decision.attached:
+        return decision
+    # The statement wrote the lead and everything about it; mirror it here.
+    lead._state.adding = False
+    lead.created_at, lead.updated_at = written[0].created_at, written[0].updated_at
+    _start_claim_window(lead, decision.agent, now)
+    log_context.bind(tenant_id=tenant.pk, lead_id=lead.pk)
+    return lead
 
 
 def _routed_lead_ctes(lead: Lead, decision, *, actor: Actor, now, endpoints) -> tuple:

@@ -15,7 +15,9 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 from outbox.services import build_message, queue_messages
+from teams.routing import PickRefused
 from webhooks.models import WebhookEndpoint
+from webhooks.selectors import active_endpoint_exists_sql
 
 SESSION_CREATED = "session.created"
 SESSION_ASSIGNED = "session.assigned"
@@ -131,3 +133,35 @@ def messages_for_events(events: list[Event], endpoints: list[WebhookEndpoint]) -
         for endpoint in endpoints
         if endpoint.tenant_id == event.tenant_id and endpoint.wants(event.type)
     ]
+
+
+class EndpointsKeptChanging(Exception):
+    """The tenant's active endpoints changed after every read (`pick_with_endpoints`)."""
+
+
+# Endpoints read again when one was added between the read and the pick, this many
+# times before the caller writes its events after the pick instead (`emit`).
+ENDPOINT_READS = 3
+
+
+def pick_with_endpoints(tenant_id, pick):
+    """`pick(endpoints, only_if)`: a pick (teams.routing `route(only_if=…)`) that writes
+    the events for `endpoints`, the tenant's active endpoints read just before it, among
+    its attached statements, so the pool's lock is held for that statement alone.
+    `only_if` holds while the tenant has no active endpoint besides those, in the pick's
+    own snapshot: one added in between, by any process, makes the pick write nothing
+    (PickRefused) and the endpoints are read again. EndpointsKeptChanging after
+    ENDPOINT_READS reads; nothing was written.
+
+    Not caught: an endpoint switched off, or given other event types, in between still
+    gets the events as read."""
+    for _ in range(ENDPOINT_READS):
+        endpoints = active_endpoints({tenant_id})
+        exists_sql, exists_params = active_endpoint_exists_sql(
+            tenant=tenant_id, besides=[endpoint.pk for endpoint in endpoints]
+        )
+        try:
+            return pick(endpoints, (f"NOT {exists_sql}", exists_params))
+        except PickRefused:
+            continue
+    raise EndpointsKeptChanging

@@ -391,3 +391,27 @@ def test_new_row_runs_model_init_when_someone_listens_for_it():
     finally:
         post_init.disconnect(receiver, sender=ActivityLog)
     assert seen == ["watched"]
+
+
+def test_update_sql_writes_only_the_fields_named():
+    tenant = TenantFactory()
+    row = activity(tenant, action="before", data={"n": 1})
+    row.save()
+    row.action, row.target_label, row.data = "after", "not written", {"list": [1, "two"]}
+    run(*row_sql.update_sql(row, ["action", "data"]))
+    saved = ActivityLog.objects.for_tenant(tenant).get(pk=row.pk)
+    assert (saved.action, saved.target_label, saved.data) == ("after", "x", {"list": [1, "two"]})
+
+
+@pytest.mark.postgres
+def test_update_sql_from_a_source_reads_it_and_changes_nothing_when_it_is_empty():
+    tenant = TenantFactory()
+    row = activity(tenant, action="before")
+    row.save()
+    row.action = RawSQL("source.label || %s", ["!"])
+    sql, params = row_sql.update_sql(row, ["action"], source="source")
+    empty = f"WITH source AS (SELECT 'x'::text AS label WHERE false) {sql}"
+    assert run(empty, params) == 0
+    assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).action == "before"
+    assert run(f"WITH source AS (SELECT 'picked'::text AS label) {sql}", params) == 1
+    assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).action == "picked!"

@@ -172,7 +172,7 @@ def test_with_nobody_online_the_lead_waits_unassigned_and_nothing_is_written_twi
 def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_lead(tenant, monkeypatch):
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     added = add_an_endpoint_after_the_first_read(
-        monkeypatch, lead_services, lambda url: endpoint_for(tenant, url=url)
+        monkeypatch, events, lambda url: endpoint_for(tenant, url=url)
     )
     lead = intake(tenant)
 
@@ -188,12 +188,12 @@ def test_endpoints_that_keep_changing_still_hear_the_lead(tenant, monkeypatch):
     is routed in a transaction that writes the events after it."""
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     added = add_an_endpoint_after_every_read(
-        monkeypatch, lead_services, lambda url: endpoint_for(tenant, url=url)
+        monkeypatch, events, lambda url: endpoint_for(tenant, url=url)
     )
     lead = intake(tenant)
 
     assert lead.assigned_agent_id == agent.pk
-    assert len(added) == lead_services.ENDPOINT_READS
+    assert len(added) == events.ENDPOINT_READS
     for endpoint in added:
         assert list(webhook_bodies(endpoint)) == [events.LEAD_CREATED, events.LEAD_ASSIGNED]
     agent.refresh_from_db()

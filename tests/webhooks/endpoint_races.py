@@ -6,6 +6,8 @@ import threading
 
 from django.db import connection
 
+from webhooks import events
+
 
 def add_an_endpoint_after_the_first_read(monkeypatch, module, add) -> list:
     """After `module.active_endpoints` first reads, another connection commits a new
@@ -32,14 +34,16 @@ def add_an_endpoint_after_the_first_read(monkeypatch, module, add) -> list:
 
 
 def add_an_endpoint_after_every_read(monkeypatch, module, add) -> list:
-    """After each read of `module.active_endpoints` a new endpoint is added (`add(url)`,
-    committed with the test's connection). The list holds them."""
+    """After each read of `module.active_endpoints` that a pick's events are written for
+    (the first ENDPOINT_READS), a new endpoint is added (`add(url)`, committed with the
+    test's connection). The list holds them."""
     added = []
     read = module.active_endpoints
 
     def another_one_after_each_read(tenant_ids):
         found = read(tenant_ids)
-        added.append(add(f"https://hooks.example.com/{len(added)}"))
+        if len(added) < events.ENDPOINT_READS:
+            added.append(add(f"https://hooks.example.com/{len(added)}"))
         return found
 
     monkeypatch.setattr(module, "active_endpoints", another_one_after_each_read)

@@ -24,7 +24,6 @@ from rest_framework.test import APIClient
 from werkzeug import Response
 
 from core.actor import Actor
-from inbox import services as inbox_services
 from inbox import tasks as inbox_tasks
 from inbox.models import InboxSession
 from leads import tasks as leads_tasks
@@ -1080,7 +1079,7 @@ def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_handover(
     first = endpoint_for(tenant) if before == "an endpoint" else None
     headers = {"HTTP_IDEMPOTENCY_KEY": "between-reads"} if first is None else {}
     added = add_an_endpoint_after_the_first_read(
-        monkeypatch, inbox_services, lambda url: endpoint_for(tenant, url=url)
+        monkeypatch, events, lambda url: endpoint_for(tenant, url=url)
     )
     response = tenant_client.post(
         HANDOVER,
@@ -1104,7 +1103,7 @@ def test_endpoints_that_keep_changing_still_hear_the_handover(tenant, tenant_cli
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     endpoint_for(tenant)
     added = add_an_endpoint_after_every_read(
-        monkeypatch, inbox_services, lambda url: endpoint_for(tenant, url=url)
+        monkeypatch, events, lambda url: endpoint_for(tenant, url=url)
     )
     with CaptureQueriesContext(connection) as captured:
         response = tenant_client.post(
@@ -1116,7 +1115,7 @@ def test_endpoints_that_keep_changing_still_hear_the_handover(tenant, tenant_cli
     inserts = [q["sql"] for q in captured.captured_queries if '"inbox_inboxsession"' in q["sql"]]
     assert inserts and all(sql.startswith("WITH routing_lock") for sql in inserts)
     assert response.json()["assignedAgent"]["id"] == str(agent.pk)
-    assert len(added) == inbox_services.ENDPOINT_READS
+    assert len(added) == events.ENDPOINT_READS
     for endpoint in WebhookEndpoint.objects.for_tenant(tenant):
         assert kinds(endpoint) == [events.SESSION_CREATED, events.SESSION_ASSIGNED]
     agent.refresh_from_db()

@@ -32,7 +32,7 @@ from core.actor import SYSTEM, Actor
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from core.locking import first_locked
 from core.metrics import LEAD_SLA_BREACHES
-from core.row_sql import insert_sql, new_row
+from core.row_sql import insert_sql, new_row, update_sql
 from leads.emails import RENDERER as EMAIL_RENDERER
 from leads.emails import attach_email
 from leads.formatting import format_deadline
@@ -375,30 +375,113 @@ def _routed_lead_ctes(lead: Lead, decision, *, actor: Actor, now, endpoints) -> 
     )
     statements.append(insert_sql(activity, source=ROUTED_AGENT, literals=True))
 
+    statements += _routed_agent_told(
+        given, endpoints=endpoints, event_types=[events.LEAD_CREATED, events.LEAD_ASSIGNED]
+    )
+    ctes = [Cte(f"lead{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+    return row, ctes
+
+
+def _routed_agent_told(given: Lead, *, endpoints, event_types) -> list[tuple[str, list]]:
+    """What tells of a lead routed by the pick, as its attached statements: the routed
+    agent's notification and its email, and the webhook events `event_types` for
+    `endpoints`. `given`: the lead as the agent got it, with the stand-in agent in place
+    of the routed one (its values are replaced in SQL)."""
     notification = _new_agent_notification(
         lead=given, agent=STAND_IN_AGENT, kind=NotificationKind.LEAD_ASSIGNED
     )
     email = attach_email(notification)
     email.target = ROUTED_AGENT_EMAIL
     notification.recipient_id = ROUTED_AGENT_ID
-    statements.append(insert_sql(email, source=ROUTED_AGENT, literals=True))
-    statements.append(insert_sql(notification, source=ROUTED_AGENT, literals=True))
-
-    happened = (
-        [lead_event(given, events.LEAD_CREATED), lead_event(given, events.LEAD_ASSIGNED)]
-        if endpoints
-        else []  # the lead as the API shows it, built only for an endpoint to hear it
-    )
+    statements = [
+        insert_sql(email, source=ROUTED_AGENT, literals=True),
+        insert_sql(notification, source=ROUTED_AGENT, literals=True),
+    ]
+    # The lead as the API shows it, built only for an endpoint to hear it.
+    happened = [lead_event(given, event_type) for event_type in event_types] if endpoints else []
     for message in messages_for_events(happened, endpoints):
         message.payload = json_with_routed_agent(message.payload, "body")
         statements.append(insert_sql(message, source=ROUTED_AGENT, literals=True))
+    return statements
+
+
+# What routing gives a waiting lead (with `updated_at`, which moves it to the back of
+# the retries).
+ROUTED_LEAD_FIELDS = [
+    "assigned_agent",
+    "assigned_at",
+    "unassigned_reason",
+    "claim_deadline",
+    "updated_at",
+]
+
+
+def _waiting_lead_ctes(lead: Lead, decision, *, actor: Actor, now, endpoints) -> tuple:
+    """A waiting lead's routing as statements of the pick, each reading the picked agent
+    from `routed_agent`: the lead given to the agent with its claim window started; its
+    "lead.assigned" activity; the agent's notification and email; the "lead.assigned"
+    event for `endpoints`. Returns the lead's row as written, and the statements."""
+    row = shadow_of(lead)
+    _start_claim_window(row, ROUTED_AGENT_ID, now)
+    statements = [update_sql(row, ROUTED_LEAD_FIELDS, source=ROUTED_AGENT)]
+    given = shadow_of(lead)
+    _start_claim_window(given, STAND_IN_AGENT, now)
+    given.updated_at = row.updated_at
+
+    activity = build_activity(tenant=lead.tenant, action="lead.assigned", actor=actor, target=lead)
+    activity.data = RawSQL(  # noqa: S611
+        f"%s::jsonb || jsonb_build_object('agent_id', {ROUTED_AGENT}.id::text)",
+        [json.dumps({"strategy": decision.strategy})],
+        output_field=SPLICED,
+    )
+    statements.append(insert_sql(activity, source=ROUTED_AGENT, literals=True))
+    statements += _routed_agent_told(given, endpoints=endpoints, event_types=[events.LEAD_ASSIGNED])
     ctes = [Cte(f"lead{n}", sql, params) for n, (sql, params) in enumerate(statements)]
     return row, ctes
 
 
+def _route_waiting_lead_in_pick(lead: Lead, *, actor: Actor, now):
+    """Route a waiting lead (locked by the caller's transaction) with every write about
+    it attached to the pick (PostgreSQL), so the pick is the transaction's last
+    statement and the pool's lock is held from it to COMMIT alone: the decision (when
+    nobody was picked, nothing was written), or None when the tenant's webhook endpoints
+    changed under every read (nothing was written)."""
+    written = []
+
+    def pick(endpoints, only_if):
+        def lead_ctes(provisional) -> list[Cte]:
+            row, ctes = _waiting_lead_ctes(
+                lead, provisional, actor=actor, now=now, endpoints=endpoints
+            )
+            written[:] = [row]
+            return ctes
+
+        return route(
+            tenant=lead.tenant,
+            team=lead.team,
+            work="leads",
+            count=True,
+            attach=lead_ctes,
+            only_if=only_if,
+        )
+
+    try:
+        decision = pick_with_endpoints(lead.tenant_id, pick)
+    except EndpointsKeptChanging:
+        return None
+    if decision.attached:
+        # The statement wrote the lead and everything about it; mirror it here.
+        _start_claim_window(lead, decision.agent, now)
+        lead.updated_at = written[0].updated_at
+    return decision
+
+
 @transaction.atomic
 def route_unassigned_lead(*, tenant: Tenant, lead_id, actor: Actor) -> Lead | None:
-    """Try again to give a lead nobody could take (periodic retry, agent back)."""
+    """Try again to give a lead nobody could take (periodic retry, agent back).
+
+    On PostgreSQL every write about a lead that got an agent is attached to the pick,
+    the transaction's last statement: the pool's lock is held from it to COMMIT."""
     lead = (
         Lead.objects.for_tenant(tenant)
         .select_for_update(skip_locked=True, of=("self",))
@@ -408,23 +491,22 @@ def route_unassigned_lead(*, tenant: Tenant, lead_id, actor: Actor) -> Lead | No
     )
     if lead is None:
         return None
-    decision = route(tenant=tenant, team=lead.team, load=lead_load, work="leads")
+    now = timezone.now()
+    decision = None
+    if connection.vendor == "postgresql":
+        decision = _route_waiting_lead_in_pick(lead, actor=actor, now=now)
+    if decision is None:  # SQLite, or the tenant's webhook endpoints kept changing
+        decision = route(tenant=tenant, team=lead.team, load=lead_load, work="leads")
     if decision.agent is None:
         # Saved even when unchanged: updated_at moves the lead to the back of the retries.
         lead.unassigned_reason = decision.reason
         lead.save(update_fields=["unassigned_reason", "updated_at"])
         return lead
-    now = timezone.now()
+    if decision.attached:
+        log_context.bind(tenant_id=tenant.pk, lead_id=lead.pk)
+        return lead
     _start_claim_window(lead, decision.agent, now)
-    lead.save(
-        update_fields=[
-            "assigned_agent",
-            "assigned_at",
-            "unassigned_reason",
-            "claim_deadline",
-            "updated_at",
-        ]
-    )
+    lead.save(update_fields=ROUTED_LEAD_FIELDS)
     _bump_counter(tenant=tenant, agent_id=decision.agent.pk, delta=+1)
     record_activities(
         [

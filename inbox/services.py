@@ -27,7 +27,7 @@ from core import log_context
 from core.actor import Actor
 from core.errors import NotFound, Unprocessable
 from core.locking import first_locked
-from core.row_sql import insert_sql, new_row
+from core.row_sql import insert_sql, new_row, update_sql
 from inbox.channels import confirmation_sender
 from inbox.models import (
     ONE_OPEN_SESSION_PER_CONTACT,
@@ -430,23 +430,28 @@ def _new_session_ctes(
     (ONE_OPEN_SESSION_PER_CONTACT)."""
     row = shadow_of(candidate)
     _give_session_to(row, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True)
-    record = decision.as_record() | {"outcome": "assigned"}
-    record.pop("availableAgents", None)
-    row.last_assignment_attempt = RawSQL(  # noqa: S611
-        f"%s::jsonb || jsonb_build_object('agentId', {ROUTED_AGENT}.id::text)",
-        [json.dumps(record, cls=DjangoJSONEncoder)],
-        output_field=SPLICED,
-    )
+    row.last_assignment_attempt = _assignment_record_sql(decision)
     row.team = decision.team or candidate.team
     statements = [insert_sql(row, source=ROUTED_AGENT, literals=True)]
     statements += [insert_sql(other, source=ROUTED_AGENT, literals=True) for other in rows]
+    statements += _routed_agent_told(candidate, decision, actor=actor)
+    return row, [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+
+
+def _routed_agent_told(
+    session: InboxSession, decision: RoutingDecision, *, actor, extra=None
+) -> list[tuple[str, list]]:
+    """What records and tells of a session given to the routed agent, as statements of
+    the pick reading `routed_agent`: the "session.assigned" activity (`extra` in its
+    data), the agent's notice and, if the agent asked for emails, its email."""
     data = {
         "strategy": decision.strategy,
         "tier": decision.tier,
         "team_id": str(decision.team.pk) if decision.team else None,
+        **(extra or {}),
     }
     activity = build_activity(
-        tenant=candidate.tenant, action="session.assigned", actor=actor, target=candidate
+        tenant=session.tenant, action="session.assigned", actor=actor, target=session
     )
     activity.data = RawSQL(  # noqa: S611
         f"%s::jsonb || jsonb_build_object('agent_id', {ROUTED_AGENT}.id::text,"
@@ -454,9 +459,9 @@ def _new_session_ctes(
         [json.dumps(data)],
         output_field=SPLICED,
     )
-    statements.append(insert_sql(activity, source=ROUTED_AGENT, literals=True))
+    statements = [insert_sql(activity, source=ROUTED_AGENT, literals=True)]
     # The agent's notice, and its email if the agent asked for emails (inbox.notices).
-    notice = session_notice(candidate, None, kind=SessionNoticeKind.SESSION_ASSIGNED)
+    notice = session_notice(session, None, kind=SessionNoticeKind.SESSION_ASSIGNED)
     notice.recipient_id = ROUTED_AGENT_ID
     email = notice_email(notice, ROUTED_AGENT_EMAIL)
     statements.append(insert_sql(email, source=ROUTED_AGENT, when=EMAILED_WHEN, literals=True))
@@ -464,7 +469,79 @@ def _new_session_ctes(
         f"CASE WHEN {EMAILED_WHEN} THEN %s::uuid END", [email.pk], output_field=SPLICED
     )
     statements.append(insert_sql(notice, source=ROUTED_AGENT, literals=True))
-    return row, [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+    return statements
+
+
+def _assignment_record_sql(decision: RoutingDecision) -> RawSQL:
+    """The session's `last_assignment_attempt` of a pick that succeeds, naming the
+    routed agent."""
+    record = decision.as_record() | {"outcome": "assigned"}
+    record.pop("availableAgents", None)
+    return RawSQL(  # noqa: S611
+        f"%s::jsonb || jsonb_build_object('agentId', {ROUTED_AGENT}.id::text)",
+        [json.dumps(record, cls=DjangoJSONEncoder)],
+        output_field=SPLICED,
+    )
+
+
+# What routing writes on a session that got an agent or not (`_apply_decision`).
+ROUTED_SESSION_FIELDS = ["last_assignment_attempt", "team", *GIVEN_FIELDS, "updated_at"]
+
+
+def _waiting_session_ctes(
+    session: InboxSession, decision: RoutingDecision, *, actor, now, endpoints, extra=None
+) -> list[Cte]:
+    """An open session's routing (locked by the caller's transaction) as statements of
+    the pick, each reading `routed_agent`: the session given to the agent, the activity,
+    the notice and its email, the "session.assigned" event for `endpoints`."""
+    row = shadow_of(session)
+    _give_session_to(row, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True)
+    row.last_assignment_attempt = _assignment_record_sql(decision)
+    row.team = decision.team or session.team
+    statements = [update_sql(row, ROUTED_SESSION_FIELDS, source=ROUTED_AGENT)]
+    statements += _routed_agent_told(session, decision, actor=actor, extra=extra)
+    given = shadow_of(session)
+    given.team = row.team
+    _give_session_to(given, STAND_IN_AGENT, strategy=decision.strategy, now=now, counted=True)
+    event = session_event(given, events.SESSION_ASSIGNED, tier=decision.tier)
+    for message in messages_for_events([event], endpoints):
+        message.payload = json_with_routed_agent(message.payload, "body")
+        statements.append(insert_sql(message, source=ROUTED_AGENT, literals=True))
+    return [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+
+
+def _route_waiting_session_in_pick(
+    session: InboxSession, team, *, actor, now, extra=None
+) -> RoutingDecision | None:
+    """Route an open, unassigned session that the caller's transaction holds, with every
+    write about it attached to the pick, so the pick is the transaction's last
+    statement and the pool's lock is held from it to COMMIT alone (PostgreSQL). The
+    decision; when nobody was picked nothing was written and the caller records it.
+    None when the tenant's webhook endpoints changed under every read (nothing was
+    written)."""
+
+    def pick(endpoints, only_if):
+        return route(
+            tenant=session.tenant,
+            team=team,
+            work="sessions",
+            count=True,
+            # Never back to an agent who let its accept window run out.
+            exclude_agent_ids=session.missed_agent_ids or (),
+            attach=lambda provisional: _waiting_session_ctes(
+                session, provisional, actor=actor, now=now, endpoints=endpoints, extra=extra
+            ),
+            only_if=only_if,
+        )
+
+    try:
+        decision = pick_with_endpoints(session.tenant_id, pick)
+    except EndpointsKeptChanging:
+        return None
+    if decision.attached:  # the statement wrote it all; mirror the session here
+        _apply_decision(session, decision, now)
+        session.updated_at = now
+    return decision
 
 
 def _as_given_to_stand_in(candidate: InboxSession, decision: RoutingDecision, now):
@@ -905,7 +982,9 @@ def run_session_assignment(
     """Route an open, unassigned session again (periodic retry, agent back, admin).
 
     Returns the session, or None when it is gone, closed, already assigned, or (with
-    `skip_locked`) being handled by someone else right now.
+    `skip_locked`) being handled by someone else right now. On PostgreSQL every write
+    about a session that got an agent is attached to the pick, the transaction's last
+    statement: the pool's lock is held from it to COMMIT.
     """
     sessions = InboxSession.objects.for_tenant(tenant).select_for_update(
         skip_locked=skip_locked, of=("self",)
@@ -919,14 +998,22 @@ def run_session_assignment(
     team = team_for_routing(tenant=tenant, team_id=session.team_id) if session.team_id else None
     previous_reason = session.unassigned_reason
     now = timezone.now()
-    # Never back to an agent who let its accept window run out.
-    decision = route(
-        tenant=tenant,
-        team=team,
-        work="sessions",
-        count=True,
-        exclude_agent_ids=session.missed_agent_ids or (),
-    )
+    decision = None
+    if connection.vendor == "postgresql":
+        decision = _route_waiting_session_in_pick(
+            session, team, actor=actor, now=now, extra={"trigger": trigger}
+        )
+        if decision is not None and decision.attached:
+            return session
+    if decision is None:  # SQLite, or the tenant's webhook endpoints kept changing
+        # Never back to an agent who let its accept window run out.
+        decision = route(
+            tenant=tenant,
+            team=team,
+            work="sessions",
+            count=True,
+            exclude_agent_ids=session.missed_agent_ids or (),
+        )
     fields = _apply_decision(session, decision, now)
     session.save(update_fields=[*fields, "updated_at"])
     if decision.agent is not None or session.unassigned_reason != previous_reason:

@@ -1,0 +1,254 @@
+"""Issue #10 for an open session routed again (the periodic retry, an agent back online,
+an admin's "route again"): on PostgreSQL every write about the session that got an agent
+(the session, its activity, the agent's notice and email, the webhook event; the counter
+is the pick's) is attached to the pick, the transaction's last statement, so the pool's
+lock is held from it to COMMIT alone. With real threads where it is about concurrency."""
+
+import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from audit.models import ActivityLog
+from core.actor import Actor
+from inbox.models import InboxSession, SessionNotice
+from inbox.services import handover, run_session_assignment, session_event
+from outbox.models import OutboundMessage
+from teams.models import Membership, Presence, Role, Strategy
+from tests.factories import (
+    AssignmentConfigFactory,
+    MembershipFactory,
+    TeamFactory,
+    TeamMemberFactory,
+    UserFactory,
+)
+from tests.webhooks.endpoint_races import (
+    add_an_endpoint_after_every_read,
+    add_an_endpoint_after_the_first_read,
+)
+from webhooks import events
+from webhooks.services import create_endpoint
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+SYSTEM = Actor.system()
+JOB = Actor.for_job("retry_unassigned_sessions")
+
+
+def endpoint_for(tenant, url="https://hooks.example.com/in"):
+    endpoint, _secret = create_endpoint(
+        tenant=tenant, actor=SYSTEM, url=url, events=None, description="test"
+    )
+    return endpoint
+
+
+def assigned_bodies(endpoint) -> list:
+    rows = OutboundMessage.all_tenants.filter(channel="webhook", kind=events.SESSION_ASSIGNED)
+    return [
+        json.loads(m.payload["body"])
+        for m in rows.order_by("created_at")
+        if m.payload.get("endpoint_id") == str(endpoint.pk)
+    ]
+
+
+def waiting_session(tenant, contact="+4915112345678", team=None) -> InboxSession:
+    """An open session nobody could take when it came in."""
+    outcome = handover(
+        tenant=tenant,
+        actor=SYSTEM,
+        contact_id=contact,
+        channel="whatsapp",
+        team_id=team.pk if team else None,
+        send_message=False,
+    )
+    assert outcome.body["status"] == "unassigned", outcome.body
+    return InboxSession.all_tenants.get(pk=outcome.body["sessionId"])
+
+
+def back_online(agent) -> None:
+    Membership.objects.for_tenant(agent.tenant_id).filter(pk=agent.pk).update(
+        presence=Presence.ONLINE
+    )
+
+
+def retry(tenant, session, trigger="retry"):
+    return run_session_assignment(tenant=tenant, session_id=session.pk, actor=JOB, trigger=trigger)
+
+
+@pytest.mark.parametrize("webhooks", [False, True])
+def test_the_pick_is_the_last_statement_before_commit(tenant, webhooks):
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER, presence=Presence.AWAY)
+    if webhooks:
+        endpoint_for(tenant)
+    session = waiting_session(tenant)  # the pools' cursors exist from now on
+    back_online(agent)
+
+    with CaptureQueriesContext(connection) as captured:
+        retry(tenant, session)
+
+    statements = [q["sql"] for q in captured.captured_queries]
+    picks = [n for n, sql in enumerate(statements) if "routing_lock" in sql]
+    assert picks == [len(statements) - 2], statements
+    assert statements[-1] == "COMMIT"
+    assert InboxSession.all_tenants.get(pk=session.pk).assigned_agent_id == agent.pk
+
+
+@pytest.mark.parametrize("full_name", ['Zoë "Z" O\'Brien \\ 東京 </script> \u2028', ""])
+def test_what_the_pick_writes_is_what_a_session_routed_in_python_gets(tenant, full_name):
+    agent = MembershipFactory(
+        tenant=tenant,
+        role=Role.MEMBER,
+        presence=Presence.AWAY,
+        email_on_conversation=True,
+        user=UserFactory(full_name=full_name, email="zoe@example.com"),
+    )
+    endpoint = endpoint_for(tenant)
+    tenant.session_accept_window_minutes = 7
+    tenant.save()
+    session = waiting_session(tenant)
+    back_online(agent)
+
+    routed = retry(tenant, session, trigger="agent_online")
+
+    stored = InboxSession.all_tenants.select_related("assigned_agent__user").get(pk=session.pk)
+    assert stored.assigned_agent_id == agent.pk
+    assert (stored.unassigned_reason, stored.strategy) == ("", Strategy.ROUND_ROBIN)
+    assert stored.accept_deadline - stored.assigned_at == timedelta(minutes=7)
+    assert stored.accepted_at is None
+    assert stored.updated_at > session.updated_at
+    assert stored.last_assignment_attempt["agentId"] == str(agent.pk)
+    assert stored.last_assignment_attempt["outcome"] == "assigned"
+    assert routed.last_assignment_attempt["agentId"] == str(agent.pk)
+    assert (routed.accept_deadline, routed.assigned_agent_id) == (
+        stored.accept_deadline,
+        agent.pk,
+    )
+    agent.refresh_from_db()
+    assert agent.open_session_count == 1
+
+    activity = ActivityLog.all_tenants.get(action="session.assigned", target_id=str(session.pk))
+    assert activity.data == {
+        "agent_id": str(agent.pk),
+        "agent_email": "zoe@example.com",
+        "strategy": Strategy.ROUND_ROBIN,
+        "tier": "member",
+        "team_id": None,
+        "trigger": "agent_online",
+    }
+    assert activity.actor_label == JOB.label
+
+    notice = SessionNotice.all_tenants.get(session=session)
+    assert notice.recipient_id == agent.pk
+    assert (notice.email_message.channel, notice.email_message.target) == (
+        "email",
+        "zoe@example.com",
+    )
+
+    (body,) = assigned_bodies(endpoint)
+    assert body["data"]["assignedAgent"] == {
+        "id": str(agent.pk),
+        "name": full_name or "zoe@example.com",
+        "email": "zoe@example.com",
+    }
+    expected = session_event(stored, events.SESSION_ASSIGNED, tier="member").data
+    assert body["data"] == json.loads(json.dumps(expected))
+
+
+def test_an_agent_who_wants_no_emails_gets_the_notice_alone(tenant):
+    agent = MembershipFactory(
+        tenant=tenant, role=Role.MEMBER, presence=Presence.AWAY, email_on_conversation=False
+    )
+    session = waiting_session(tenant)
+    back_online(agent)
+
+    retry(tenant, session)
+
+    notice = SessionNotice.all_tenants.get(session=session)
+    assert (notice.recipient_id, notice.email_message_id) == (agent.pk, None)
+    assert not OutboundMessage.all_tenants.filter(channel="email").exists()
+
+
+def test_an_agent_who_missed_the_accept_window_is_not_picked_again(tenant):
+    missed, other = (
+        MembershipFactory(tenant=tenant, role=Role.MEMBER, presence=Presence.AWAY) for _ in range(2)
+    )
+    session = waiting_session(tenant)
+    InboxSession.all_tenants.filter(pk=session.pk).update(missed_agent_ids=[str(missed.pk)])
+    back_online(missed)
+    back_online(other)
+
+    for _ in range(2):  # round robin would come to `missed` within two
+        routed = retry(tenant, InboxSession.all_tenants.get(pk=session.pk))
+        assert routed.assigned_agent_id == other.pk
+        InboxSession.all_tenants.filter(pk=session.pk).update(assigned_agent=None)
+        Membership.objects.for_tenant(tenant).filter(pk=other.pk).update(open_session_count=0)
+
+
+def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_session(tenant, monkeypatch):
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER, presence=Presence.AWAY)
+    session = waiting_session(tenant)
+    back_online(agent)
+    added = add_an_endpoint_after_the_first_read(
+        monkeypatch, events, lambda url: endpoint_for(tenant, url=url)
+    )
+
+    retry(tenant, session)
+
+    assert len(assigned_bodies(added[0])) == 1
+    agent.refresh_from_db()
+    assert agent.open_session_count == 1  # counted once: the refused pick wrote nothing
+
+
+def test_endpoints_that_keep_changing_still_hear_the_session(tenant, monkeypatch):
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER, presence=Presence.AWAY)
+    session = waiting_session(tenant)
+    back_online(agent)
+    added = add_an_endpoint_after_every_read(
+        monkeypatch, events, lambda url: endpoint_for(tenant, url=url)
+    )
+
+    retry(tenant, session)
+
+    assert InboxSession.all_tenants.get(pk=session.pk).assigned_agent_id == agent.pk
+    assert len(added) == events.ENDPOINT_READS
+    for endpoint in added:
+        assert len(assigned_bodies(endpoint)) == 1
+    agent.refresh_from_db()
+    assert agent.open_session_count == 1
+
+
+@pytest.mark.parametrize("strategy", [Strategy.ROUND_ROBIN, Strategy.LEAST_BUSY])
+def test_sixteen_workers_route_waiting_sessions_evenly_and_every_counter_is_right(tenant, strategy):
+    team = TeamFactory(tenant=tenant)
+    AssignmentConfigFactory(tenant=tenant, team=team, strategy=strategy)
+    agents = [
+        MembershipFactory(tenant=tenant, role=Role.MEMBER, presence=Presence.AWAY) for _ in range(5)
+    ]
+    for agent in agents:
+        TeamMemberFactory(tenant=tenant, team=team, membership=agent)
+    sessions = [waiting_session(tenant, f"+49151{n:07d}", team) for n in range(80)]
+    for agent in agents:
+        back_online(agent)
+
+    def route_again(session) -> bool:
+        try:
+            routed = retry(tenant, session)
+            return routed is not None and routed.assigned_agent_id is not None
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        routed = list(pool.map(route_again, sessions))
+
+    assert routed == [True] * 80
+    per_agent = Counter(
+        InboxSession.all_tenants.filter(tenant=tenant).values_list("assigned_agent_id", flat=True)
+    )
+    assert sorted(per_agent.values()) == [16] * 5
+    for agent in Membership.objects.for_tenant(tenant).filter(pk__in=[a.pk for a in agents]):
+        assert agent.open_session_count == per_agent[agent.pk]
+    assert SessionNotice.all_tenants.filter(session__tenant=tenant).count() == 80

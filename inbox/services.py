@@ -504,9 +504,7 @@ def _waiting_session_ctes(
     given.team = row.team
     _give_session_to(given, STAND_IN_AGENT, strategy=decision.strategy, now=now, counted=True)
     event = session_event(given, events.SESSION_ASSIGNED, tier=decision.tier)
-    for message in messages_for_events([event], endpoints):
-        message.payload = json_with_routed_agent(message.payload, "body")
-        statements.append(insert_sql(message, source=ROUTED_AGENT, literals=True))
+    statements += _told_outside(given, [event], endpoints, None, None)
     return [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
 
@@ -568,21 +566,33 @@ def _outcome_ctes(
     the Idempotency-Key's answer to replay. So the pool's lock is held for the one
     statement, as without them; each runs only if somebody was picked."""
     session = _as_given_to_stand_in(candidate, decision, now)
-    statements = []
     happened = [
         session_event(session, events.SESSION_CREATED),
         session_event(session, events.SESSION_ASSIGNED, tier=decision.tier),
     ]
+    outcome = _outcome(
+        session, created=True, confirmation=new.confirmation, skipped_reason=new.skipped_reason
+    )
+    statements = _told_outside(session, happened, endpoints, idempotency_record, outcome)
+    return [Cte(f"outcome{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+
+
+def _told_outside(
+    given: InboxSession,
+    happened: list[Event],
+    endpoints: list,
+    idempotency_record: HandoverRequest | None,
+    outcome: "HandoverOutcome | None",
+) -> list[tuple[str, list]]:
+    """The webhook messages of `happened` for `endpoints`, and the Idempotency-Key's
+    answer to replay (`outcome`), as statements of the pick: built with the stand-in
+    agent (`given`), whose id, name and email the statement replaces with the routed
+    agent's."""
+    statements = []
     for message in messages_for_events(happened, endpoints):
         message.payload = json_with_routed_agent(message.payload, "body")
         statements.append(insert_sql(message, source=ROUTED_AGENT, literals=True))
     if idempotency_record is not None:
-        outcome = _outcome(
-            session,
-            created=True,
-            confirmation=new.confirmation,
-            skipped_reason=new.skipped_reason,
-        )
         body_sql, body_params = with_routed_agent(json.dumps(outcome.body))
         table = connection.ops.quote_name(HandoverRequest._meta.db_table)
         statements.append(
@@ -590,10 +600,10 @@ def _outcome_ctes(
                 f"UPDATE {table} SET session_id = %s, response_status = %s,"  # noqa: S608
                 f" response_body = ({body_sql})::jsonb FROM {ROUTED_AGENT}"
                 f" WHERE {table}.id = %s",
-                [session.pk, outcome.status_code, *body_params, idempotency_record.pk],
+                [given.pk, outcome.status_code, *body_params, idempotency_record.pk],
             )
         )
-    return [Cte(f"outcome{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+    return statements
 
 
 def _route_new_session(
@@ -924,7 +934,18 @@ def _handover(
         routing_team = team or session.team
         if decided is not None and routing_team == team and not session.missed_agent_ids:
             routed = decided  # nobody a moment ago, for the same team and agents
-        else:
+        elif connection.vendor == "postgresql":
+            routed = _route_reused_session_in_pick(
+                session,
+                routing_team,
+                ask,
+                changed=changed,
+                idempotency_record=idempotency_record,
+                now=now,
+            )
+            if isinstance(routed, HandoverOutcome):
+                return routed  # the pick wrote it all
+        if routed is None:  # SQLite, or the tenant's webhook endpoints kept changing
             routed = route(
                 tenant=tenant,
                 team=routing_team,
@@ -973,6 +994,94 @@ def _handover(
         idempotency_record.response_body = outcome.body
         idempotency_record.save(update_fields=["session", "response_status", "response_body"])
     return outcome
+
+
+def _route_reused_session_in_pick(
+    session: InboxSession,
+    team,
+    ask: "HandoverAsk",
+    *,
+    changed: list[str],
+    idempotency_record: HandoverRequest | None,
+    now,
+) -> "HandoverOutcome | RoutingDecision | None":
+    """A handover of a contact whose open session waits for an agent, with every write
+    about the session that gets one attached to the pick (PostgreSQL): the session
+    (given to the agent, with the `changed` fields and the confirmation), the
+    confirmation message, the activity, the notice and its email, the
+    "session.assigned" event, the answer to replay. The pick is then the
+    transaction's last statement and the pool's lock is held from it to COMMIT alone.
+    The handover's outcome; or the decision when nobody was picked (nothing was
+    written); or None when the tenant's webhook endpoints changed under every read."""
+    # The confirmation as it is if somebody is picked: the session is then assigned
+    # now, so a confirmation sent before it is not a recent one (`_confirmed_recently`).
+    given = shadow_of(session)
+    given.assigned_at = now
+    confirmation, skipped_reason = _queue_confirmation(
+        given, created=False, send_message=ask.send_message, text=ask.text, now=now, queue=False
+    )
+    if skipped_reason and given.confirmation_message_id is None:
+        given.confirmation_skipped_reason = skipped_reason
+    new_message = (
+        given.confirmation_message
+        if given.confirmation_message_id != session.confirmation_message_id
+        else None
+    )
+    fields = {*ROUTED_SESSION_FIELDS, *changed}
+    if (given.confirmation_message_id, given.confirmation_skipped_reason) != (
+        session.confirmation_message_id,
+        session.confirmation_skipped_reason,
+    ):
+        fields |= {"confirmation_message", "confirmation_skipped_reason"}
+
+    def attach(provisional: RoutingDecision, endpoints) -> list[Cte]:
+        row = shadow_of(given)
+        _give_session_to(row, ROUTED_AGENT_ID, strategy=provisional.strategy, now=now, counted=True)
+        row.last_assignment_attempt = _assignment_record_sql(provisional)
+        row.team = provisional.team or session.team
+        statements = []
+        if new_message is not None:
+            statements.append(insert_sql(new_message, source=ROUTED_AGENT, literals=True))
+        statements.append(update_sql(row, sorted(fields), source=ROUTED_AGENT))
+        statements += _routed_agent_told(session, provisional, actor=ask.actor)
+        told = shadow_of(given)
+        told.team = row.team
+        _give_session_to(told, STAND_IN_AGENT, strategy=provisional.strategy, now=now, counted=True)
+        event = session_event(told, events.SESSION_ASSIGNED, tier=provisional.tier)
+        outcome = _outcome(
+            told, created=False, confirmation=confirmation, skipped_reason=skipped_reason
+        )
+        statements += _told_outside(told, [event], endpoints, idempotency_record, outcome)
+        return [Cte(f"reuse{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+
+    def pick(endpoints, only_if):
+        return route(
+            tenant=session.tenant,
+            team=team,
+            work="sessions",
+            count=True,
+            # Never back to an agent who let its accept window run out.
+            exclude_agent_ids=session.missed_agent_ids or (),
+            attach=lambda provisional: attach(provisional, endpoints),
+            only_if=only_if,
+        )
+
+    try:
+        decision = pick_with_endpoints(session.tenant_id, pick)
+    except EndpointsKeptChanging:
+        return None
+    if not decision.attached:
+        return decision
+    # The statement wrote it all; mirror the session here.
+    session.confirmation_message = given.confirmation_message
+    session.confirmation_skipped_reason = given.confirmation_skipped_reason
+    if new_message is not None:
+        new_message._state.adding = False
+    _apply_decision(session, decision, now)
+    session.updated_at = now
+    return _outcome(
+        session, created=False, confirmation=confirmation, skipped_reason=skipped_reason
+    )
 
 
 @transaction.atomic

@@ -269,15 +269,15 @@ def test_a_handover_routing_a_reused_session_while_the_contact_hands_over_again_
     agent = MembershipFactory(tenant=tenant)
 
     paused, release = threading.Event(), threading.Event()
-    route = services.route
+    route = services._route_reused_session_in_pick
 
-    def route_slowly(**kwargs):
-        if threading.current_thread().name == "reuser" and kwargs.get("attach") is None:
+    def route_slowly(*args, **kwargs):
+        if threading.current_thread().name == "reuser":
             paused.set()
             release.wait(10)
-        return route(**kwargs)
+        return route(*args, **kwargs)
 
-    monkeypatch.setattr(services, "route", route_slowly)
+    monkeypatch.setattr(services, "_route_reused_session_in_pick", route_slowly)
     answers = {}
 
     def hand_over(name: str):

@@ -1,8 +1,10 @@
 """Issue #10 for an open session routed again (the periodic retry, an agent back online,
-an admin's "route again"): on PostgreSQL every write about the session that got an agent
-(the session, its activity, the agent's notice and email, the webhook event; the counter
-is the pick's) is attached to the pick, the transaction's last statement, so the pool's
-lock is held from it to COMMIT alone. With real threads where it is about concurrency."""
+an admin's "route again", the contact handing over again while it waits): on PostgreSQL
+every write about the session that got an agent (the session, its activity, the agent's
+notice and email, the webhook event, a handover's confirmation and answer to replay; the
+counter is the pick's) is attached to the pick, the transaction's last statement, so the
+pool's lock is held from it to COMMIT alone. With real threads where it is about
+concurrency."""
 
 import json
 from collections import Counter
@@ -12,12 +14,14 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework.test import APIClient
 
 from audit.models import ActivityLog
 from core.actor import Actor
 from inbox.models import InboxSession, SessionNotice
 from inbox.services import handover, run_session_assignment, session_event
-from outbox.models import OutboundMessage
+from outbox.models import MessageStatus, OutboundMessage
 from teams.models import Membership, Presence, Role, Strategy
 from tests.factories import (
     AssignmentConfigFactory,
@@ -252,3 +256,141 @@ def test_sixteen_workers_route_waiting_sessions_evenly_and_every_counter_is_righ
     for agent in Membership.objects.for_tenant(tenant).filter(pk__in=[a.pk for a in agents]):
         assert agent.open_session_count == per_agent[agent.pk]
     assert SessionNotice.all_tenants.filter(session__tenant=tenant).count() == 80
+
+
+# --- the contact hands over again while its session waits ------------------------------
+
+HANDOVER = "/api/v1/handover"
+
+
+def hand_over_again(client, contact="+4915112345678", headers=None, **body):
+    return client.post(HANDOVER, {"contactId": contact, **body}, format="json", **(headers or {}))
+
+
+def confirmation_sent(session) -> None:
+    """The session's confirmation reached the contact a moment ago."""
+    OutboundMessage.all_tenants.filter(pk=session.confirmation_message_id).update(
+        status=MessageStatus.SENT, finished_at=timezone.now()
+    )
+
+
+@pytest.mark.parametrize("more", ["nothing", "webhooks", "idempotency key"])
+def test_a_handover_that_routes_the_waiting_session_ends_with_the_pick(tenant, tenant_client, more):
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER, presence=Presence.AWAY)
+    if more == "webhooks":
+        endpoint_for(tenant)
+    headers = {"HTTP_IDEMPOTENCY_KEY": "again-1"} if more == "idempotency key" else {}
+    session = waiting_session(tenant)
+    back_online(agent)
+
+    with CaptureQueriesContext(connection) as captured:
+        response = hand_over_again(tenant_client, sendHandoverMessage=False, headers=headers)
+
+    assert response.status_code == 200, response.content
+    assert response.json()["assignedAgent"]["id"] == str(agent.pk)
+    statements = [q["sql"] for q in captured.captured_queries]
+    picks = [n for n, sql in enumerate(statements) if "routing_lock" in sql]
+    assert picks[-1] == len(statements) - 2, statements
+    assert statements[-1] == "COMMIT"
+    assert InboxSession.all_tenants.get(pk=session.pk).assigned_agent_id == agent.pk
+
+
+@pytest.mark.parametrize("full_name", ['Zoë "Z" O\'Brien \\ 東京 </script> \u2028', ""])
+def test_what_the_pick_writes_for_a_waiting_session_is_what_the_answer_says(
+    tenant, tenant_client, full_name
+):
+    agent = MembershipFactory(
+        tenant=tenant,
+        role=Role.MEMBER,
+        presence=Presence.AWAY,
+        user=UserFactory(full_name=full_name, email="zoe@example.com"),
+    )
+    endpoint = endpoint_for(tenant)
+    tenant.confirmation_quiet_period_seconds = 3600
+    tenant.save()
+    session = InboxSession.all_tenants.get(pk=hand_over_again(tenant_client).json()["sessionId"])
+    confirmation_sent(session)  # recent, but the contact is to hear of the new agent
+    back_online(agent)
+    headers = {"HTTP_IDEMPOTENCY_KEY": "again-2"}
+
+    response = hand_over_again(
+        tenant_client, name="Jane Roe", context={"topic": "billing"}, headers=headers
+    )
+
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert answer["assignedAgent"] == {
+        "id": str(agent.pk),
+        "name": full_name or "zoe@example.com",
+        "email": "zoe@example.com",
+    }
+    assert (answer["sessionCreated"], answer["confirmationMessage"]) == (False, "queued")
+    stored = InboxSession.all_tenants.select_related("assigned_agent__user").get(pk=session.pk)
+    assert (stored.contact_name, stored.context) == ("Jane Roe", {"topic": "billing"})
+    assert stored.assigned_agent_id == agent.pk
+    assert stored.confirmation_message_id not in (None, session.confirmation_message_id)
+    assert stored.confirmation_message.status == MessageStatus.PENDING
+    assert stored.last_assignment_attempt["agentId"] == str(agent.pk)
+    agent.refresh_from_db()
+    assert agent.open_session_count == 1
+    activity = ActivityLog.all_tenants.get(action="session.assigned", target_id=str(session.pk))
+    assert activity.data["agent_email"] == "zoe@example.com"
+    assert SessionNotice.all_tenants.get(session=session).recipient_id == agent.pk
+
+    (body,) = assigned_bodies(endpoint)
+    expected = session_event(stored, events.SESSION_ASSIGNED, tier="member").data
+    assert body["data"] == json.loads(json.dumps(expected))
+    assert body["data"]["assignedAgent"] == answer["assignedAgent"]
+    replay = hand_over_again(
+        tenant_client, name="Jane Roe", context={"topic": "billing"}, headers=headers
+    )
+    assert replay["Idempotent-Replayed"] == "true"
+    assert (replay.status_code, replay.json()) == (200, answer)
+
+
+def test_with_nobody_back_a_recent_confirmation_is_not_sent_again(tenant, tenant_client):
+    MembershipFactory(tenant=tenant, role=Role.MEMBER, presence=Presence.OFFLINE)
+    tenant.confirmation_quiet_period_seconds = 3600
+    tenant.save()
+    session = InboxSession.all_tenants.get(pk=hand_over_again(tenant_client).json()["sessionId"])
+    confirmation_sent(session)
+
+    answer = hand_over_again(tenant_client).json()
+
+    assert (answer["status"], answer["unassignedReason"]) == ("unassigned", "all_away")
+    assert answer["confirmationSkippedReason"] == "recently_sent"
+    stored = InboxSession.all_tenants.get(pk=session.pk)
+    assert stored.confirmation_message_id == session.confirmation_message_id
+    assert not SessionNotice.all_tenants.exists()
+
+
+@pytest.mark.parametrize("strategy", [Strategy.ROUND_ROBIN, Strategy.LEAST_BUSY])
+def test_sixteen_contacts_handing_over_again_get_agents_evenly(tenant, api_key, strategy):
+    AssignmentConfigFactory(tenant=tenant, strategy=strategy)
+    agents = [
+        MembershipFactory(tenant=tenant, role=Role.MEMBER, presence=Presence.AWAY) for _ in range(5)
+    ]
+    contacts = [f"+49151{n:07d}" for n in range(80)]
+    for contact in contacts:
+        waiting_session(tenant, contact)
+    for agent in agents:
+        back_online(agent)
+
+    def again(contact) -> int:
+        client = APIClient()
+        client.credentials(HTTP_X_API_KEY=api_key[1])
+        try:
+            return hand_over_again(client, contact, sendHandoverMessage=False).status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(again, contacts))
+
+    assert statuses == [200] * 80
+    per_agent = Counter(
+        InboxSession.all_tenants.filter(tenant=tenant).values_list("assigned_agent_id", flat=True)
+    )
+    assert sorted(per_agent.values()) == [16] * 5
+    for agent in Membership.objects.for_tenant(tenant).filter(pk__in=[a.pk for a in agents]):
+        assert agent.open_session_count == per_agent[agent.pk]

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from audit.services import build_activity, record_activities
@@ -38,7 +38,7 @@ from core.locking import first_locked
 from core.transactions import retry_on_deadlock
 from inbox.models import InboxSession, SessionNoticeKind, SessionStatus
 from inbox.notices import save_notices, session_notice
-from inbox.services import _give_session_to, session_event
+from inbox.services import _give_session_to, move_session_in_pick, session_event
 from teams.models import ADMIN_ROLES, Membership, Strategy, Team, Tenant
 from teams.routing import RoutingDecision, UnassignedReason, route
 from webhooks import events
@@ -47,6 +47,7 @@ from webhooks.events import emit
 logger = logging.getLogger(__name__)
 
 SWEEP_BATCH_SIZE = 200
+MOVED_ON_NOTICE = "Its previous agent did not accept it in time."
 SWEEP_JOB = "sweep_accept_windows"
 # A recorded miss whose session was not moved on within this long was left behind by a
 # sweep that died between its two steps; the next sweep moves it.
@@ -215,18 +216,40 @@ def transfer_session(
     else:
         if to_team.tenant_id != tenant.pk:
             raise NotFound(code="team_not_found", message="Team not found.", field="to_team_id")
-        decision = route(
-            tenant=tenant,
-            team=to_team,
-            work="sessions",
-            exclude_agent_ids=[previous] if previous else [],
-        )
+        exclude = [previous] if previous else []
+        if connection.vendor == "postgresql":
+            decision = move_session_in_pick(
+                session,
+                team=to_team,
+                exclude=exclude,
+                actor=actor,
+                now=now,
+                action="session.transferred",
+                activity_data=lambda decision: {
+                    "previous_agent_id": str(previous) if previous else None,
+                    "to_team_id": str(to_team.pk),
+                    "strategy": decision.strategy,
+                    "tier": decision.tier,
+                },
+                event_extra=lambda decision, given: {
+                    "trigger": "transfer",
+                    "previousAgentId": str(previous) if previous else None,
+                    "acceptDeadline": _api_time(given.accept_deadline),
+                },
+                notice_kind=SessionNoticeKind.SESSION_TRANSFERRED,
+            )
+        if decision is None:  # SQLite, or the tenant's webhook endpoints kept changing
+            decision = route(
+                tenant=tenant, team=to_team, work="sessions", exclude_agent_ids=exclude
+            )
         if decision.agent is None:
             raise Conflict(
                 code="nobody_available",
                 message=f"Nobody in {to_team.name} can take it now ({decision.reason}).",
                 field="to_team_id",
             )
+        if decision.attached:
+            return session  # the pick wrote the move and everything about it
         new_agent, strategy = decision.agent, decision.strategy
         session.last_assignment_attempt = decision.as_record()
         session.team = decision.team or to_team
@@ -415,12 +438,40 @@ def _move_on(miss: _Miss, now) -> str:
             session, reason=UnassignedReason.NOT_ACCEPTED, strategy=session.strategy, now=now
         )
     else:
-        decision = route(
-            tenant=tenant,
-            team=session.team,
-            work="sessions",
-            exclude_agent_ids=session.missed_agent_ids,
-        )
+        decision = None
+        if connection.vendor == "postgresql":
+            decision = move_session_in_pick(
+                session,
+                team=session.team,
+                exclude=session.missed_agent_ids,
+                actor=actor,
+                now=now,
+                action="session.assigned",
+                activity_data=lambda decision: {
+                    "previous_agent_id": str(previous),
+                    "trigger": "accept_missed",
+                    "strategy": decision.strategy,
+                    "tier": decision.tier,
+                    "excluded_agent_ids": list(session.missed_agent_ids),
+                },
+                event_extra=lambda decision, given: {
+                    "tier": decision.tier,
+                    "previousAgentId": str(previous),
+                    "acceptDeadline": _api_time(given.accept_deadline),
+                },
+                notice_kind=SessionNoticeKind.SESSION_ASSIGNED,
+                notice_body=MOVED_ON_NOTICE,
+                dedupe_key=f"assigned:{session.pk}:{session.accept_misses}",
+            )
+            if decision is not None and decision.attached:
+                return "reassigned"  # the pick wrote the move and everything about it
+        if decision is None:  # SQLite, or the tenant's webhook endpoints kept changing
+            decision = route(
+                tenant=tenant,
+                team=session.team,
+                work="sessions",
+                exclude_agent_ids=session.missed_agent_ids,
+            )
         session.last_assignment_attempt = decision.as_record()
         session.team = decision.team or session.team
         if decision.agent is not None:
@@ -452,7 +503,7 @@ def _tell_and_record(
                 session,
                 agent,
                 kind=SessionNoticeKind.SESSION_ASSIGNED,
-                body="Its previous agent did not accept it in time.",
+                body=MOVED_ON_NOTICE,
                 dedupe_key=f"assigned:{session.pk}:{session.accept_misses}",
             )
         ]

@@ -7,7 +7,7 @@ Each session is its own transaction: nothing is half-moved."""
 
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.services import build_activity, record_activities
@@ -17,7 +17,7 @@ from core.transactions import retry_on_deadlock
 from inbox.acceptance import _api_time, _give_with_window, _take_back
 from inbox.models import InboxSession, SessionNoticeKind, SessionStatus
 from inbox.notices import save_notices, session_notice
-from inbox.services import session_event
+from inbox.services import move_session_in_pick, session_event
 from teams.models import Membership, Presence, Tenant
 from teams.routing import UnassignedReason, route
 from teams.services import authorize_tenant_change
@@ -92,19 +92,47 @@ def _move_session(*, tenant: Tenant, agent: Membership, session_id, actor: Actor
         return None
     session.tenant = tenant
     contact = session.contact_name or session.contact_id
-    decision = route(
-        tenant=tenant, team=session.team, work="sessions", exclude_agent_ids=[agent.pk]
-    )
+    now = timezone.now()
+    decision = None
+    if connection.vendor == "postgresql":
+        team = session.team
+        decision = move_session_in_pick(
+            session,
+            team=team,
+            exclude=[agent.pk],
+            actor=actor,
+            now=now,
+            action="session.assigned",
+            activity_data=lambda decision: {
+                "previous_agent_id": str(agent.pk),
+                "strategy": decision.strategy,
+                "trigger": "redistribute",
+                "tier": decision.tier,
+                "team_id": str((decision.team or team).pk) if decision.team or team else None,
+            },
+            event_extra=lambda decision, given: {
+                "trigger": "redistribute",
+                "previousAgentId": str(agent.pk),
+                "tier": decision.tier,
+                "acceptDeadline": _api_time(given.accept_deadline),
+            },
+            notice_kind=SessionNoticeKind.SESSION_TRANSFERRED,
+        )
+    if decision is None:  # SQLite, or the tenant's webhook endpoints kept changing
+        decision = route(
+            tenant=tenant, team=session.team, work="sessions", exclude_agent_ids=[agent.pk]
+        )
     move = SessionMove(
         session_id=str(session.pk),
         contact=contact,
         to_agent=decision.agent,
         reason=decision.reason or "",
     )
+    if decision.attached:
+        return move  # the pick wrote the move and everything about it
     if decision.agent is None and keeps:
         return move
 
-    now = timezone.now()
     session.last_assignment_attempt = decision.as_record()
     session.team = decision.team or session.team
     data = {

@@ -439,36 +439,61 @@ def _new_session_ctes(
 
 
 def _routed_agent_told(
-    session: InboxSession, decision: RoutingDecision, *, actor, extra=None
+    session: InboxSession,
+    decision: RoutingDecision,
+    *,
+    actor,
+    extra=None,
+    data=None,
+    action: str = "session.assigned",
+    notice_kind: str = SessionNoticeKind.SESSION_ASSIGNED,
+    notice_body: str = "",
+    dedupe_key: str = "",
 ) -> list[tuple[str, list]]:
     """What records and tells of a session given to the routed agent, as statements of
-    the pick reading `routed_agent`: the "session.assigned" activity (`extra` in its
-    data), the agent's notice and, if the agent asked for emails, its email."""
-    data = {
-        "strategy": decision.strategy,
-        "tier": decision.tier,
-        "team_id": str(decision.team.pk) if decision.team else None,
-        **(extra or {}),
-    }
-    activity = build_activity(
-        tenant=session.tenant, action="session.assigned", actor=actor, target=session
-    )
+    the pick reading `routed_agent`: the activity (`action`; its `data`, by default the
+    decision's strategy, tier and team and `extra`; the agent's id and email added),
+    the agent's notice and, if the agent asked for emails, its email. With `dedupe_key`
+    a notice (and email) the agent already has for that key is not written again."""
+    if data is None:
+        data = {
+            "strategy": decision.strategy,
+            "tier": decision.tier,
+            "team_id": str(decision.team.pk) if decision.team else None,
+            **(extra or {}),
+        }
+    activity = build_activity(tenant=session.tenant, action=action, actor=actor, target=session)
     activity.data = RawSQL(  # noqa: S611
         f"%s::jsonb || jsonb_build_object('agent_id', {ROUTED_AGENT}.id::text,"
         f" 'agent_email', {ROUTED_AGENT}.user_email)",
-        [json.dumps(data)],
+        [json.dumps(data, cls=DjangoJSONEncoder)],
         output_field=SPLICED,
     )
     statements = [insert_sql(activity, source=ROUTED_AGENT, literals=True)]
     # The agent's notice, and its email if the agent asked for emails (inbox.notices).
-    notice = session_notice(session, None, kind=SessionNoticeKind.SESSION_ASSIGNED)
+    notice = session_notice(
+        session, None, kind=notice_kind, body=notice_body, dedupe_key=dedupe_key
+    )
     notice.recipient_id = ROUTED_AGENT_ID
     email = notice_email(notice, ROUTED_AGENT_EMAIL)
-    statements.append(insert_sql(email, source=ROUTED_AGENT, when=EMAILED_WHEN, literals=True))
+    if dedupe_key:  # the key names the recipient, known only in SQL
+        email.idempotency_key = RawSQL(  # noqa: S611
+            f"'session-notice/' || {ROUTED_AGENT}.id::text || '/' || %s",
+            [dedupe_key],
+            output_field=SPLICED,
+        )
+    dedupe = bool(dedupe_key)
+    statements.append(
+        insert_sql(
+            email, source=ROUTED_AGENT, when=EMAILED_WHEN, ignore_conflicts=dedupe, literals=True
+        )
+    )
     notice.email_message_id = RawSQL(  # noqa: S611
         f"CASE WHEN {EMAILED_WHEN} THEN %s::uuid END", [email.pk], output_field=SPLICED
     )
-    statements.append(insert_sql(notice, source=ROUTED_AGENT, literals=True))
+    statements.append(
+        insert_sql(notice, source=ROUTED_AGENT, ignore_conflicts=dedupe, literals=True)
+    )
     return statements
 
 
@@ -506,6 +531,89 @@ def _waiting_session_ctes(
     event = session_event(given, events.SESSION_ASSIGNED, tier=decision.tier)
     statements += _told_outside(given, [event], endpoints, None, None)
     return [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+
+
+def _one_less_for(agent_id) -> tuple[str, list]:
+    """The statement of the pick that takes a moved session off its previous agent's
+    counter (never below zero; reconcile_counters repairs a drifted one), only if
+    somebody was picked. The previous agent is never the routed one (excluded)."""
+    table = connection.ops.quote_name(Membership._meta.db_table)
+    return (
+        f"UPDATE {table} AS previous SET open_session_count ="  # noqa: S608
+        f" GREATEST(previous.open_session_count - 1, 0) FROM {ROUTED_AGENT}"
+        " WHERE previous.id = %s",
+        [agent_id],
+    )
+
+
+def move_session_in_pick(
+    session: InboxSession,
+    *,
+    team,
+    exclude,
+    actor,
+    now,
+    action: str,
+    activity_data,
+    event_extra,
+    notice_kind: str,
+    notice_body: str = "",
+    dedupe_key: str = "",
+) -> RoutingDecision | None:
+    """Move an open session (locked by the caller's transaction, with or without an
+    agent) to an agent the engine picks from `team`'s pools (never one of `exclude`),
+    with every write about the move attached to the pick (PostgreSQL): the previous
+    agent's counter, the session, the activity (`action`, `activity_data(decision)`),
+    the new agent's notice and email, the "session.assigned" event
+    (`event_extra(decision)`). The pick is then the transaction's last statement and
+    the pool's lock is held from it to COMMIT alone. The decision (when nobody was
+    picked, nothing was written and the caller decides); None when the tenant's webhook
+    endpoints changed under every read (nothing was written)."""
+    previous = session.assigned_agent_id
+
+    def attach(provisional: RoutingDecision, endpoints) -> list[Cte]:
+        row = shadow_of(session)
+        _give_session_to(row, ROUTED_AGENT_ID, strategy=provisional.strategy, now=now, counted=True)
+        row.last_assignment_attempt = _assignment_record_sql(provisional)
+        row.team = provisional.team or session.team
+        statements = [_one_less_for(previous)] if previous is not None else []
+        statements.append(update_sql(row, ROUTED_SESSION_FIELDS, source=ROUTED_AGENT))
+        statements += _routed_agent_told(
+            row,
+            provisional,
+            actor=actor,
+            action=action,
+            data=activity_data(provisional),
+            notice_kind=notice_kind,
+            notice_body=notice_body,
+            dedupe_key=dedupe_key,
+        )
+        told = shadow_of(session)
+        told.team = row.team
+        _give_session_to(told, STAND_IN_AGENT, strategy=provisional.strategy, now=now, counted=True)
+        event = session_event(told, events.SESSION_ASSIGNED, **event_extra(provisional, told))
+        statements += _told_outside(told, [event], endpoints, None, None)
+        return [Cte(f"move{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+
+    def pick(endpoints, only_if):
+        return route(
+            tenant=session.tenant,
+            team=team,
+            work="sessions",
+            count=True,
+            exclude_agent_ids=exclude,
+            attach=lambda provisional: attach(provisional, endpoints),
+            only_if=only_if,
+        )
+
+    try:
+        decision = pick_with_endpoints(session.tenant_id, pick)
+    except EndpointsKeptChanging:
+        return None
+    if decision.attached:  # the statement wrote it all; mirror the session here
+        _apply_decision(session, decision, now)
+        session.updated_at = now
+    return decision
 
 
 def _route_waiting_session_in_pick(

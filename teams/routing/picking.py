@@ -26,13 +26,16 @@ Writing statements (CTEs, in this order of data flow):
     routing_cursor UPDATE the cursor to the agent
     + the caller's CTEs (`attach`), which read `routed_agent`
 
-A new handover session and a new routed lead run it alone outside a transaction, or as
-the last statement before COMMIT (every write about the outcome attached), so the
-cursor's lock is held for one statement. Other callers (routing existing work again,
-transfers, reassignment) write after it in their transaction and hold the lock until
-their COMMIT. `only_if` makes the pick
-conditional on something read in the same snapshot (the handover and lead intake: no
-active webhook endpoint besides those read just before, whose events the pick writes).
+A new handover session and a new routed lead run it alone outside a transaction; work
+routed again (a contact's waiting session, the retry jobs) and sessions moved (a
+transfer to a team, the accept sweep, redistribution) run it as the last statement
+before COMMIT, every write about the outcome attached; so the cursor's lock is held for
+one statement. Inside a transaction a pick that finds nobody gives the lock back at once
+(a savepoint). Only a lead given to another agent by the engine (the SLA sweep's
+automatic reassignment, the leads' redistribution) still writes after the pick and holds
+the lock until its COMMIT. `only_if` makes the pick conditional on something read in the
+same snapshot (no active webhook endpoint besides those read just before, whose events
+the pick writes: webhooks `pick_with_endpoints`).
 When the candidate lost a race (someone filled its capacity, or moved its
 load, after this statement's snapshot was taken) the statement changed nothing; the
 engine runs it again with a fresh snapshot.

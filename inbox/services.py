@@ -514,7 +514,14 @@ ROUTED_SESSION_FIELDS = ["last_assignment_attempt", "team", *GIVEN_FIELDS, "upda
 
 
 def _waiting_session_ctes(
-    session: InboxSession, decision: RoutingDecision, *, actor, now, endpoints, extra=None
+    session: InboxSession,
+    decision: RoutingDecision,
+    *,
+    actor,
+    now,
+    endpoints,
+    extra=None,
+    written: list,
 ) -> list[Cte]:
     """An open session's routing (locked by the caller's transaction) as statements of
     the pick, each reading `routed_agent`: the session given to the agent, the activity,
@@ -524,6 +531,7 @@ def _waiting_session_ctes(
     row.last_assignment_attempt = _assignment_record_sql(decision)
     row.team = decision.team or session.team
     statements = [update_sql(row, ROUTED_SESSION_FIELDS, source=ROUTED_AGENT)]
+    written[:] = [row]  # its updated_at as written (auto_now)
     statements += _routed_agent_told(session, decision, actor=actor, extra=extra)
     given = shadow_of(session)
     given.team = row.team
@@ -533,15 +541,23 @@ def _waiting_session_ctes(
     return [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
 
-def _one_less_for(agent_id) -> tuple[str, list]:
+# The pick's statement that takes a moved session off its previous agent's counter.
+PREVIOUS_AGENT = "previous_agent"
+
+
+def _one_less_for(agent_id) -> Cte:
     """The statement of the pick that takes a moved session off its previous agent's
     counter (never below zero; reconcile_counters repairs a drifted one), only if
-    somebody was picked. The previous agent is never the routed one (excluded)."""
+    somebody was picked. The previous agent is never the routed one (excluded). It
+    returns the agent's id: the session's UPDATE reads it (`PREVIOUS_AGENT`), so the
+    agent's row is written before the session's (AGENT_BEFORE_SESSION); the executor
+    runs the data-modifying CTEs nothing reads last, in no promised order."""
     table = connection.ops.quote_name(Membership._meta.db_table)
-    return (
+    return Cte(
+        PREVIOUS_AGENT,
         f"UPDATE {table} AS previous SET open_session_count ="  # noqa: S608
         f" GREATEST(previous.open_session_count - 1, 0) FROM {ROUTED_AGENT}"
-        " WHERE previous.id = %s",
+        " WHERE previous.id = %s RETURNING previous.id",
         [agent_id],
     )
 
@@ -570,14 +586,19 @@ def move_session_in_pick(
     picked, nothing was written and the caller decides); None when the tenant's webhook
     endpoints changed under every read (nothing was written)."""
     previous = session.assigned_agent_id
+    written = []
 
     def attach(provisional: RoutingDecision, endpoints) -> list[Cte]:
         row = shadow_of(session)
         _give_session_to(row, ROUTED_AGENT_ID, strategy=provisional.strategy, now=now, counted=True)
         row.last_assignment_attempt = _assignment_record_sql(provisional)
         row.team = provisional.team or session.team
-        statements = [_one_less_for(previous)] if previous is not None else []
-        statements.append(update_sql(row, ROUTED_SESSION_FIELDS, source=ROUTED_AGENT))
+        ctes, source = [], ROUTED_AGENT
+        if previous is not None:
+            ctes.append(_one_less_for(previous))
+            source = f"{ROUTED_AGENT} LEFT JOIN {PREVIOUS_AGENT} ON true"
+        statements = [update_sql(row, ROUTED_SESSION_FIELDS, source=source)]
+        written[:] = [row]
         statements += _routed_agent_told(
             row,
             provisional,
@@ -593,7 +614,7 @@ def move_session_in_pick(
         _give_session_to(told, STAND_IN_AGENT, strategy=provisional.strategy, now=now, counted=True)
         event = session_event(told, events.SESSION_ASSIGNED, **event_extra(provisional, told))
         statements += _told_outside(told, [event], endpoints, None, None)
-        return [Cte(f"move{n}", sql, params) for n, (sql, params) in enumerate(statements)]
+        return ctes + [Cte(f"move{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
     def pick(endpoints, only_if):
         return route(
@@ -612,7 +633,7 @@ def move_session_in_pick(
         return None
     if decision.attached:  # the statement wrote it all; mirror the session here
         _apply_decision(session, decision, now)
-        session.updated_at = now
+        session.updated_at = written[0].updated_at
     return decision
 
 
@@ -625,6 +646,7 @@ def _route_waiting_session_in_pick(
     decision; when nobody was picked nothing was written and the caller records it.
     None when the tenant's webhook endpoints changed under every read (nothing was
     written)."""
+    written = []
 
     def pick(endpoints, only_if):
         return route(
@@ -635,7 +657,13 @@ def _route_waiting_session_in_pick(
             # Never back to an agent who let its accept window run out.
             exclude_agent_ids=session.missed_agent_ids or (),
             attach=lambda provisional: _waiting_session_ctes(
-                session, provisional, actor=actor, now=now, endpoints=endpoints, extra=extra
+                session,
+                provisional,
+                actor=actor,
+                now=now,
+                endpoints=endpoints,
+                extra=extra,
+                written=written,
             ),
             only_if=only_if,
         )
@@ -646,7 +674,7 @@ def _route_waiting_session_in_pick(
         return None
     if decision.attached:  # the statement wrote it all; mirror the session here
         _apply_decision(session, decision, now)
-        session.updated_at = now
+        session.updated_at = written[0].updated_at
     return decision
 
 
@@ -790,9 +818,9 @@ def _notify_assigned(session: InboxSession, agent: Membership) -> None:
 def _record_routing(
     session, decision, *, actor, requested_team, now, extra=None, changed=()
 ) -> None:
-    """The writes of a routing decision the pick statement did not make (unassigned, a
-    reused session, SQLite): the session row (with the `changed` fields set before),
-    the activity and the agent's notice."""
+    """The writes of a routing decision the pick statement did not make (nobody picked,
+    the tenant's endpoints kept changing, SQLite): the session row (with the `changed`
+    fields set before), the activity and the agent's notice."""
     fields = _apply_decision(session, decision, now)
     session.updated_at = now
     session.save(update_fields=sorted({*fields, *changed, "updated_at"}))
@@ -1142,6 +1170,8 @@ def _route_reused_session_in_pick(
     ):
         fields |= {"confirmation_message", "confirmation_skipped_reason"}
 
+    written = []
+
     def attach(provisional: RoutingDecision, endpoints) -> list[Cte]:
         row = shadow_of(given)
         _give_session_to(row, ROUTED_AGENT_ID, strategy=provisional.strategy, now=now, counted=True)
@@ -1151,6 +1181,7 @@ def _route_reused_session_in_pick(
         if new_message is not None:
             statements.append(insert_sql(new_message, source=ROUTED_AGENT, literals=True))
         statements.append(update_sql(row, sorted(fields), source=ROUTED_AGENT))
+        written[:] = [row]
         statements += _routed_agent_told(session, provisional, actor=ask.actor)
         told = shadow_of(given)
         told.team = row.team
@@ -1186,7 +1217,7 @@ def _route_reused_session_in_pick(
     if new_message is not None:
         new_message._state.adding = False
     _apply_decision(session, decision, now)
-    session.updated_at = now
+    session.updated_at = written[0].updated_at
     return _outcome(
         session, created=False, confirmation=confirmation, skipped_reason=skipped_reason
     )

@@ -119,6 +119,27 @@ def _pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if=None, **args)
     and a busy pool could turn work away. In the transaction the second try at the
     latest reads a snapshot taken under the lock, and wins.
     """
+    # In a transaction, a pool where nobody is picked gives its lock back at once
+    # (ROLLBACK TO SAVEPOINT: its tries wrote nothing that stands, a try that lost a
+    # race included): the writes about that outcome, or the next tier's pick, do not
+    # hold it until COMMIT. A pick that found somebody leaves the savepoint as it is, so
+    # nothing runs between it and the COMMIT.
+    held = connection.vendor == "postgresql" and connection.in_atomic_block and not dry_run
+    savepoint = transaction.savepoint() if held else None
+    try:
+        settled = _pick_in(
+            pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, only_if=only_if, **args
+        )
+    except PickRefused:
+        if savepoint is not None:
+            transaction.savepoint_rollback(savepoint)
+        raise
+    if savepoint is not None and settled[0] is None:
+        transaction.savepoint_rollback(savepoint)
+    return settled
+
+
+def _pick_in(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, **args):
     settled = _try_pick(
         pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, only_if=only_if, **args
     )
@@ -143,16 +164,9 @@ def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, **args):
         sql, params = picking.pick_statement(
             pool, tenant_id=tenant_id, dry_run=dry_run, attach=ctes, only_if=only_if, **args
         )
-        # In a transaction, a pick that finds nobody gives the pool's lock back at once
-        # (ROLLBACK TO SAVEPOINT: it wrote nothing): the writes about that outcome, or
-        # the next tier's pick, do not hold it until COMMIT. A pick that found somebody
-        # leaves the savepoint as it is, so nothing runs between it and the COMMIT.
-        savepoint = transaction.savepoint() if connection.in_atomic_block and not dry_run else None
         result = picking.run_pick(sql, params)
         if result.refused:
             raise PickRefused
-        if savepoint is not None and result.candidate_id is None:
-            transaction.savepoint_rollback(savepoint)
     else:
         ctes = []
         result = picking.pick_with_orm(pool, tenant_id=tenant_id, dry_run=dry_run, **args)

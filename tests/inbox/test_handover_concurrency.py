@@ -252,17 +252,28 @@ def test_a_handover_racing_the_close_of_the_contacts_session_neither_fails_nor_d
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("writes", ["in the pick", "after the pick"])
 def test_a_handover_routing_a_reused_session_while_the_contact_hands_over_again_does_not_deadlock(
-    tenant, api_key, monkeypatch
+    tenant, api_key, monkeypatch, writes
 ):
     """The contact's open session waits unassigned; the contact hands over twice at once
     and the only agent is online. The first handover locked the session and is about to
     route it when the second one's statement picks the agent and tries to insert a
     session. Writing the reused session before its routing, the second statement
     (holding the agent's row, its INSERT waiting for the first handover's new version of
-    the session) and the first handover (waiting for the agent's row) deadlocked."""
+    the session) and the first handover (waiting for the agent's row) deadlocked. The
+    reused session's writes go in the pick statement, or after it (the Python path of
+    a tenant whose endpoints keep changing)."""
     from inbox import services
     from teams.models import Membership
+    from webhooks.events import EndpointsKeptChanging
+
+    if writes == "after the pick":
+
+        def endpoints_kept_changing(*args):
+            raise EndpointsKeptChanging
+
+        monkeypatch.setattr(services, "pick_with_endpoints", endpoints_kept_changing)
 
     status, opened = _post_in_thread(api_key[1], {"contactId": "c-1"})
     assert status == 201 and opened["status"] == "unassigned"

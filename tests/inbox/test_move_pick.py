@@ -250,3 +250,77 @@ def test_sixteen_transfers_at_once_spread_evenly_and_every_counter_is_right():
     assert [counts[holder.pk] for holder in holders] == [0] * 4
     assert [counts[taker.pk] for taker in takers] == [8] * 5
     assert SessionNotice.all_tenants.filter(session__in=sessions).count() == 40
+
+
+def test_a_move_writes_the_previous_agents_row_before_the_session(monkeypatch):
+    """AGENT_BEFORE_SESSION within the statement: while the previous agent's row is
+    busy (another transaction holds it), the move has not yet written the session, so
+    a new session of the same contact is refused at once instead of waiting for the
+    move (a handover doing that insert holds its own agent's row, which the move may
+    need: a deadlock)."""
+    import threading
+    import time
+
+    from django.db import IntegrityError, connections, transaction
+
+    from core.row_sql import insert_sql, new_row
+    from inbox.models import ONE_OPEN_SESSION_PER_CONTACT
+    from tests.db_locks import lock_waits
+
+    scene = Scene("order")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_previous_agent():
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(
+                    "SELECT 1 FROM teams_membership WHERE id = %s FOR UPDATE", [scene.ann.pk]
+                )
+                holding.set()
+                release.wait(15)
+                cursor.execute("ROLLBACK")
+        finally:
+            other.close()
+
+    moved = {}
+
+    def move():
+        try:
+            moved["session"] = transfer(scene)
+        except Exception as error:  # reported below
+            moved["error"] = error
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_previous_agent)
+    holder.start()
+    assert holding.wait(10)
+    mover = threading.Thread(target=move)
+    mover.start()
+    deadline = time.monotonic() + 10
+    while not lock_waits() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    try:
+        again = new_row(
+            InboxSession,
+            tenant=scene.tenant,
+            contact_id=scene.session.contact_id,
+            channel=scene.session.channel,
+        )
+        with (
+            pytest.raises(IntegrityError) as refused,
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SET LOCAL lock_timeout = '2s'")
+            cursor.execute(*insert_sql(again))
+        assert ONE_OPEN_SESSION_PER_CONTACT in str(refused.value)
+    finally:
+        release.set()
+        holder.join(15)
+        mover.join(15)
+    assert "error" not in moved, moved
+    assert moved["session"].assigned_agent_id == scene.bob.pk

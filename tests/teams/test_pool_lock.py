@@ -8,7 +8,7 @@ import threading
 import pytest
 from django.db import OperationalError, connection, connections, transaction
 
-from teams.models import Presence, Role, RoundRobinCursor
+from teams.models import Membership, Presence, Role, RoundRobinCursor
 from teams.routing import route
 from tests.factories import MembershipFactory
 
@@ -68,3 +68,35 @@ def test_a_pick_that_finds_somebody_keeps_the_pools_lock_until_commit(tenant):
     assert not pool_locked_by_another_transaction(tenant)
     agent.refresh_from_db()
     assert agent.open_session_count == 1
+
+
+def test_a_pool_where_a_lost_race_ends_with_nobody_gives_the_lock_back_too(tenant, monkeypatch):
+    """The first try locks the pool and loses its race (here: the agent it wrote is
+    reported as taken meanwhile); by the second try everyone has gone away. The pool's
+    lock, held since the first try, goes back before COMMIT, and what that try wrote
+    is undone."""
+    from teams.routing import picking
+
+    agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    route(tenant=tenant, team=None, work="sessions")  # the pools' cursors exist
+    agent.refresh_from_db()
+    counted = agent.open_session_count
+    real = picking.run_pick
+    tries = []
+
+    def lose_then_find_nobody(sql, params):
+        tries.append(sql)
+        if len(tries) == 1:
+            result = real(sql, params)  # locks the pool and writes the agent
+            Membership.objects.for_tenant(tenant).update(presence=Presence.AWAY)
+            return picking.PickResult(True, result.candidate_id, None)
+        return real(sql, params)
+
+    monkeypatch.setattr(picking, "run_pick", lose_then_find_nobody)
+    with transaction.atomic():
+        decision = route(tenant=tenant, team=None, work="sessions", count=True)
+        assert decision.agent is None
+        assert len(tries) >= 2
+        assert not pool_locked_by_another_transaction(tenant)
+    agent.refresh_from_db()
+    assert agent.open_session_count == counted

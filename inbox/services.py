@@ -513,34 +513,6 @@ def _assignment_record_sql(decision: RoutingDecision) -> RawSQL:
 ROUTED_SESSION_FIELDS = ["last_assignment_attempt", "team", *GIVEN_FIELDS, "updated_at"]
 
 
-def _waiting_session_ctes(
-    session: InboxSession,
-    decision: RoutingDecision,
-    *,
-    actor,
-    now,
-    endpoints,
-    extra=None,
-    written: list,
-) -> list[Cte]:
-    """An open session's routing (locked by the caller's transaction) as statements of
-    the pick, each reading `routed_agent`: the session given to the agent, the activity,
-    the notice and its email, the "session.assigned" event for `endpoints`."""
-    row = shadow_of(session)
-    _give_session_to(row, ROUTED_AGENT_ID, strategy=decision.strategy, now=now, counted=True)
-    row.last_assignment_attempt = _assignment_record_sql(decision)
-    row.team = decision.team or session.team
-    statements = [update_sql(row, ROUTED_SESSION_FIELDS, source=ROUTED_AGENT)]
-    written[:] = [row]  # its updated_at as written (auto_now)
-    statements += _routed_agent_told(session, decision, actor=actor, extra=extra)
-    given = shadow_of(session)
-    given.team = row.team
-    _give_session_to(given, STAND_IN_AGENT, strategy=decision.strategy, now=now, counted=True)
-    event = session_event(given, events.SESSION_ASSIGNED, tier=decision.tier)
-    statements += _told_outside(given, [event], endpoints, None, None)
-    return [Cte(f"assign{n}", sql, params) for n, (sql, params) in enumerate(statements)]
-
-
 # The pick's statement that takes a moved session off its previous agent's counter.
 PREVIOUS_AGENT = "previous_agent"
 
@@ -641,41 +613,26 @@ def _route_waiting_session_in_pick(
     session: InboxSession, team, *, actor, now, extra=None
 ) -> RoutingDecision | None:
     """Route an open, unassigned session that the caller's transaction holds, with every
-    write about it attached to the pick, so the pick is the transaction's last
-    statement and the pool's lock is held from it to COMMIT alone (PostgreSQL). The
-    decision; when nobody was picked nothing was written and the caller records it.
-    None when the tenant's webhook endpoints changed under every read (nothing was
-    written)."""
-    written = []
-
-    def pick(endpoints, only_if):
-        return route(
-            tenant=session.tenant,
-            team=team,
-            work="sessions",
-            count=True,
-            # Never back to an agent who let its accept window run out.
-            exclude_agent_ids=session.missed_agent_ids or (),
-            attach=lambda provisional: _waiting_session_ctes(
-                session,
-                provisional,
-                actor=actor,
-                now=now,
-                endpoints=endpoints,
-                extra=extra,
-                written=written,
-            ),
-            only_if=only_if,
-        )
-
-    try:
-        decision = pick_with_endpoints(session.tenant_id, pick)
-    except EndpointsKeptChanging:
-        return None
-    if decision.attached:  # the statement wrote it all; mirror the session here
-        _apply_decision(session, decision, now)
-        session.updated_at = written[0].updated_at
-    return decision
+    write about it attached to the pick (`move_session_in_pick`: the session, the
+    "session.assigned" activity with `extra` in its data, the notice and its email, the
+    event). The decision, or None when the tenant's webhook endpoints kept changing."""
+    return move_session_in_pick(
+        session,
+        team=team,
+        # Never back to an agent who let its accept window run out.
+        exclude=session.missed_agent_ids or (),
+        actor=actor,
+        now=now,
+        action="session.assigned",
+        activity_data=lambda decision: {
+            "strategy": decision.strategy,
+            "tier": decision.tier,
+            "team_id": str(decision.team.pk) if decision.team else None,
+            **(extra or {}),
+        },
+        event_extra=lambda decision, given: {"tier": decision.tier},
+        notice_kind=SessionNoticeKind.SESSION_ASSIGNED,
+    )
 
 
 def _as_given_to_stand_in(candidate: InboxSession, decision: RoutingDecision, now):

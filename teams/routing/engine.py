@@ -121,42 +121,52 @@ def _pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if=None, **args)
     """
     # In a transaction, a pool where nobody is picked gives its lock back at once
     # (ROLLBACK TO SAVEPOINT: its tries wrote nothing that stands, a try that lost a
-    # race included): the writes about that outcome, or the next tier's pick, do not
-    # hold it until COMMIT. A pick that found somebody leaves the savepoint as it is, so
-    # nothing runs between it and the COMMIT.
+    # race included; a cursor its first pick made is made again after): the writes
+    # about that outcome, or the next tier's pick, do not hold it until COMMIT. A pick
+    # that found somebody leaves the savepoint as it is, so nothing runs between it and
+    # the COMMIT.
     held = connection.vendor == "postgresql" and connection.in_atomic_block and not dry_run
     savepoint = transaction.savepoint() if held else None
+    created = []  # the pool's cursor, if its first pick ever made it
     try:
         settled = _pick_in(
-            pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, only_if=only_if, **args
+            pool,
+            tenant_id=tenant_id,
+            attach=attach,
+            dry_run=dry_run,
+            only_if=only_if,
+            created=created,
+            **args,
         )
+        if savepoint is None or settled[0] is not None:
+            return settled
     except PickRefused:
-        if savepoint is not None:
-            transaction.savepoint_rollback(savepoint)
-        raise
-    if savepoint is not None and settled[0] is None:
-        transaction.savepoint_rollback(savepoint)
+        if savepoint is None:
+            raise
+        settled = None
+    transaction.savepoint_rollback(savepoint)
+    if created:  # kept: the pool's next picks need it whoever they find
+        picking.create_cursor(tenant_id=tenant_id, pool=pool)
+    if settled is None:
+        raise PickRefused
     return settled
 
 
-def _pick_in(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, **args):
-    settled = _try_pick(
-        pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, only_if=only_if, **args
-    )
+def _pick_in(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, created, **args):
+    tries = {"attach": attach, "dry_run": dry_run, "only_if": only_if, "created": created}
+    settled = _try_pick(pool, tenant_id=tenant_id, **tries, **args)
     if settled is not None:
         return settled
     alone = connection.vendor == "postgresql" and not connection.in_atomic_block
     with transaction.atomic() if alone and not dry_run else nullcontext():
         for _ in range(MAX_ATTEMPTS - 1):
-            settled = _try_pick(
-                pool, tenant_id=tenant_id, attach=attach, dry_run=dry_run, only_if=only_if, **args
-            )
+            settled = _try_pick(pool, tenant_id=tenant_id, **tries, **args)
             if settled is not None:
                 return settled
     return None, False
 
 
-def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, **args):
+def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, created, **args):
     """(agent or None, whether `attach` ran) when the pick is settled; None when it is
     to run again (it lost a race, or it created the pool's cursor)."""
     if connection.vendor == "postgresql":
@@ -177,6 +187,7 @@ def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, **args):
             return None, False
         # The pool's first pick ever: create its cursor, then pick under its lock.
         picking.create_cursor(tenant_id=tenant_id, pool=pool)
+        created.append(pool.key)
     return None
 
 

@@ -304,6 +304,7 @@ def test_a_move_writes_the_previous_agents_row_before_the_session(monkeypatch):
         time.sleep(0.02)
     time.sleep(0.2)
     try:
+        assert lock_waits(), "the move never waited for the previous agent's row"
         again = new_row(
             InboxSession,
             tenant=scene.tenant,

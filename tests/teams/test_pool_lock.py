@@ -40,6 +40,7 @@ def pool_locked_by_another_transaction(tenant) -> bool:
     thread = threading.Thread(target=ask)
     thread.start()
     thread.join(timeout=10)
+    assert found, "the other connection did not answer"
     return found[0]
 
 
@@ -78,14 +79,14 @@ def test_a_pool_where_a_lost_race_ends_with_nobody_gives_the_lock_back_too(tenan
     from teams.routing import picking
 
     agent = MembershipFactory(tenant=tenant, role=Role.MEMBER)
-    route(tenant=tenant, team=None, work="sessions")  # the pools' cursors exist
+    route(tenant=tenant, team=None, work="sessions")  # the member pool's cursor exists
     agent.refresh_from_db()
     counted = agent.open_session_count
     real = picking.run_pick
     tries = []
 
     def lose_then_find_nobody(sql, params):
-        tries.append(sql)
+        tries.append(next(p for p in params if str(p).startswith("sessions:")))
         if len(tries) == 1:
             result = real(sql, params)  # locks the pool and writes the agent
             Membership.objects.for_tenant(tenant).update(presence=Presence.AWAY)
@@ -96,7 +97,7 @@ def test_a_pool_where_a_lost_race_ends_with_nobody_gives_the_lock_back_too(tenan
     with transaction.atomic():
         decision = route(tenant=tenant, team=None, work="sessions", count=True)
         assert decision.agent is None
-        assert len(tries) >= 2
+        assert tries[:2] == ["sessions:tier:member"] * 2  # lost, then tried again
         assert not pool_locked_by_another_transaction(tenant)
     agent.refresh_from_db()
     assert agent.open_session_count == counted

@@ -13,9 +13,8 @@ from core.errors import DomainError
 from core.locking import first_locked
 from leads.models import OPEN_LEAD_STATUSES, Lead, ReassignmentReason
 from leads.selectors import leads_of_agent
-from leads.services import _authorize_reassignment, lead_load, reassign_lead
+from leads.services import _authorize_reassignment, reassign_by_engine
 from teams.models import Membership, Tenant
-from teams.routing import route
 
 
 @dataclass(frozen=True)
@@ -85,25 +84,14 @@ def _move_lead(
     )
     if lead is None:
         return None
-    # Pick without touching agent rows: reassign_lead then locks both agents in
-    # primary-key order, like every other reassignment, so the two cannot deadlock.
-    decision = route(
+    decision, result = reassign_by_engine(
         tenant=tenant,
-        team=lead.team,
-        load=lead_load,
-        work="leads",
-        exclude_agent_ids=[agent.pk],
-        lock_agents=False,
-    )
-    if decision.agent is None:
-        return LeadMove(lead_id=str(lead.pk), name=lead.name, reason=decision.reason)
-    result = reassign_lead(
-        tenant=tenant,
-        lead_id=lead.pk,
-        to_agent_id=decision.agent.pk,
+        lead=lead,
         reason=ReassignmentReason.MANUAL,
         actor=actor,
         reassigned_by=reassigned_by,
         notes=notes,
     )
+    if decision.agent is None:
+        return LeadMove(lead_id=str(lead.pk), name=lead.name, reason=decision.reason)
     return LeadMove(lead_id=str(lead.pk), name=lead.name, to_agent=result.lead.assigned_agent)

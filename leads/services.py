@@ -52,7 +52,7 @@ from outbox.channels import get_channel
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import queue_messages
 from teams.models import ADMIN_ROLES, Membership, Tenant, User
-from teams.routing import ROUTED_AGENT, Cte, route
+from teams.routing import ROUTED_AGENT, Cte, advance_cursor, route
 from teams.routing.attached import (
     ROUTED_AGENT_EMAIL,
     ROUTED_AGENT_ID,
@@ -755,8 +755,13 @@ def _authorize_reassignment(*, tenant: Tenant, actor: Actor, reassigned_by) -> N
     )
 
 
-@transaction.atomic
-def reassign_lead(
+def reassign_lead(**reassignment) -> "ReassignmentResult":
+    """`_reassign_lead` in a transaction of its own (a savepoint inside the caller's)."""
+    with transaction.atomic():
+        return _reassign_lead(**reassignment)
+
+
+def _reassign_lead(
     *,
     tenant: Tenant,
     lead_id,
@@ -1530,15 +1535,13 @@ def _auto_reassign(breach: _Breach, stage: _Stage) -> bool:
         or getattr(lead, stage.deadline) != breach.deadline
     ):
         return False
-    # Pick without touching agent rows: reassign_lead then locks both agents in
-    # primary-key order, like every other reassignment, so the two cannot deadlock.
-    decision = route(
+    decision, _ = reassign_by_engine(
         tenant=breach.tenant,
-        team=lead.team,
-        load=lead_load,
-        work="leads",
-        exclude_agent_ids=[lead.assigned_agent_id] if lead.assigned_agent_id else [],
-        lock_agents=False,
+        lead=lead,
+        reason=stage.reason,
+        actor=Actor.for_job("check_sla"),
+        reassigned_by=None,
+        notes=f"Automatic: {stage.name} window missed.",
     )
     if decision.agent is None:
         logger.info(
@@ -1548,16 +1551,58 @@ def _auto_reassign(breach: _Breach, stage: _Stage) -> bool:
             decision.reason,
         )
         return False
-    reassign_lead(
-        tenant=breach.tenant,
-        lead_id=lead.pk,
-        to_agent_id=decision.agent.pk,
-        reason=stage.reason,
-        actor=Actor.for_job("check_sla"),
-        reassigned_by=None,
-        notes=f"Automatic: {stage.name} window missed.",
-    )
     return True
+
+
+class _CursorMoved(Exception):
+    """Another pick moved the pool's cursor between this pick's read and its move."""
+
+
+# Picks whose cursor another pick moved first are undone and run again this many times;
+# then the pool's cursor is locked by the pick and held to COMMIT.
+CURSOR_TRIES = 3
+
+
+def reassign_by_engine(*, tenant: Tenant, lead: Lead, **reassignment):
+    """Give a lead (locked by the caller's transaction) to another agent the engine
+    picks, by `reassign_lead` (`reassignment`: its reason, actor, notes): (the decision,
+    the reassignment's result or None when nobody could take it).
+
+    The pick locks nothing (`cursor_last`): the reassignment, whose writes lock both
+    agents in primary-key order like every other reassignment, runs first, and the
+    pool's round-robin cursor is moved last, so it is locked from that statement to
+    COMMIT alone. If another pick moved the cursor in between, or holds it right now,
+    the reassignment is undone (a savepoint, which also lets go of the agents' rows)
+    and the pick runs again; after CURSOR_TRIES the pick locks the cursor first and
+    holds it to COMMIT, the lock order of every other pick."""
+    exclude = [lead.assigned_agent_id] if lead.assigned_agent_id else []
+    for tries_left in range(CURSOR_TRIES, -1, -1):
+        try:
+            with transaction.atomic():
+                decision = route(
+                    tenant=tenant,
+                    team=lead.team,
+                    work="leads",
+                    exclude_agent_ids=exclude,
+                    lock_agents=False,
+                    cursor_last=tries_left > 0,
+                )
+                if decision.agent is None:
+                    return decision, None
+                # In this savepoint itself, not one of its own: rows locked in a savepoint
+                # released into this one are waited for by others as if locked by the
+                # whole transaction (PostgreSQL waits for the top-level transaction of a
+                # subtransaction that committed), so they would wait past this savepoint's
+                # rollback, for the try after it: a deadlock.
+                result = _reassign_lead(
+                    tenant=tenant, lead_id=lead.pk, to_agent_id=decision.agent.pk, **reassignment
+                )
+                if tries_left and not advance_cursor(tenant=tenant, decision=decision):
+                    raise _CursorMoved
+                return decision, result
+        except _CursorMoved:
+            continue
+    raise AssertionError("unreachable: the last try locks the cursor")  # pragma: no cover
 
 
 def sweep_sla_breaches(

@@ -1,5 +1,5 @@
 from teams.routing.config import resolve_config
-from teams.routing.engine import PickRefused, RoutingDecision, route
+from teams.routing.engine import PickRefused, RoutingDecision, advance_cursor, route
 from teams.routing.picking import ROUTED_AGENT, Cte, Pool
 from teams.routing.reasons import UnassignedReason
 
@@ -10,6 +10,7 @@ __all__ = [
     "Pool",
     "RoutingDecision",
     "UnassignedReason",
+    "advance_cursor",
     "resolve_config",
     "route",
 ]

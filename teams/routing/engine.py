@@ -36,7 +36,14 @@ DEFAULT_TEAM_TIER = "default_team"
 # outside routing (an admin's assignment) can make it lose again.
 MAX_ATTEMPTS = 5
 
-__all__ = ["PickRefused", "ResolvedConfig", "RoutingDecision", "resolve_config", "route"]
+__all__ = [
+    "PickRefused",
+    "ResolvedConfig",
+    "RoutingDecision",
+    "advance_cursor",
+    "resolve_config",
+    "route",
+]
 
 
 class PickRefused(Exception):
@@ -57,6 +64,8 @@ class RoutingDecision:
     available_agents: int = 0
     # Whether the caller's `attach` statements ran (with the pick, on PostgreSQL).
     attached: bool = False
+    # route(cursor_last=True): (pool key, the cursor's agent as read) for `advance_cursor`.
+    cursor: tuple | None = None
 
     @property
     def assigned(self) -> bool:
@@ -163,12 +172,13 @@ def _pick_in(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, created, 
             settled = _try_pick(pool, tenant_id=tenant_id, **tries, **args)
             if settled is not None:
                 return settled
-    return None, False
+    return None, False, None
 
 
 def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, created, **args):
-    """(agent or None, whether `attach` ran) when the pick is settled; None when it is
-    to run again (it lost a race, or it created the pool's cursor)."""
+    """(agent or None, whether `attach` ran, the cursor's agent as read) when the pick is
+    settled; None when it is to run again (it lost a race, or it created the pool's
+    cursor)."""
     if connection.vendor == "postgresql":
         ctes = attach() if attach is not None and not dry_run else []
         sql, params = picking.pick_statement(
@@ -181,10 +191,10 @@ def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, created,
         ctes = []
         result = picking.pick_with_orm(pool, tenant_id=tenant_id, dry_run=dry_run, **args)
     if result.agent is not None:
-        return result.agent, bool(ctes)
+        return result.agent, bool(ctes), result.cursor_last
     if result.candidate_id is None:
         if dry_run or result.has_cursor:
-            return None, False
+            return None, False, None
         # The pool's first pick ever: create its cursor, then pick under its lock.
         picking.create_cursor(tenant_id=tenant_id, pool=pool)
         created.append(pool.key)
@@ -204,6 +214,7 @@ def route(
     count: bool = False,
     attach: Callable[["RoutingDecision"], list[Cte]] | None = None,
     only_if: tuple[str, list] | None = None,
+    cursor_last: bool = False,
 ) -> RoutingDecision:
     """Pick an agent for one piece of work by the team's or tenant's rules.
 
@@ -218,7 +229,13 @@ def route(
     `decision.attached` says whether they ran). `only_if` (PostgreSQL only): an SQL
     condition, with its parameters, read in each pick statement's snapshot; when it
     does not hold, nothing is locked or written and PickRefused is raised.
+    `cursor_last=True` (with `lock_agents=False`, on PostgreSQL): the pick locks nothing,
+    and the caller moves the pool's cursor with `advance_cursor(decision)` as the last
+    statement of its transaction, for writes that cannot be attached to the pick; if
+    another pick moved the cursor in between, the caller's writes are to be undone and
+    the routing run again.
     """
+    deferred = cursor_last and not dry_run and connection.vendor == "postgresql"
     del load
     now = timezone.now()
     tenant_id = getattr(tenant, "pk", tenant)
@@ -263,13 +280,22 @@ def route(
         # somebody is picked here (tier, team, the tiers tried so far).
         decision.tier, decision.team = pool.tier, pool_team
         ctes = (lambda: attach(decision)) if attach is not None else None
-        agent, attached = _pick(
-            pool, tenant_id=tenant_id, attach=ctes, dry_run=dry_run, only_if=only_if, **args
+        agent, attached, seen = _pick(
+            pool,
+            tenant_id=tenant_id,
+            attach=ctes,
+            dry_run=dry_run or deferred,
+            only_if=only_if,
+            **args,
         )
         decision.tier, decision.team = None, team
         if agent is not None:
             decision.agent, decision.tier, decision.team = agent, pool.tier, pool_team
             decision.attached = attached
+            if deferred:
+                decision.cursor = (pool.key, seen)
+                if seen is None:  # perhaps the pool's first pick: its cursor, to move
+                    picking.create_cursor(tenant_id=tenant_id, pool=pool)
             return decision
         counter = counts or picking.pool_counts_with_orm
         agents, available, eligible = counter(pool, tenant_id=tenant_id, work=work, exclude=exclude)
@@ -293,3 +319,19 @@ def _why_nobody(*, found_anyone: bool, found_available: bool) -> str:
     if not found_available:
         return UnassignedReason.ALL_AWAY
     return UnassignedReason.ALL_AT_CAPACITY
+
+
+def advance_cursor(*, tenant, decision: RoutingDecision) -> bool:
+    """After route(cursor_last=True) and the caller's writes, as its transaction's last
+    statement: move the pool's cursor to the decision's agent. False when another pick
+    moved it since this one read it (round robin would be unfair: undo and route again).
+    True when there is nothing to move."""
+    if decision.cursor is None or decision.agent is None:
+        return True
+    pool_key, seen = decision.cursor
+    return picking.advance_cursor(
+        tenant_id=getattr(tenant, "pk", tenant),
+        pool_key=pool_key,
+        seen=seen,
+        agent_id=decision.agent.pk,
+    )

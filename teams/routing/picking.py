@@ -31,11 +31,14 @@ routed again (a contact's waiting session, the retry jobs) and sessions moved (a
 transfer to a team, the accept sweep, redistribution) run it as the last statement
 before COMMIT, every write about the outcome attached; so the cursor's lock is held for
 one statement. Inside a transaction a pick that finds nobody gives the lock back at once
-(a savepoint). Only a lead given to another agent by the engine (the SLA sweep's
-automatic reassignment, the leads' redistribution) still writes after the pick and holds
-the lock until its COMMIT. `only_if` makes the pick conditional on something read in the
-same snapshot (no active webhook endpoint besides those read just before, whose events
-the pick writes: webhooks `pick_with_endpoints`).
+(a savepoint). A lead given to another agent by the engine (the SLA sweep's automatic
+reassignment, the leads' redistribution), whose reassignment locks both agents itself,
+picks without locking (`route(cursor_last=True)`) and moves the cursor by its last
+statement (`advance_cursor`: only from the agent it read, SKIP LOCKED), undoing the
+reassignment and picking again when another pick moved it first. `only_if` makes the
+pick conditional on something read in the same snapshot (no active webhook endpoint
+besides those read just before, whose events the pick writes: webhooks
+`pick_with_endpoints`).
 When the candidate lost a race (someone filled its capacity, or moved its
 load, after this statement's snapshot was taken) the statement changed nothing; the
 engine runs it again with a fresh snapshot.
@@ -105,6 +108,7 @@ class PickResult:
     candidate_id: object
     agent: Membership | None
     refused: bool = False  # `only_if` did not hold: nothing was locked or written
+    cursor_last: object = None  # the cursor's agent as the statement read it
 
 
 def _counter(work: str) -> str:
@@ -298,7 +302,7 @@ def pick_statement(
     sql = "WITH " + ",\n".join(f"{name} AS ({body})" for name, body, _ in ctes)
     sql += (
         f"\nSELECT NOT ({condition}), EXISTS (SELECT 1 FROM routing_lock),"
-        " (SELECT id FROM routing_pick), a.*"
+        " (SELECT id FROM routing_pick), (SELECT last_agent_id FROM routing_lock), a.*"
         f" FROM (SELECT 1) AS one LEFT JOIN {ROUTED_AGENT} a ON true"
     )
     return sql, [param for _, _, params in ctes for param in params] + condition_params
@@ -308,8 +312,29 @@ def run_pick(sql: str, params: list) -> PickResult:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    refused, has_cursor, candidate_id, *agent_row = row
-    return PickResult(has_cursor, candidate_id, _agent_from(agent_row), refused=refused)
+    refused, has_cursor, candidate_id, cursor_last, *agent_row = row
+    return PickResult(
+        has_cursor, candidate_id, _agent_from(agent_row), refused=refused, cursor_last=cursor_last
+    )
+
+
+def advance_cursor(*, tenant_id, pool_key: str, seen, agent_id) -> bool:
+    """Move a pool's cursor from `seen` (its agent as a pick read it without locking it)
+    to `agent_id`: whether it moved. It does not when another pick moved it in between,
+    nor when another pick holds it right now (SKIP LOCKED): the caller holds agent rows
+    by then, which a pick holding the cursor may be waiting for, so waiting here could
+    deadlock. One statement, which a caller runs last before its COMMIT, so the cursor
+    is locked from it to COMMIT alone."""
+    pk = RoundRobinCursor._meta.pk.column
+    sql = (
+        f"WITH current AS (SELECT {pk} FROM {C} WHERE tenant_id = %s AND pool_key = %s"
+        " AND last_agent_id IS NOT DISTINCT FROM %s::uuid FOR UPDATE SKIP LOCKED)"
+        f" UPDATE {C} AS c SET last_agent_id = %s, position = c.position + 1"
+        f" FROM current WHERE c.{pk} = current.{pk} RETURNING 1"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [tenant_id, pool_key, seen, agent_id])
+        return cursor.fetchone() is not None
 
 
 def _agent_from(values) -> Membership | None:

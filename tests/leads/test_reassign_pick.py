@@ -1,0 +1,181 @@
+"""Issue #10 for a lead the engine gives to another agent (the SLA sweep's automatic
+reassignment, the admin's "Redistribute"): the pick locks nothing; the reassignment
+(which locks both agents in primary-key order) is written first and the pool's
+round-robin cursor is moved last, so the cursor is locked from that statement to COMMIT
+alone. A cursor another pick moved in between undoes the reassignment and picks again,
+so round robin stays exactly fair. On PostgreSQL, with real threads where it is about
+concurrency."""
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from core.actor import Actor
+from leads import services as lead_services
+from leads.models import Lead, LeadReassignment, ReassignmentReason
+from leads.services import create_lead, reassign_by_engine
+from teams.models import Membership, Role, RoundRobinCursor
+from tests.factories import MembershipFactory, TeamFactory, TeamMemberFactory
+from tests.leads.factories import LeadFactory
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+SYSTEM = Actor.system()
+
+
+def team_of(tenant, size: int):
+    team = TeamFactory(tenant=tenant, name="Takers")
+    agents = [MembershipFactory(tenant=tenant, role=Role.MEMBER) for _ in range(size)]
+    for agent in agents:
+        TeamMemberFactory(tenant=tenant, team=team, membership=agent)
+    # The pool has been used before (its first pick ever creates its cursor).
+    RoundRobinCursor.objects.for_tenant(tenant).create(pool_key=f"leads:team:{team.pk}")
+    return team, sorted(agents, key=lambda agent: agent.pk)
+
+
+def held_lead(tenant, team, holder) -> Lead:
+    lead = LeadFactory(tenant=tenant, team=team, assigned_agent=holder)
+    Membership.objects.for_tenant(tenant).filter(pk=holder.pk).update(
+        current_lead_count=Lead.all_tenants.filter(assigned_agent=holder).count()
+    )
+    return lead
+
+
+def move(tenant, lead_id):
+    """As the sweep and the redistribution do: lock the lead, then reassign it."""
+    with transaction.atomic():
+        lead = Lead.objects.for_tenant(tenant).select_for_update().get(pk=lead_id)
+        return reassign_by_engine(
+            tenant=tenant,
+            lead=lead,
+            reason=ReassignmentReason.MANUAL,
+            actor=SYSTEM,
+            reassigned_by=None,
+            notes="moved",
+        )
+
+
+def cursor_agent(tenant, team):
+    return (
+        RoundRobinCursor.objects.for_tenant(tenant)
+        .get(pool_key=f"leads:team:{team.pk}")
+        .last_agent_id
+    )
+
+
+def test_the_cursor_is_moved_by_the_last_statement_and_the_pick_locks_nothing(tenant):
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, agents = team_of(tenant, 3)
+    lead = held_lead(tenant, team, holder)
+
+    with CaptureQueriesContext(connection) as captured:
+        decision, result = move(tenant, lead.pk)
+
+    statements = [q["sql"] for q in captured.captured_queries]
+    moves = [n for n, sql in enumerate(statements) if "UPDATE teams_roundrobincursor AS c" in sql]
+    assert len(moves) == 1, statements
+    assert [sql.split(" ")[0] for sql in statements[moves[0] + 1 :]] == ["RELEASE", "COMMIT"]
+    picks = [sql for sql in statements if "routing_lock" in sql]
+    assert picks and not any("FOR UPDATE" in sql for sql in picks)
+    assert result.lead.assigned_agent_id == decision.agent.pk == agents[0].pk
+    assert cursor_agent(tenant, team) == agents[0].pk
+
+
+def test_a_cursor_moved_in_between_undoes_the_reassignment_and_picks_again(tenant, monkeypatch):
+    """Another connection routes a new lead of the team after this pick read the cursor:
+    this reassignment is undone and goes to the agent after the new lead's."""
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, agents = team_of(tenant, 3)
+    lead = held_lead(tenant, team, holder)
+    reassign = lead_services._reassign_lead
+    calls = []
+
+    def another_pick_first(**kwargs):
+        calls.append(kwargs["to_agent_id"])
+        if len(calls) == 1:
+
+            def intake():
+                try:
+                    create_lead(tenant=tenant, actor=SYSTEM, name="New", team_id=team.pk)
+                finally:
+                    connection.close()
+
+            other = threading.Thread(target=intake)
+            other.start()
+            other.join(timeout=10)
+        return reassign(**kwargs)
+
+    monkeypatch.setattr(lead_services, "_reassign_lead", another_pick_first)
+
+    _decision, result = move(tenant, lead.pk)
+
+    assert calls == [agents[0].pk, agents[1].pk]  # the new lead took agents[0]
+    assert result.lead.assigned_agent_id == agents[1].pk
+    assert cursor_agent(tenant, team) == agents[1].pk
+    assert LeadReassignment.all_tenants.filter(lead=lead).count() == 1  # the undone one is gone
+    counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
+    assert (counts[holder.pk], counts[agents[0].pk], counts[agents[1].pk]) == (0, 1, 1)
+
+
+def test_when_the_cursor_keeps_moving_the_pick_locks_it_at_last(tenant, monkeypatch):
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, agents = team_of(tenant, 3)
+    lead = held_lead(tenant, team, holder)
+    monkeypatch.setattr(lead_services, "advance_cursor", lambda **kwargs: False)
+
+    with CaptureQueriesContext(connection) as captured:
+        _decision, result = move(tenant, lead.pk)
+
+    locking = [q["sql"] for q in captured.captured_queries if "routing_lock" in q["sql"]]
+    assert len(locking) == lead_services.CURSOR_TRIES + 1
+    assert "FOR UPDATE" in locking[-1]
+    assert result.lead.assigned_agent_id == agents[0].pk
+    assert LeadReassignment.all_tenants.filter(lead=lead).count() == 1
+    assert cursor_agent(tenant, team) == agents[0].pk
+
+
+def test_nobody_to_take_it_leaves_the_lead_and_the_cursor_alone(tenant):
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, agents = team_of(tenant, 1)
+    Membership.objects.for_tenant(tenant).filter(pk=agents[0].pk).update(presence="away")
+    lead = held_lead(tenant, team, holder)
+
+    decision, result = move(tenant, lead.pk)
+
+    assert (decision.agent, result) == (None, None)
+    assert Lead.all_tenants.get(pk=lead.pk).assigned_agent_id == holder.pk
+    assert (
+        not RoundRobinCursor.objects.for_tenant(tenant)
+        .filter(pool_key=f"leads:team:{team.pk}", last_agent_id__isnull=False)
+        .exists()
+    )
+
+
+def test_sixteen_moves_and_new_leads_at_once_stay_exactly_fair(tenant):
+    holders = [MembershipFactory(tenant=tenant, role=Role.MEMBER) for _ in range(4)]
+    team, agents = team_of(tenant, 5)
+    leads = [held_lead(tenant, team, holders[n % 4]) for n in range(40)]
+
+    def work(n: int):
+        try:
+            if n < 40:
+                return move(tenant, leads[n].pk)[0].agent.pk
+            return create_lead(
+                tenant=tenant, actor=SYSTEM, name=f"N{n}", team_id=team.pk
+            ).assigned_agent_id
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        given = list(pool.map(work, range(60)))
+
+    per_agent = Counter(given)
+    assert sorted(per_agent[agent.pk] for agent in agents) == [12] * 5
+    counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
+    assert [counts[holder.pk] for holder in holders] == [0] * 4
+    assert [counts[agent.pk] for agent in agents] == [12] * 5
+    assert LeadReassignment.all_tenants.filter(lead__in=leads).count() == 40

@@ -64,7 +64,7 @@ class RoutingDecision:
     available_agents: int = 0
     # Whether the caller's `attach` statements ran (with the pick, on PostgreSQL).
     attached: bool = False
-    # route(cursor_last=True): (pool key, the cursor's agent as read) for `advance_cursor`.
+    # route(cursor_last=True): (pool key, the cursor's picks as read) for `advance_cursor`.
     cursor: tuple | None = None
 
     @property
@@ -191,7 +191,7 @@ def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, created,
         ctes = []
         result = picking.pick_with_orm(pool, tenant_id=tenant_id, dry_run=dry_run, **args)
     if result.agent is not None:
-        return result.agent, bool(ctes), result.cursor_last
+        return result.agent, bool(ctes), result.cursor_position
     if result.candidate_id is None:
         if dry_run or result.has_cursor:
             return None, False, None
@@ -235,6 +235,8 @@ def route(
     another pick moved the cursor in between, the caller's writes are to be undone and
     the routing run again.
     """
+    if cursor_last and lock_agents:
+        raise ValueError("cursor_last picks touch no agent rows: pass lock_agents=False")
     deferred = cursor_last and not dry_run and connection.vendor == "postgresql"
     del load
     now = timezone.now()

@@ -34,8 +34,9 @@ one statement. Inside a transaction a pick that finds nobody gives the lock back
 (a savepoint). A lead given to another agent by the engine (the SLA sweep's automatic
 reassignment, the leads' redistribution), whose reassignment locks both agents itself,
 picks without locking (`route(cursor_last=True)`) and moves the cursor by its last
-statement (`advance_cursor`: only from the agent it read, SKIP LOCKED), undoing the
-reassignment and picking again when another pick moved it first. `only_if` makes the
+statement (`advance_cursor`: only if no pick moved it since it was read, SKIP LOCKED),
+undoing the reassignment and picking again when another pick moved it first; after
+three tries it locks the cursor in its pick and holds it to COMMIT. `only_if` makes the
 pick conditional on something read in the same snapshot (no active webhook endpoint
 besides those read just before, whose events the pick writes: webhooks
 `pick_with_endpoints`).
@@ -108,7 +109,7 @@ class PickResult:
     candidate_id: object
     agent: Membership | None
     refused: bool = False  # `only_if` did not hold: nothing was locked or written
-    cursor_last: object = None  # the cursor's agent as the statement read it
+    cursor_position: int | None = None  # the cursor's picks so far, as the statement read it
 
 
 def _counter(work: str) -> str:
@@ -228,7 +229,7 @@ def pick_statement(
     ctes = [
         (
             "routing_lock",
-            f"SELECT last_agent_id FROM {C} WHERE tenant_id = %s AND pool_key = %s"
+            f"SELECT last_agent_id, position FROM {C} WHERE tenant_id = %s AND pool_key = %s"
             f" AND {condition}{lock}",
             [tenant_id, pool.key, *condition_params],
         )
@@ -302,7 +303,7 @@ def pick_statement(
     sql = "WITH " + ",\n".join(f"{name} AS ({body})" for name, body, _ in ctes)
     sql += (
         f"\nSELECT NOT ({condition}), EXISTS (SELECT 1 FROM routing_lock),"
-        " (SELECT id FROM routing_pick), (SELECT last_agent_id FROM routing_lock), a.*"
+        " (SELECT id FROM routing_pick), (SELECT position FROM routing_lock), a.*"
         f" FROM (SELECT 1) AS one LEFT JOIN {ROUTED_AGENT} a ON true"
     )
     return sql, [param for _, _, params in ctes for param in params] + condition_params
@@ -312,28 +313,34 @@ def run_pick(sql: str, params: list) -> PickResult:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    refused, has_cursor, candidate_id, cursor_last, *agent_row = row
+    refused, has_cursor, candidate_id, cursor_position, *agent_row = row
     return PickResult(
-        has_cursor, candidate_id, _agent_from(agent_row), refused=refused, cursor_last=cursor_last
+        has_cursor,
+        candidate_id,
+        _agent_from(agent_row),
+        refused=refused,
+        cursor_position=cursor_position,
     )
 
 
-def advance_cursor(*, tenant_id, pool_key: str, seen, agent_id) -> bool:
-    """Move a pool's cursor from `seen` (its agent as a pick read it without locking it)
-    to `agent_id`: whether it moved. It does not when another pick moved it in between,
-    nor when another pick holds it right now (SKIP LOCKED): the caller holds agent rows
-    by then, which a pick holding the cursor may be waiting for, so waiting here could
-    deadlock. One statement, which a caller runs last before its COMMIT, so the cursor
-    is locked from it to COMMIT alone."""
+def advance_cursor(*, tenant_id, pool_key: str, seen: int | None, agent_id) -> bool:
+    """Move a pool's cursor to `agent_id` if no pick moved it since a pick read it at
+    `seen` picks (None: it had no cursor yet; it has made none since): whether it moved.
+    The count, not the agent: a pick in between that chose the same agent (least busy,
+    or one eligible agent) changed that agent's load, which the reading pick did not
+    see. It does not move either while another pick holds it (SKIP LOCKED): the caller
+    holds agent rows by then, which a pick holding the cursor may be waiting for, so
+    waiting here could deadlock. One statement, which a caller runs last before its
+    COMMIT, so the cursor is locked from it to COMMIT alone."""
     pk = RoundRobinCursor._meta.pk.column
     sql = (
         f"WITH current AS (SELECT {pk} FROM {C} WHERE tenant_id = %s AND pool_key = %s"
-        " AND last_agent_id IS NOT DISTINCT FROM %s::uuid FOR UPDATE SKIP LOCKED)"
+        " AND position = %s FOR UPDATE SKIP LOCKED)"
         f" UPDATE {C} AS c SET last_agent_id = %s, position = c.position + 1"
         f" FROM current WHERE c.{pk} = current.{pk} RETURNING 1"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [tenant_id, pool_key, seen, agent_id])
+        cursor.execute(sql, [tenant_id, pool_key, seen or 0, agent_id])
         return cursor.fetchone() is not None
 
 

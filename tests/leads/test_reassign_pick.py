@@ -179,3 +179,49 @@ def test_sixteen_moves_and_new_leads_at_once_stay_exactly_fair(tenant):
     assert [counts[holder.pk] for holder in holders] == [0] * 4
     assert [counts[agent.pk] for agent in agents] == [12] * 5
     assert LeadReassignment.all_tenants.filter(lead__in=leads).count() == 40
+
+
+def test_a_pick_in_between_that_chose_the_same_agent_is_caught(tenant, monkeypatch):
+    """Least busy: the reassignment reads an empty agent with room for one lead; before
+    it moves the cursor, a new lead of the team takes that agent (the cursor stays on
+    the same agent, one pick further). The reassignment is undone and goes to the other
+    agent: the first one is not given two leads against a capacity of one."""
+    from teams.models import AssignmentConfig, Strategy
+
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, (first, second) = team_of(tenant, 2)
+    AssignmentConfig.objects.for_tenant(tenant).create(team=team, strategy=Strategy.LEAST_BUSY)
+    Membership.objects.for_tenant(tenant).filter(pk=first.pk).update(capacity=1)
+    Membership.objects.for_tenant(tenant).filter(pk=second.pk).update(current_lead_count=1)
+    RoundRobinCursor.objects.for_tenant(tenant).filter(pool_key=f"leads:team:{team.pk}").update(
+        last_agent_id=first.pk
+    )
+    lead = held_lead(tenant, team, holder)
+    reassign = lead_services._reassign_lead
+    calls = []
+
+    def a_new_lead_first(**kwargs):
+        calls.append(kwargs["to_agent_id"])
+        if len(calls) == 1:
+
+            def intake():
+                try:
+                    create_lead(tenant=tenant, actor=SYSTEM, name="New", team_id=team.pk)
+                finally:
+                    connection.close()
+
+            other = threading.Thread(target=intake)
+            other.start()
+            other.join(timeout=10)
+            assert not other.is_alive()
+        return reassign(**kwargs)
+
+    monkeypatch.setattr(lead_services, "_reassign_lead", a_new_lead_first)
+
+    _decision, result = move(tenant, lead.pk)
+
+    assert calls == [first.pk, second.pk]
+    assert result.lead.assigned_agent_id == second.pk
+    counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
+    assert counts[first.pk] == 1  # its capacity
+    assert counts[second.pk] == 2

@@ -10,6 +10,7 @@ message never undoes an assignment.
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -534,6 +535,15 @@ def _one_less_for(agent_id) -> Cte:
     )
 
 
+@dataclass(frozen=True)
+class _Replay:
+    """An Idempotency-Key's answer for the pick to write: the key's row, and the answer
+    built from the session as the pick writes it (given to the stand-in agent)."""
+
+    record: HandoverRequest
+    outcome_of: Callable[[InboxSession], "HandoverOutcome"]
+
+
 def move_session_in_pick(
     session: InboxSession,
     *,
@@ -547,6 +557,10 @@ def move_session_in_pick(
     notice_kind: str,
     notice_body: str = "",
     dedupe_key: str = "",
+    written_from: InboxSession | None = None,
+    more_fields=(),
+    rows_first=(),
+    replay: _Replay | None = None,
 ) -> RoutingDecision | None:
     """Move an open session (locked by the caller's transaction, with or without an
     agent) to an agent the engine picks from `team`'s pools (never one of `exclude`),
@@ -556,12 +570,19 @@ def move_session_in_pick(
     (`event_extra(decision)`). The pick is then the transaction's last statement and
     the pool's lock is held from it to COMMIT alone. The decision (when nobody was
     picked, nothing was written and the caller decides); None when the tenant's webhook
-    endpoints changed under every read (nothing was written)."""
+    endpoints changed under every read (nothing was written).
+
+    A handover that reuses the session also writes: the session as `written_from`
+    holds it (a copy of `session` with changes the caller made), with `more_fields`;
+    `rows_first` (a new confirmation), inserted before the session that points at
+    them; the answer to replay (`replay`)."""
     previous = session.assigned_agent_id
+    base = written_from if written_from is not None else session
+    fields = sorted({*ROUTED_SESSION_FIELDS, *more_fields})
     written = []
 
     def attach(provisional: RoutingDecision, endpoints) -> list[Cte]:
-        row = shadow_of(session)
+        row = shadow_of(base)
         _give_session_to(row, ROUTED_AGENT_ID, strategy=provisional.strategy, now=now, counted=True)
         row.last_assignment_attempt = _assignment_record_sql(provisional)
         row.team = provisional.team or session.team
@@ -569,7 +590,8 @@ def move_session_in_pick(
         if previous is not None:
             ctes.append(_one_less_for(previous))
             source = f"{ROUTED_AGENT} LEFT JOIN {PREVIOUS_AGENT} ON true"
-        statements = [update_sql(row, ROUTED_SESSION_FIELDS, source=source)]
+        statements = [insert_sql(other, source=ROUTED_AGENT, literals=True) for other in rows_first]
+        statements.append(update_sql(row, fields, source=source))
         written[:] = [row]
         statements += _routed_agent_told(
             row,
@@ -581,11 +603,12 @@ def move_session_in_pick(
             notice_body=notice_body,
             dedupe_key=dedupe_key,
         )
-        told = shadow_of(session)
+        told = shadow_of(base)
         told.team = row.team
         _give_session_to(told, STAND_IN_AGENT, strategy=provisional.strategy, now=now, counted=True)
         event = session_event(told, events.SESSION_ASSIGNED, **event_extra(provisional, told))
-        statements += _told_outside(told, [event], endpoints, None, None)
+        record, outcome = (replay.record, replay.outcome_of(told)) if replay else (None, None)
+        statements += _told_outside(told, [event], endpoints, record, outcome)
         return ctes + [Cte(f"move{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
     def pick(endpoints, only_if):
@@ -604,9 +627,26 @@ def move_session_in_pick(
     except EndpointsKeptChanging:
         return None
     if decision.attached:  # the statement wrote it all; mirror the session here
+        for row in rows_first:
+            row._state.adding = False
         _apply_decision(session, decision, now)
         session.updated_at = written[0].updated_at
     return decision
+
+
+def _assigned_activity_data(extra=None):
+    """The "session.assigned" activity's data of a routed session, for
+    `move_session_in_pick`."""
+    return lambda decision: {
+        "strategy": decision.strategy,
+        "tier": decision.tier,
+        "team_id": str(decision.team.pk) if decision.team else None,
+        **(extra or {}),
+    }
+
+
+def _tier_of(decision: RoutingDecision, given: InboxSession) -> dict:
+    return {"tier": decision.tier}
 
 
 def _route_waiting_session_in_pick(
@@ -624,13 +664,8 @@ def _route_waiting_session_in_pick(
         actor=actor,
         now=now,
         action="session.assigned",
-        activity_data=lambda decision: {
-            "strategy": decision.strategy,
-            "tier": decision.tier,
-            "team_id": str(decision.team.pk) if decision.team else None,
-            **(extra or {}),
-        },
-        event_extra=lambda decision, given: {"tier": decision.tier},
+        activity_data=_assigned_activity_data(extra),
+        event_extra=_tier_of,
         notice_kind=SessionNoticeKind.SESSION_ASSIGNED,
     )
 
@@ -1120,61 +1155,39 @@ def _route_reused_session_in_pick(
         if given.confirmation_message_id != session.confirmation_message_id
         else None
     )
-    fields = {*ROUTED_SESSION_FIELDS, *changed}
+    fields = set(changed)
     if (given.confirmation_message_id, given.confirmation_skipped_reason) != (
         session.confirmation_message_id,
         session.confirmation_skipped_reason,
     ):
         fields |= {"confirmation_message", "confirmation_skipped_reason"}
 
-    written = []
-
-    def attach(provisional: RoutingDecision, endpoints) -> list[Cte]:
-        row = shadow_of(given)
-        _give_session_to(row, ROUTED_AGENT_ID, strategy=provisional.strategy, now=now, counted=True)
-        row.last_assignment_attempt = _assignment_record_sql(provisional)
-        row.team = provisional.team or session.team
-        statements = []
-        if new_message is not None:
-            statements.append(insert_sql(new_message, source=ROUTED_AGENT, literals=True))
-        statements.append(update_sql(row, sorted(fields), source=ROUTED_AGENT))
-        written[:] = [row]
-        statements += _routed_agent_told(session, provisional, actor=ask.actor)
-        told = shadow_of(given)
-        told.team = row.team
-        _give_session_to(told, STAND_IN_AGENT, strategy=provisional.strategy, now=now, counted=True)
-        event = session_event(told, events.SESSION_ASSIGNED, tier=provisional.tier)
-        outcome = _outcome(
+    def outcome_of(told: InboxSession) -> HandoverOutcome:
+        return _outcome(
             told, created=False, confirmation=confirmation, skipped_reason=skipped_reason
         )
-        statements += _told_outside(told, [event], endpoints, idempotency_record, outcome)
-        return [Cte(f"reuse{n}", sql, params) for n, (sql, params) in enumerate(statements)]
 
-    def pick(endpoints, only_if):
-        return route(
-            tenant=session.tenant,
-            team=team,
-            work="sessions",
-            count=True,
-            # Never back to an agent who let its accept window run out.
-            exclude_agent_ids=session.missed_agent_ids or (),
-            attach=lambda provisional: attach(provisional, endpoints),
-            only_if=only_if,
-        )
-
-    try:
-        decision = pick_with_endpoints(session.tenant_id, pick)
-    except EndpointsKeptChanging:
-        return None
-    if not decision.attached:
+    decision = move_session_in_pick(
+        session,
+        team=team,
+        # Never back to an agent who let its accept window run out.
+        exclude=session.missed_agent_ids or (),
+        actor=ask.actor,
+        now=now,
+        action="session.assigned",
+        activity_data=_assigned_activity_data(),
+        event_extra=_tier_of,
+        notice_kind=SessionNoticeKind.SESSION_ASSIGNED,
+        written_from=given,
+        more_fields=fields,
+        rows_first=[new_message] if new_message is not None else [],
+        replay=_Replay(idempotency_record, outcome_of) if idempotency_record else None,
+    )
+    if decision is None or not decision.attached:
         return decision
-    # The statement wrote it all; mirror the session here.
+    # The statement wrote it all; the session mirrors it (move_session_in_pick).
     session.confirmation_message = given.confirmation_message
     session.confirmation_skipped_reason = given.confirmation_skipped_reason
-    if new_message is not None:
-        new_message._state.adding = False
-    _apply_decision(session, decision, now)
-    session.updated_at = written[0].updated_at
     return _outcome(
         session, created=False, confirmation=confirmation, skipped_reason=skipped_reason
     )

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -66,6 +67,9 @@ class RoutingDecision:
     attached: bool = False
     # route(cursor_last=True): (pool key, the cursor's picks as read) for `advance_cursor`.
     cursor: tuple | None = None
+    # When the routing ran: the record's "at", the same in the row a pick statement
+    # wrote and in the copy the caller keeps.
+    at: datetime = field(default_factory=timezone.now)
 
     @property
     def assigned(self) -> bool:
@@ -74,7 +78,7 @@ class RoutingDecision:
     def as_record(self) -> dict:
         """What is stored about this attempt, for people asking "why (not) them?"."""
         record = {
-            "at": timezone.now().isoformat(),
+            "at": self.at.isoformat(),
             "outcome": "assigned" if self.agent else "unassigned",
             "strategy": self.strategy,
             "config": self.config_source,
@@ -243,7 +247,7 @@ def route(
     tenant_id = getattr(tenant, "pk", tenant)
     config = resolve_config(tenant=tenant_id, team=team)
     decision = RoutingDecision(
-        agent=None, strategy=config.strategy, team=team, config_source=config.source
+        agent=None, strategy=config.strategy, team=team, config_source=config.source, at=now
     )
     if not config.is_enabled:
         decision.reason = UnassignedReason.ASSIGNMENT_DISABLED

@@ -755,10 +755,29 @@ def _authorize_reassignment(*, tenant: Tenant, actor: Actor, reassigned_by) -> N
     )
 
 
-def reassign_lead(**reassignment) -> "ReassignmentResult":
+@transaction.atomic
+def reassign_lead(
+    *,
+    tenant: Tenant,
+    lead_id,
+    to_agent_id,
+    reason: str,
+    actor: Actor,
+    reassigned_by: Membership | None,
+    notes: str = "",
+    restart_window: bool = False,
+) -> "ReassignmentResult":
     """`_reassign_lead` in a transaction of its own (a savepoint inside the caller's)."""
-    with transaction.atomic():
-        return _reassign_lead(**reassignment)
+    return _reassign_lead(
+        tenant=tenant,
+        lead_id=lead_id,
+        to_agent_id=to_agent_id,
+        reason=reason,
+        actor=actor,
+        reassigned_by=reassigned_by,
+        notes=notes,
+        restart_window=restart_window,
+    )
 
 
 def _reassign_lead(

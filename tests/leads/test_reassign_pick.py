@@ -155,6 +155,56 @@ def test_nobody_to_take_it_leaves_the_lead_and_the_cursor_alone(tenant):
     )
 
 
+def test_the_pools_first_pick_ever_makes_its_cursor_and_moves_it_last(tenant):
+    """A team no lead was ever routed to has no cursor: the pick that reads none makes
+    it, and the reassignment still moves it by the last statement."""
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, agents = team_of(tenant, 3)
+    RoundRobinCursor.objects.for_tenant(tenant).all().delete()
+    lead = held_lead(tenant, team, holder)
+
+    with CaptureQueriesContext(connection) as captured:
+        decision, result = move(tenant, lead.pk)
+
+    statements = [q["sql"] for q in captured.captured_queries]
+    moves = [n for n, sql in enumerate(statements) if "UPDATE teams_roundrobincursor AS c" in sql]
+    assert len(moves) == 1, statements
+    assert [sql.split(" ")[0] for sql in statements[moves[0] + 1 :]] == ["RELEASE", "COMMIT"]
+    assert result.lead.assigned_agent_id == decision.agent.pk == agents[0].pk
+    cursor = RoundRobinCursor.objects.for_tenant(tenant).get(pool_key=f"leads:team:{team.pk}")
+    assert (cursor.last_agent_id, cursor.position) == (agents[0].pk, 1)
+    assert LeadReassignment.all_tenants.filter(lead=lead).count() == 1
+    # The next lead of the team goes on from there.
+    new = create_lead(tenant=tenant, actor=SYSTEM, name="Next", team_id=team.pk)
+    assert new.assigned_agent_id == agents[1].pk
+
+
+def test_a_lead_without_a_team_goes_down_the_role_waterfall(tenant):
+    """No team: the tenant's waterfall's pools (members first), the holder left out."""
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    members = sorted(
+        (MembershipFactory(tenant=tenant, role=Role.MEMBER) for _ in range(2)),
+        key=lambda agent: agent.pk,
+    )
+    lead = held_lead(tenant, None, holder)
+    RoundRobinCursor.objects.for_tenant(tenant).create(
+        pool_key="leads:tier:member", last_agent_id=members[0].pk, position=4
+    )
+
+    with CaptureQueriesContext(connection) as captured:
+        decision, result = move(tenant, lead.pk)
+
+    picks = [q["sql"] for q in captured.captured_queries if "routing_lock" in q["sql"]]
+    assert len(picks) == 1 and "FOR UPDATE" not in picks[0]  # moved at the first try
+    assert (decision.tier, decision.team) == ("member", None)
+    assert result.lead.assigned_agent_id == members[1].pk  # after the cursor's agent
+    assert result.lead.team_id is None
+    cursor = RoundRobinCursor.objects.for_tenant(tenant).get(pool_key="leads:tier:member")
+    assert (cursor.last_agent_id, cursor.position) == (members[1].pk, 5)
+    counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
+    assert (counts[holder.pk], counts[members[0].pk], counts[members[1].pk]) == (0, 0, 1)
+
+
 def test_sixteen_moves_and_new_leads_at_once_stay_exactly_fair(tenant):
     holders = [MembershipFactory(tenant=tenant, role=Role.MEMBER) for _ in range(4)]
     team, agents = team_of(tenant, 5)

@@ -311,21 +311,80 @@ def _routed_lead_in_pick(*, tenant: Tenant, actor: Actor, source: str, **fields)
     webhook endpoints changed under every read (nothing was written)."""
     now = timezone.now()
     lead = new_row(Lead, tenant=tenant, source=source, **fields)
+    decision, row = _lead_in_pick(
+        lead,
+        actor=actor,
+        now=now,
+        new=True,
+        activity_data=lambda decision: {
+            "source": lead.source,
+            "strategy": decision.strategy,
+            "tier": decision.tier,
+            "reason": decision.reason,
+        },
+        event_types=[events.LEAD_CREATED, events.LEAD_ASSIGNED],
+    )
+    if decision is None or not decision.attached:
+        return decision
+    # The statement wrote the lead and everything about it; mirror it here.
+    lead._state.adding = False
+    lead.created_at, lead.updated_at = row.created_at, row.updated_at
+    _start_claim_window(lead, decision.agent, now)
+    log_context.bind(tenant_id=tenant.pk, lead_id=lead.pk)
+    return lead
+
+
+def _route_waiting_lead_in_pick(lead: Lead, *, actor: Actor, now):
+    """Route a waiting lead (locked by the caller's transaction) with every write about
+    it attached to the pick (PostgreSQL), so the pick is the transaction's last
+    statement and the pool's lock is held from it to COMMIT alone: the decision (when
+    nobody was picked, nothing was written), or None when the tenant's webhook endpoints
+    changed under every read (nothing was written)."""
+    decision, row = _lead_in_pick(
+        lead,
+        actor=actor,
+        now=now,
+        new=False,
+        activity_data=lambda decision: {"strategy": decision.strategy},
+        event_types=[events.LEAD_ASSIGNED],
+    )
+    if decision is not None and decision.attached:
+        # The statement wrote the lead and everything about it; mirror it here.
+        _start_claim_window(lead, decision.agent, now)
+        lead.updated_at = row.updated_at
+    return decision
+
+
+def _lead_in_pick(lead: Lead, *, actor: Actor, now, new: bool, activity_data, event_types):
+    """Route `lead` (`new`: not yet inserted; else waiting, locked by the caller's
+    transaction) with its writes attached to the pick (`_lead_ctes`): (the decision,
+    the lead's row as the statement wrote it, or None when nobody was picked); (None,
+    None) when the tenant's webhook endpoints changed under every read. Nothing is
+    written unless somebody is picked."""
     written = []
 
     def pick(endpoints, only_if):
         def lead_ctes(provisional) -> list[Cte]:
-            row, ctes = _routed_lead_ctes(
-                lead, provisional, actor=actor, now=now, endpoints=endpoints
+            row, ctes = _lead_ctes(
+                lead,
+                provisional,
+                actor=actor,
+                now=now,
+                new=new,
+                data=activity_data(provisional),
+                event_types=event_types,
+                endpoints=endpoints,
             )
             written[:] = [row]
             return ctes
 
-        # Inside a caller's transaction, a savepoint: a failed pick must not abort it.
-        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        # A new lead's pick inside a caller's transaction: a savepoint, so a failed pick
+        # does not abort it. (A waiting lead's pick is its transaction's last statement.)
+        savepoint = new and connection.in_atomic_block
+        with transaction.atomic() if savepoint else nullcontext():
             return route(
-                tenant=tenant,
-                team=fields["team"],
+                tenant=lead.tenant,
+                team=lead.team,
                 work="leads",
                 count=True,
                 attach=lead_ctes,
@@ -333,51 +392,42 @@ def _routed_lead_in_pick(*, tenant: Tenant, actor: Actor, source: str, **fields)
             )
 
     try:
-        decision = pick_with_endpoints(tenant.pk, pick)
+        decision = pick_with_endpoints(lead.tenant_id, pick)
     except EndpointsKeptChanging:
-        return None
-    if not decision.attached:
-        return decision
-    # The statement wrote the lead and everything about it; mirror it here.
-    lead._state.adding = False
-    lead.created_at, lead.updated_at = written[0].created_at, written[0].updated_at
-    _start_claim_window(lead, decision.agent, now)
-    log_context.bind(tenant_id=tenant.pk, lead_id=lead.pk)
-    return lead
+        return None, None
+    return decision, (written[0] if decision.attached else None)
 
 
-def _routed_lead_ctes(lead: Lead, decision, *, actor: Actor, now, endpoints) -> tuple:
+def _lead_ctes(
+    lead: Lead, decision, *, actor: Actor, now, new: bool, data: dict, event_types, endpoints
+) -> tuple:
     """A routed lead's writes as statements of the pick (teams.routing `attach`), each
-    reading the picked agent from the statement's `routed_agent`: the lead, given to the
-    agent with its claim window started; its "lead.created" activity; the agent's
-    notification and its email; the webhook events for `endpoints`. Returns the lead's
-    row as written, and the statements."""
+    reading the picked agent from the statement's `routed_agent`: the lead (`new`: its
+    row; else its routing fields), given to the agent with its claim window started;
+    its activity ("lead.created" or "lead.assigned", with `data` and the agent's id);
+    the agent's notification and its email; the webhook events `event_types` for
+    `endpoints`. Returns the lead's row as written, and the statements."""
     row = shadow_of(lead)
     _start_claim_window(row, ROUTED_AGENT_ID, now)
-    statements = [insert_sql(row, source=ROUTED_AGENT, literals=True)]
+    if new:
+        statements = [insert_sql(row, source=ROUTED_AGENT, literals=True)]
+    else:
+        statements = [update_sql(row, ROUTED_LEAD_FIELDS, source=ROUTED_AGENT)]
     # The lead as the agent got it, for what is built in Python (the stand-in agent in
     # place of the routed one: its values are replaced in SQL).
     given = shadow_of(lead)
     _start_claim_window(given, STAND_IN_AGENT, now)
     given.created_at, given.updated_at = row.created_at, row.updated_at
 
-    data = {
-        "source": lead.source,
-        "strategy": decision.strategy,
-        "tier": decision.tier,
-        "reason": decision.reason,
-    }
-    activity = build_activity(tenant=lead.tenant, action="lead.created", actor=actor, target=lead)
+    action = "lead.created" if new else "lead.assigned"
+    activity = build_activity(tenant=lead.tenant, action=action, actor=actor, target=lead)
     activity.data = RawSQL(  # noqa: S611
         f"%s::jsonb || jsonb_build_object('agent_id', {ROUTED_AGENT}.id::text)",
         [json.dumps(data)],
         output_field=SPLICED,
     )
     statements.append(insert_sql(activity, source=ROUTED_AGENT, literals=True))
-
-    statements += _routed_agent_told(
-        given, endpoints=endpoints, event_types=[events.LEAD_CREATED, events.LEAD_ASSIGNED]
-    )
+    statements += _routed_agent_told(given, endpoints=endpoints, event_types=event_types)
     ctes = [Cte(f"lead{n}", sql, params) for n, (sql, params) in enumerate(statements)]
     return row, ctes
 
@@ -414,66 +464,6 @@ ROUTED_LEAD_FIELDS = [
     "claim_deadline",
     "updated_at",
 ]
-
-
-def _waiting_lead_ctes(lead: Lead, decision, *, actor: Actor, now, endpoints) -> tuple:
-    """A waiting lead's routing as statements of the pick, each reading the picked agent
-    from `routed_agent`: the lead given to the agent with its claim window started; its
-    "lead.assigned" activity; the agent's notification and email; the "lead.assigned"
-    event for `endpoints`. Returns the lead's row as written, and the statements."""
-    row = shadow_of(lead)
-    _start_claim_window(row, ROUTED_AGENT_ID, now)
-    statements = [update_sql(row, ROUTED_LEAD_FIELDS, source=ROUTED_AGENT)]
-    given = shadow_of(lead)
-    _start_claim_window(given, STAND_IN_AGENT, now)
-    given.updated_at = row.updated_at
-
-    activity = build_activity(tenant=lead.tenant, action="lead.assigned", actor=actor, target=lead)
-    activity.data = RawSQL(  # noqa: S611
-        f"%s::jsonb || jsonb_build_object('agent_id', {ROUTED_AGENT}.id::text)",
-        [json.dumps({"strategy": decision.strategy})],
-        output_field=SPLICED,
-    )
-    statements.append(insert_sql(activity, source=ROUTED_AGENT, literals=True))
-    statements += _routed_agent_told(given, endpoints=endpoints, event_types=[events.LEAD_ASSIGNED])
-    ctes = [Cte(f"lead{n}", sql, params) for n, (sql, params) in enumerate(statements)]
-    return row, ctes
-
-
-def _route_waiting_lead_in_pick(lead: Lead, *, actor: Actor, now):
-    """Route a waiting lead (locked by the caller's transaction) with every write about
-    it attached to the pick (PostgreSQL), so the pick is the transaction's last
-    statement and the pool's lock is held from it to COMMIT alone: the decision (when
-    nobody was picked, nothing was written), or None when the tenant's webhook endpoints
-    changed under every read (nothing was written)."""
-    written = []
-
-    def pick(endpoints, only_if):
-        def lead_ctes(provisional) -> list[Cte]:
-            row, ctes = _waiting_lead_ctes(
-                lead, provisional, actor=actor, now=now, endpoints=endpoints
-            )
-            written[:] = [row]
-            return ctes
-
-        return route(
-            tenant=lead.tenant,
-            team=lead.team,
-            work="leads",
-            count=True,
-            attach=lead_ctes,
-            only_if=only_if,
-        )
-
-    try:
-        decision = pick_with_endpoints(lead.tenant_id, pick)
-    except EndpointsKeptChanging:
-        return None
-    if decision.attached:
-        # The statement wrote the lead and everything about it; mirror it here.
-        _start_claim_window(lead, decision.agent, now)
-        lead.updated_at = written[0].updated_at
-    return decision
 
 
 @transaction.atomic

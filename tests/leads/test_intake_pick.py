@@ -237,14 +237,14 @@ def test_a_failed_pick_inside_a_callers_transaction_leaves_it_usable(tenant, mon
     caller, whose transaction goes on (without it PostgreSQL refuses every statement
     until the rollback)."""
     MembershipFactory(tenant=tenant, role=Role.MEMBER)
-    writes = lead_services._routed_lead_ctes
+    writes = lead_services._lead_ctes
 
     def and_one_that_fails(*args, **kwargs):
         row, ctes = writes(*args, **kwargs)
         fails = "UPDATE teams_tenant SET name = name WHERE id = %s AND 1 / (random() * 0)::int = 1"
         return row, [*ctes, Cte("fails", fails, [tenant.pk])]
 
-    monkeypatch.setattr(lead_services, "_routed_lead_ctes", and_one_that_fails)
+    monkeypatch.setattr(lead_services, "_lead_ctes", and_one_that_fails)
     with transaction.atomic():
         with pytest.raises(DatabaseError):
             intake(tenant)

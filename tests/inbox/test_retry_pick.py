@@ -33,30 +33,15 @@ from tests.factories import (
 from tests.webhooks.endpoint_races import (
     add_an_endpoint_after_every_read,
     add_an_endpoint_after_the_first_read,
+    bodies_heard,
+    endpoint_for,
 )
 from webhooks import events
-from webhooks.services import create_endpoint
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SYSTEM = Actor.system()
 JOB = Actor.for_job("retry_unassigned_sessions")
-
-
-def endpoint_for(tenant, url="https://hooks.example.com/in"):
-    endpoint, _secret = create_endpoint(
-        tenant=tenant, actor=SYSTEM, url=url, events=None, description="test"
-    )
-    return endpoint
-
-
-def assigned_bodies(endpoint) -> list:
-    rows = OutboundMessage.all_tenants.filter(channel="webhook", kind=events.SESSION_ASSIGNED)
-    return [
-        json.loads(m.payload["body"])
-        for m in rows.order_by("created_at")
-        if m.payload.get("endpoint_id") == str(endpoint.pk)
-    ]
 
 
 def waiting_session(tenant, contact="+4915112345678", team=None) -> InboxSession:
@@ -153,7 +138,7 @@ def test_what_the_pick_writes_is_what_a_session_routed_in_python_gets(tenant, fu
         "zoe@example.com",
     )
 
-    (body,) = assigned_bodies(endpoint)
+    (body,) = bodies_heard(endpoint, events.SESSION_ASSIGNED)
     assert body["data"]["assignedAgent"] == {
         "id": str(agent.pk),
         "name": full_name or "zoe@example.com",
@@ -203,7 +188,7 @@ def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_session(tenan
 
     retry(tenant, session)
 
-    assert len(assigned_bodies(added[0])) == 1
+    assert len(bodies_heard(added[0], events.SESSION_ASSIGNED)) == 1
     agent.refresh_from_db()
     assert agent.open_session_count == 1  # counted once: the refused pick wrote nothing
 
@@ -221,7 +206,7 @@ def test_endpoints_that_keep_changing_still_hear_the_session(tenant, monkeypatch
     assert InboxSession.all_tenants.get(pk=session.pk).assigned_agent_id == agent.pk
     assert len(added) == events.ENDPOINT_READS
     for endpoint in added:
-        assert len(assigned_bodies(endpoint)) == 1
+        assert len(bodies_heard(endpoint, events.SESSION_ASSIGNED)) == 1
     agent.refresh_from_db()
     assert agent.open_session_count == 1
 
@@ -338,7 +323,7 @@ def test_what_the_pick_writes_for_a_waiting_session_is_what_the_answer_says(
     assert activity.data["agent_email"] == "zoe@example.com"
     assert SessionNotice.all_tenants.get(session=session).recipient_id == agent.pk
 
-    (body,) = assigned_bodies(endpoint)
+    (body,) = bodies_heard(endpoint, events.SESSION_ASSIGNED)
     expected = session_event(stored, events.SESSION_ASSIGNED, tier="member").data
     assert body["data"] == json.loads(json.dumps(expected))
     assert body["data"]["assignedAgent"] == answer["assignedAgent"]

@@ -19,7 +19,6 @@ from leads import services as lead_services
 from leads.models import Lead, Notification, NotificationKind
 from leads.serializers import LeadOutput
 from leads.services import create_lead
-from outbox.models import OutboundMessage
 from teams.models import Membership, Role, Strategy
 from teams.routing import Cte
 from tests.factories import (
@@ -32,9 +31,10 @@ from tests.factories import (
 from tests.webhooks.endpoint_races import (
     add_an_endpoint_after_every_read,
     add_an_endpoint_after_the_first_read,
+    bodies_heard,
+    endpoint_for,
 )
 from webhooks import events
-from webhooks.services import create_endpoint
 
 pytestmark = pytest.mark.postgres
 
@@ -42,20 +42,8 @@ LEADS = "/api/v1/leads"
 SYSTEM = Actor.system()
 
 
-def endpoint_for(tenant, url="https://hooks.example.com/in"):
-    endpoint, _secret = create_endpoint(
-        tenant=tenant, actor=SYSTEM, url=url, events=None, description="test"
-    )
-    return endpoint
-
-
-def webhook_bodies(endpoint) -> dict:
-    rows = OutboundMessage.all_tenants.filter(channel="webhook").order_by("created_at")
-    return {
-        m.kind: json.loads(m.payload["body"])
-        for m in rows
-        if m.payload.get("endpoint_id") == str(endpoint.pk)
-    }
+def kinds_heard(endpoint) -> list[str]:
+    return [body["type"] for body in bodies_heard(endpoint)]
 
 
 def intake(tenant, **fields) -> Lead:
@@ -129,7 +117,7 @@ def test_what_the_pick_writes_is_what_a_lead_routed_in_python_gets(tenant, full_
     assert (email.channel, email.target) == ("email", "zoe@example.com")
     assert email.payload["notification_id"] == str(notification.pk)
 
-    bodies = webhook_bodies(endpoint)
+    bodies = {body["type"]: body for body in bodies_heard(endpoint)}
     assert list(bodies) == [events.LEAD_CREATED, events.LEAD_ASSIGNED]
     expected = json.loads(json.dumps(LeadOutput(stored).data, default=str))
     for body in bodies.values():
@@ -177,7 +165,10 @@ def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_lead(tenant, 
     lead = intake(tenant)
 
     assert lead.assigned_agent_id == agent.pk
-    assert list(webhook_bodies(added[0])) == [events.LEAD_CREATED, events.LEAD_ASSIGNED]
+    assert [body["type"] for body in bodies_heard(added[0])] == [
+        events.LEAD_CREATED,
+        events.LEAD_ASSIGNED,
+    ]
     agent.refresh_from_db()
     assert agent.current_lead_count == 1  # counted once: the refused pick wrote nothing
 
@@ -195,7 +186,10 @@ def test_endpoints_that_keep_changing_still_hear_the_lead(tenant, monkeypatch):
     assert lead.assigned_agent_id == agent.pk
     assert len(added) == events.ENDPOINT_READS
     for endpoint in added:
-        assert list(webhook_bodies(endpoint)) == [events.LEAD_CREATED, events.LEAD_ASSIGNED]
+        assert [body["type"] for body in bodies_heard(endpoint)] == [
+            events.LEAD_CREATED,
+            events.LEAD_ASSIGNED,
+        ]
     agent.refresh_from_db()
     assert agent.current_lead_count == 1
 

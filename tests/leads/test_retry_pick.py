@@ -18,7 +18,6 @@ from core.actor import Actor
 from leads.models import Lead, Notification, NotificationKind
 from leads.serializers import LeadOutput
 from leads.services import create_lead, retry_unassigned_leads, route_unassigned_lead
-from outbox.models import OutboundMessage
 from teams.models import Membership, Presence, Role, Strategy
 from tests.factories import (
     AssignmentConfigFactory,
@@ -30,28 +29,13 @@ from tests.factories import (
 from tests.webhooks.endpoint_races import (
     add_an_endpoint_after_every_read,
     add_an_endpoint_after_the_first_read,
+    bodies_heard,
+    endpoint_for,
 )
 from webhooks import events
-from webhooks.services import create_endpoint
 
 SYSTEM = Actor.system()
 JOB = Actor.for_job("retry_unassigned_leads")
-
-
-def endpoint_for(tenant, url="https://hooks.example.com/in"):
-    endpoint, _secret = create_endpoint(
-        tenant=tenant, actor=SYSTEM, url=url, events=None, description="test"
-    )
-    return endpoint
-
-
-def assigned_bodies(endpoint) -> list:
-    rows = OutboundMessage.all_tenants.filter(channel="webhook", kind=events.LEAD_ASSIGNED)
-    return [
-        json.loads(m.payload["body"])
-        for m in rows.order_by("created_at")
-        if m.payload.get("endpoint_id") == str(endpoint.pk)
-    ]
 
 
 def waiting_lead(tenant, team=None) -> Lead:
@@ -151,7 +135,7 @@ def test_what_the_pick_writes_is_what_a_lead_routed_in_python_gets(tenant, full_
     email = notification.email_message
     assert (email.channel, email.target) == ("email", "zoe@example.com")
 
-    (body,) = assigned_bodies(endpoint)
+    (body,) = bodies_heard(endpoint, events.LEAD_ASSIGNED)
     expected = json.loads(json.dumps(LeadOutput(stored).data, default=str))
     assert body["data"]["assigned_agent"] == {
         "id": str(agent.pk),
@@ -176,7 +160,7 @@ def test_with_nobody_back_the_lead_waits_and_goes_to_the_back_of_the_retries(ten
     assert stored.updated_at > before.updated_at
     assert not Notification.all_tenants.exists()
     assert not ActivityLog.all_tenants.filter(action="lead.assigned").exists()
-    assert assigned_bodies(endpoint) == []
+    assert bodies_heard(endpoint, events.LEAD_ASSIGNED) == []
 
 
 @pytest.mark.postgres
@@ -191,7 +175,7 @@ def test_an_endpoint_added_between_the_read_and_the_pick_hears_the_lead(tenant, 
 
     route_unassigned_lead(tenant=tenant, lead_id=lead.pk, actor=JOB)
 
-    assert len(assigned_bodies(added[0])) == 1
+    assert len(bodies_heard(added[0], events.LEAD_ASSIGNED)) == 1
     agent.refresh_from_db()
     assert agent.current_lead_count == 1  # counted once: the refused pick wrote nothing
 
@@ -213,7 +197,7 @@ def test_endpoints_that_keep_changing_still_hear_the_lead(tenant, monkeypatch):
     assert Lead.all_tenants.get(pk=lead.pk).assigned_agent_id == agent.pk
     assert len(added) == events.ENDPOINT_READS
     for endpoint in added:
-        assert len(assigned_bodies(endpoint)) == 1
+        assert len(bodies_heard(endpoint, events.LEAD_ASSIGNED)) == 1
     agent.refresh_from_db()
     assert agent.current_lead_count == 1
 

@@ -1,12 +1,38 @@
 """Endpoints that appear while a write reads them: a handover or a lead intake reads the
 tenant's endpoints, then picks, writing their events in the pick's statement (refused
-when another endpoint appeared in between)."""
+when another endpoint appeared in between). With the endpoint and the bodies it is to
+hear, for the tests of writes attached to the pick."""
 
+import json
 import threading
 
 from django.db import connection
 
+from core.actor import Actor
+from outbox.models import OutboundMessage
 from webhooks import events
+from webhooks.services import create_endpoint
+
+
+def endpoint_for(tenant, url="https://hooks.example.com/in"):
+    """An active endpoint of `tenant` that hears every event."""
+    endpoint, _secret = create_endpoint(
+        tenant=tenant, actor=Actor.system(), url=url, events=None, description="test"
+    )
+    return endpoint
+
+
+def bodies_heard(endpoint, kind: str | None = None) -> list[dict]:
+    """The bodies of the webhook messages queued for `endpoint` (of event `kind`), in
+    the order they were written."""
+    rows = OutboundMessage.all_tenants.filter(channel="webhook").order_by("created_at")
+    if kind is not None:
+        rows = rows.filter(kind=kind)
+    return [
+        json.loads(m.payload["body"])
+        for m in rows
+        if m.payload.get("endpoint_id") == str(endpoint.pk)
+    ]
 
 
 def add_an_endpoint_after_the_first_read(monkeypatch, module, add) -> list:

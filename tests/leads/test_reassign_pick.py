@@ -67,6 +67,32 @@ def cursor_agent(tenant, team):
     )
 
 
+def a_new_lead_before_the_first_try(monkeypatch, tenant, team) -> list:
+    """Before the first try's reassignment is written, another connection routes a new
+    lead of `team` (and commits). The list holds the agent each try gave the lead to."""
+    reassign = lead_services._reassign_lead
+    calls = []
+
+    def a_new_lead_first(**kwargs):
+        calls.append(kwargs["to_agent_id"])
+        if len(calls) == 1:
+
+            def intake():
+                try:
+                    create_lead(tenant=tenant, actor=SYSTEM, name="New", team_id=team.pk)
+                finally:
+                    connection.close()
+
+            other = threading.Thread(target=intake)
+            other.start()
+            other.join(timeout=10)
+            assert not other.is_alive()
+        return reassign(**kwargs)
+
+    monkeypatch.setattr(lead_services, "_reassign_lead", a_new_lead_first)
+    return calls
+
+
 def test_the_cursor_is_moved_by_the_last_statement_and_the_pick_locks_nothing(tenant):
     holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     team, agents = team_of(tenant, 3)
@@ -91,25 +117,7 @@ def test_a_cursor_moved_in_between_undoes_the_reassignment_and_picks_again(tenan
     holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     team, agents = team_of(tenant, 3)
     lead = held_lead(tenant, team, holder)
-    reassign = lead_services._reassign_lead
-    calls = []
-
-    def another_pick_first(**kwargs):
-        calls.append(kwargs["to_agent_id"])
-        if len(calls) == 1:
-
-            def intake():
-                try:
-                    create_lead(tenant=tenant, actor=SYSTEM, name="New", team_id=team.pk)
-                finally:
-                    connection.close()
-
-            other = threading.Thread(target=intake)
-            other.start()
-            other.join(timeout=10)
-        return reassign(**kwargs)
-
-    monkeypatch.setattr(lead_services, "_reassign_lead", another_pick_first)
+    calls = a_new_lead_before_the_first_try(monkeypatch, tenant, team)
 
     _decision, result = move(tenant, lead.pk)
 
@@ -247,26 +255,7 @@ def test_a_pick_in_between_that_chose_the_same_agent_is_caught(tenant, monkeypat
         last_agent_id=first.pk
     )
     lead = held_lead(tenant, team, holder)
-    reassign = lead_services._reassign_lead
-    calls = []
-
-    def a_new_lead_first(**kwargs):
-        calls.append(kwargs["to_agent_id"])
-        if len(calls) == 1:
-
-            def intake():
-                try:
-                    create_lead(tenant=tenant, actor=SYSTEM, name="New", team_id=team.pk)
-                finally:
-                    connection.close()
-
-            other = threading.Thread(target=intake)
-            other.start()
-            other.join(timeout=10)
-            assert not other.is_alive()
-        return reassign(**kwargs)
-
-    monkeypatch.setattr(lead_services, "_reassign_lead", a_new_lead_first)
+    calls = a_new_lead_before_the_first_try(monkeypatch, tenant, team)
 
     _decision, result = move(tenant, lead.pk)
 

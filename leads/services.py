@@ -745,31 +745,6 @@ def _authorize_reassignment(*, tenant: Tenant, actor: Actor, reassigned_by) -> N
     )
 
 
-@transaction.atomic
-def reassign_lead(
-    *,
-    tenant: Tenant,
-    lead_id,
-    to_agent_id,
-    reason: str,
-    actor: Actor,
-    reassigned_by: Membership | None,
-    notes: str = "",
-    restart_window: bool = False,
-) -> "ReassignmentResult":
-    """`_reassign_lead` in a transaction of its own (a savepoint inside the caller's)."""
-    return _reassign_lead(
-        tenant=tenant,
-        lead_id=lead_id,
-        to_agent_id=to_agent_id,
-        reason=reason,
-        actor=actor,
-        reassigned_by=reassigned_by,
-        notes=notes,
-        restart_window=restart_window,
-    )
-
-
 def _reassign_lead(
     *,
     tenant: Tenant,
@@ -934,6 +909,11 @@ def _reassign_lead(
         ]
     )
     return result
+
+
+# The reassignment in a transaction of its own (a savepoint inside the caller's): the
+# API's, the admin's. `reassign_by_engine` runs `_reassign_lead` in its retry's savepoint.
+reassign_lead = transaction.atomic(_reassign_lead)
 
 
 def _iso(moment: datetime | None) -> str | None:

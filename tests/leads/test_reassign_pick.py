@@ -93,9 +93,17 @@ def a_new_lead_before_the_first_try(monkeypatch, tenant, team) -> list:
     return calls
 
 
-def test_the_cursor_is_moved_by_the_last_statement_and_the_pick_locks_nothing(tenant):
+@pytest.mark.parametrize("first_pick_ever", [False, True])
+def test_the_cursor_is_moved_by_the_last_statement_and_the_pick_locks_nothing(
+    tenant, first_pick_ever
+):
+    """A team no lead was ever routed to has no cursor (`first_pick_ever`): the pick
+    that reads none makes it, and the reassignment still moves it by the last
+    statement."""
     holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     team, agents = team_of(tenant, 3)
+    if first_pick_ever:
+        RoundRobinCursor.objects.for_tenant(tenant).all().delete()
     lead = held_lead(tenant, team, holder)
 
     with CaptureQueriesContext(connection) as captured:
@@ -108,7 +116,12 @@ def test_the_cursor_is_moved_by_the_last_statement_and_the_pick_locks_nothing(te
     picks = [sql for sql in statements if "routing_lock" in sql]
     assert picks and not any("FOR UPDATE" in sql for sql in picks)
     assert result.lead.assigned_agent_id == decision.agent.pk == agents[0].pk
-    assert cursor_agent(tenant, team) == agents[0].pk
+    cursor = RoundRobinCursor.objects.for_tenant(tenant).get(pool_key=f"leads:team:{team.pk}")
+    assert (cursor.last_agent_id, cursor.position) == (agents[0].pk, 1)
+    assert LeadReassignment.all_tenants.filter(lead=lead).count() == 1
+    # The next lead of the team goes on from there.
+    new = create_lead(tenant=tenant, actor=SYSTEM, name="Next", team_id=team.pk)
+    assert new.assigned_agent_id == agents[1].pk
 
 
 def test_a_cursor_moved_in_between_undoes_the_reassignment_and_picks_again(tenant, monkeypatch):
@@ -161,30 +174,6 @@ def test_nobody_to_take_it_leaves_the_lead_and_the_cursor_alone(tenant):
         .filter(pool_key=f"leads:team:{team.pk}", last_agent_id__isnull=False)
         .exists()
     )
-
-
-def test_the_pools_first_pick_ever_makes_its_cursor_and_moves_it_last(tenant):
-    """A team no lead was ever routed to has no cursor: the pick that reads none makes
-    it, and the reassignment still moves it by the last statement."""
-    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
-    team, agents = team_of(tenant, 3)
-    RoundRobinCursor.objects.for_tenant(tenant).all().delete()
-    lead = held_lead(tenant, team, holder)
-
-    with CaptureQueriesContext(connection) as captured:
-        decision, result = move(tenant, lead.pk)
-
-    statements = [q["sql"] for q in captured.captured_queries]
-    moves = [n for n, sql in enumerate(statements) if "UPDATE teams_roundrobincursor AS c" in sql]
-    assert len(moves) == 1, statements
-    assert [sql.split(" ")[0] for sql in statements[moves[0] + 1 :]] == ["RELEASE", "COMMIT"]
-    assert result.lead.assigned_agent_id == decision.agent.pk == agents[0].pk
-    cursor = RoundRobinCursor.objects.for_tenant(tenant).get(pool_key=f"leads:team:{team.pk}")
-    assert (cursor.last_agent_id, cursor.position) == (agents[0].pk, 1)
-    assert LeadReassignment.all_tenants.filter(lead=lead).count() == 1
-    # The next lead of the team goes on from there.
-    new = create_lead(tenant=tenant, actor=SYSTEM, name="Next", team_id=team.pk)
-    assert new.assigned_agent_id == agents[1].pk
 
 
 def test_a_lead_without_a_team_goes_down_the_role_waterfall(tenant):

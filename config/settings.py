@@ -214,11 +214,13 @@ EMBEDDED_TASKS_IN_BACKGROUND = env.bool("EMBEDDED_TASKS_IN_BACKGROUND", default=
 # Database connections an SLA sweep drains a backlog with (more than one batch of 500
 # due): its own and helper threads'; SKIP LOCKED gives each due lead to one of them.
 SLA_SWEEP_CONNECTIONS = env.int("SLA_SWEEP_CONNECTIONS", default=2)
+# How often the SLA sweeps run: a breach is noticed at most this long after its deadline.
+SLA_SWEEP_SECONDS = env.float("SLA_SWEEP_SECONDS", default=30.0)
 # Periodic jobs. Celery beat runs them in production; in embedded mode `bin/run` starts
 # `manage.py run_periodic_jobs`, which runs the same schedule in-process.
 CELERY_BEAT_SCHEDULE: dict = {
     # Stage 1 and 2 SLA sweeps: missed claim and contact deadlines.
-    "leads-check-sla": {"task": "leads.tasks.check_sla", "schedule": 30.0},
+    "leads-check-sla": {"task": "leads.tasks.check_sla", "schedule": SLA_SWEEP_SECONDS},
     "leads-retry-unassigned": {"task": "leads.tasks.retry_unassigned_leads", "schedule": 60.0},
     # Open sessions nobody could take: try again, least recently tried first.
     "inbox-retry-unassigned-sessions": {

@@ -51,7 +51,7 @@ from leads.serializers import LeadOutput
 from outbox.channels import get_channel
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import queue_messages
-from teams.models import ADMIN_ROLES, Membership, Tenant, User
+from teams.models import ADMIN_ROLES, Membership, Presence, Tenant, User
 from teams.routing import ROUTED_AGENT, Cte, advance_cursor, route
 from teams.routing.attached import (
     ROUTED_AGENT_EMAIL,
@@ -1543,13 +1543,26 @@ def _auto_reassign(breach: _Breach, stage: _Stage) -> bool:
     return True
 
 
-class _CursorMoved(Exception):
-    """Another pick moved the pool's cursor between this pick's read and its move."""
+class _PickStale(Exception):
+    """Between this pick's read and its writes another pick moved the pool's cursor, or
+    the agent it chose lost its room (filled by other work, away, deactivated)."""
 
 
 # Picks whose cursor another pick moved first are undone and run again this many times;
 # then the pool's cursor is locked by the pick and held to COMMIT.
 CURSOR_TRIES = 3
+# In all, a reassignment by the engine picks at most this many times: an agent found
+# full or away once its row is locked sends the pick round again.
+PICK_TRIES = CURSOR_TRIES + 3
+
+
+def _has_room(agent: Membership) -> bool:
+    """Whether an agent read under its row lock can take one more lead, as a pick would
+    have it: online, below capacity by its lead counter (`_reassign_lead` refuses an
+    inactive one)."""
+    return agent.presence == Presence.ONLINE and (
+        agent.capacity is None or agent.current_lead_count < agent.capacity
+    )
 
 
 def reassign_by_engine(*, tenant: Tenant, lead: Lead, **reassignment):
@@ -1563,9 +1576,16 @@ def reassign_by_engine(*, tenant: Tenant, lead: Lead, **reassignment):
     COMMIT alone. If another pick moved the cursor in between, or holds it right now,
     the reassignment is undone (a savepoint, which also lets go of the agents' rows)
     and the pick runs again; after CURSOR_TRIES the pick locks the cursor first and
-    holds it to COMMIT, the lock order of every other pick."""
+    holds it to COMMIT, the lock order of every other pick.
+
+    The pick read its agent without locking it: a pick of another pool the agent is in
+    (another team, a role tier) may fill it, or the agent may go away, before the
+    reassignment locks its row. The locked row is checked as the pick would, and a
+    reassignment to an agent without room is undone and picked again too; after
+    PICK_TRIES picks in all, Conflict `agents_kept_filling`."""
     exclude = [lead.assigned_agent_id] if lead.assigned_agent_id else []
-    for tries_left in range(CURSOR_TRIES, -1, -1):
+    for attempt in range(1, PICK_TRIES + 1):
+        lock_cursor = attempt > CURSOR_TRIES
         try:
             with transaction.atomic():
                 decision = route(
@@ -1574,7 +1594,7 @@ def reassign_by_engine(*, tenant: Tenant, lead: Lead, **reassignment):
                     work="leads",
                     exclude_agent_ids=exclude,
                     lock_agents=False,
-                    cursor_last=tries_left > 0,
+                    cursor_last=not lock_cursor,
                 )
                 if decision.agent is None:
                     return decision, None
@@ -1583,15 +1603,30 @@ def reassign_by_engine(*, tenant: Tenant, lead: Lead, **reassignment):
                 # whole transaction (PostgreSQL waits for the top-level transaction of a
                 # subtransaction that committed), so they would wait past this savepoint's
                 # rollback, for the try after it: a deadlock.
-                result = _reassign_lead(
-                    tenant=tenant, lead_id=lead.pk, to_agent_id=decision.agent.pk, **reassignment
-                )
-                if tries_left and not advance_cursor(tenant=tenant, decision=decision):
-                    raise _CursorMoved
+                try:
+                    result = _reassign_lead(
+                        tenant=tenant,
+                        lead_id=lead.pk,
+                        to_agent_id=decision.agent.pk,
+                        **reassignment,
+                    )
+                except NotFound as missing:
+                    if missing.field != "to_agent_id":
+                        raise
+                    raise _PickStale from missing  # deactivated since the pick read it
+                # The agent as locked, before this lead was counted on it.
+                if not _has_room(result.reassignment.to_agent):
+                    raise _PickStale
+                if not lock_cursor and not advance_cursor(tenant=tenant, decision=decision):
+                    raise _PickStale
                 return decision, result
-        except _CursorMoved:
+        except _PickStale:
             continue
-    raise AssertionError("unreachable: the last try locks the cursor")  # pragma: no cover
+    raise Conflict(
+        code="agents_kept_filling",
+        message="Every agent picked for the lead was filled by other work first; try again.",
+        field="lead",
+    )
 
 
 def sweep_sla_breaches(

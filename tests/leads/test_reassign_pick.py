@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from core.actor import Actor
+from core.errors import Conflict
 from leads import services as lead_services
 from leads.models import Lead, LeadReassignment, ReassignmentReason
 from leads.services import create_lead, reassign_by_engine
@@ -67,30 +68,39 @@ def cursor_agent(tenant, team):
     )
 
 
-def a_new_lead_before_the_first_try(monkeypatch, tenant, team) -> list:
-    """Before the first try's reassignment is written, another connection routes a new
-    lead of `team` (and commits). The list holds the agent each try gave the lead to."""
+def before_the_first_try(monkeypatch, action) -> list:
+    """Before the first try's reassignment is written, `action` runs on another
+    connection (a thread of its own) and commits. The list holds the agent each try
+    gave the lead to."""
     reassign = lead_services._reassign_lead
     calls = []
 
-    def a_new_lead_first(**kwargs):
+    def action_first(**kwargs):
         calls.append(kwargs["to_agent_id"])
         if len(calls) == 1:
 
-            def intake():
+            def run():
                 try:
-                    create_lead(tenant=tenant, actor=SYSTEM, name="New", team_id=team.pk)
+                    action()
                 finally:
                     connection.close()
 
-            other = threading.Thread(target=intake)
+            other = threading.Thread(target=run)
             other.start()
             other.join(timeout=10)
             assert not other.is_alive()
         return reassign(**kwargs)
 
-    monkeypatch.setattr(lead_services, "_reassign_lead", a_new_lead_first)
+    monkeypatch.setattr(lead_services, "_reassign_lead", action_first)
     return calls
+
+
+def a_new_lead_before_the_first_try(monkeypatch, tenant, team) -> list:
+    """`before_the_first_try`: a new lead of `team` is routed."""
+    return before_the_first_try(
+        monkeypatch,
+        lambda: create_lead(tenant=tenant, actor=SYSTEM, name="New", team_id=team.pk),
+    )
 
 
 @pytest.mark.parametrize("first_pick_ever", [False, True])
@@ -174,6 +184,59 @@ def test_nobody_to_take_it_leaves_the_lead_and_the_cursor_alone(tenant):
         .filter(pool_key=f"leads:team:{team.pk}", last_agent_id__isnull=False)
         .exists()
     )
+
+
+@pytest.mark.parametrize(
+    "what_happens", ["another team's lead fills it", "it goes away", "it is deactivated"]
+)
+def test_an_agent_that_lost_its_room_before_the_write_is_not_given_the_lead(
+    tenant, monkeypatch, what_happens
+):
+    """The pick chose an agent of two teams (room for one lead) without locking it; a
+    pick of the other team fills it, or it goes away or is deactivated, before the
+    reassignment locks its row. The cursor did not move: only the locked row tells. The
+    reassignment is undone and goes to the next agent."""
+    from teams.models import Presence
+
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, (first, second) = team_of(tenant, 2)
+    other_team = TeamFactory(tenant=tenant, name="Other")
+    TeamMemberFactory(tenant=tenant, team=other_team, membership=first)
+    Membership.objects.for_tenant(tenant).filter(pk=first.pk).update(capacity=1)
+    lead = held_lead(tenant, team, holder)
+    changes = {
+        "it goes away": {"presence": Presence.AWAY},
+        "it is deactivated": {"is_active": False},
+    }
+    if what_happens in changes:
+        agents = Membership.objects.for_tenant(tenant).filter(pk=first.pk)
+        calls = before_the_first_try(monkeypatch, lambda: agents.update(**changes[what_happens]))
+    else:
+        calls = a_new_lead_before_the_first_try(monkeypatch, tenant, other_team)
+
+    _decision, result = move(tenant, lead.pk)
+
+    assert calls == [first.pk, second.pk]
+    assert result.lead.assigned_agent_id == second.pk
+    assert cursor_agent(tenant, team) == second.pk
+    assert LeadReassignment.all_tenants.filter(lead=lead).count() == 1
+    counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
+    expected_first = 1 if what_happens == "another team's lead fills it" else 0
+    assert (counts[first.pk], counts[second.pk], counts[holder.pk]) == (expected_first, 1, 0)
+
+
+def test_agents_that_keep_losing_their_room_end_in_a_conflict(tenant, monkeypatch):
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, _agents = team_of(tenant, 2)
+    lead = held_lead(tenant, team, holder)
+    monkeypatch.setattr(lead_services, "_has_room", lambda agent: False)
+
+    with pytest.raises(Conflict) as refused:
+        move(tenant, lead.pk)
+
+    assert refused.value.code == "agents_kept_filling"
+    assert Lead.all_tenants.get(pk=lead.pk).assigned_agent_id == holder.pk
+    assert not LeadReassignment.all_tenants.filter(lead=lead).exists()
 
 
 def test_a_lead_without_a_team_goes_down_the_role_waterfall(tenant):

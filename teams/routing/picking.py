@@ -35,8 +35,9 @@ one statement. Inside a transaction a pick that finds nobody gives the lock back
 reassignment, the leads' redistribution), whose reassignment locks both agents itself,
 picks without locking (`route(cursor_last=True)`) and moves the cursor by its last
 statement (`advance_cursor`: only if no pick moved it since it was read, SKIP LOCKED),
-undoing the reassignment and picking again when another pick moved it first; after
-three tries it locks the cursor in its pick and holds it to COMMIT. `only_if` makes the
+undoing the reassignment and picking again when another pick moved it first, or when
+its agent, checked once the reassignment holds its row, lost its room; after three
+tries it locks the cursor in its pick and holds it to COMMIT. `only_if` makes the
 pick conditional on something read in the same snapshot (no active webhook endpoint
 besides those read just before, whose events the pick writes: webhooks
 `pick_with_endpoints`).

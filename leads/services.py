@@ -1524,14 +1524,26 @@ def _auto_reassign(breach: _Breach, stage: _Stage) -> bool:
         or getattr(lead, stage.deadline) != breach.deadline
     ):
         return False
-    decision, _ = reassign_by_engine(
-        tenant=breach.tenant,
-        lead=lead,
-        reason=stage.reason,
-        actor=Actor.for_job("check_sla"),
-        reassigned_by=None,
-        notes=f"Automatic: {stage.name} window missed.",
-    )
+    try:
+        decision, _ = reassign_by_engine(
+            tenant=breach.tenant,
+            lead=lead,
+            reason=stage.reason,
+            actor=Actor.for_job("check_sla"),
+            reassigned_by=None,
+            notes=f"Automatic: {stage.name} window missed.",
+        )
+    except Conflict as refused:
+        if refused.code != "agents_kept_filling":
+            raise
+        # Nothing was written; as when nobody could take it, the lead stays.
+        logger.info(
+            "Lead %s breached %s; every agent picked for it lost its room first (%s)",
+            lead.pk,
+            stage.name,
+            refused.code,
+        )
+        return False
     if decision.agent is None:
         logger.info(
             "Lead %s breached %s; nobody else can take it (%s)",
@@ -1551,9 +1563,8 @@ class _PickStale(Exception):
 # Picks whose cursor another pick moved first are undone and run again this many times;
 # then the pool's cursor is locked by the pick and held to COMMIT.
 CURSOR_TRIES = 3
-# In all, a reassignment by the engine picks at most this many times: an agent found
-# full or away once its row is locked sends the pick round again.
-PICK_TRIES = CURSOR_TRIES + 3
+# Picks under the cursor's lock whose agent lost its room to a pick of another pool.
+ROOM_TRIES = 3
 
 
 def _has_room(agent: Membership) -> bool:
@@ -1563,6 +1574,24 @@ def _has_room(agent: Membership) -> bool:
     return agent.presence == Presence.ONLINE and (
         agent.capacity is None or agent.current_lead_count < agent.capacity
     )
+
+
+def _reassign_if_room(*, tenant: Tenant, lead: Lead, agent_id, reassignment: dict):
+    """`_reassign_lead` to the picked agent, checked once its row is locked as the pick
+    would (`_has_room`; deactivated since the pick: refused): _PickStale when it lost
+    its room since the pick read it (the caller rolls the reassignment back)."""
+    try:
+        result = _reassign_lead(
+            tenant=tenant, lead_id=lead.pk, to_agent_id=agent_id, **reassignment
+        )
+    except NotFound as missing:
+        if missing.field != "to_agent_id":
+            raise
+        raise _PickStale from missing
+    # The agent as locked, before this lead was counted on it.
+    if not _has_room(result.reassignment.to_agent):
+        raise _PickStale
+    return result
 
 
 def reassign_by_engine(*, tenant: Tenant, lead: Lead, **reassignment):
@@ -1578,24 +1607,28 @@ def reassign_by_engine(*, tenant: Tenant, lead: Lead, **reassignment):
     and the pick runs again; after CURSOR_TRIES the pick locks the cursor first and
     holds it to COMMIT, the lock order of every other pick.
 
-    The pick read its agent without locking it: a pick of another pool the agent is in
-    (another team, a role tier) may fill it, or the agent may go away, before the
-    reassignment locks its row. The locked row is checked as the pick would, and a
-    reassignment to an agent without room is undone and picked again too; after
-    PICK_TRIES picks in all, Conflict `agents_kept_filling`."""
+    The pick reads its agent without locking it: a pick of another pool the agent is
+    in (another team, a role tier) may fill it, or the agent may go away or be
+    deactivated, before the reassignment locks its row, and this pool's cursor does not
+    tell. So the locked row is checked as the pick would (`_reassign_if_room`): an agent
+    without room is undone and picked again, under the cursor's lock once it is held
+    (up to ROOM_TRIES picks; then Conflict `agents_kept_filling`, nothing written)."""
     exclude = [lead.assigned_agent_id] if lead.assigned_agent_id else []
-    for attempt in range(1, PICK_TRIES + 1):
-        lock_cursor = attempt > CURSOR_TRIES
+
+    def pick(*, cursor_last: bool):
+        return route(
+            tenant=tenant,
+            team=lead.team,
+            work="leads",
+            exclude_agent_ids=exclude,
+            lock_agents=False,
+            cursor_last=cursor_last,
+        )
+
+    for _ in range(CURSOR_TRIES):
         try:
             with transaction.atomic():
-                decision = route(
-                    tenant=tenant,
-                    team=lead.team,
-                    work="leads",
-                    exclude_agent_ids=exclude,
-                    lock_agents=False,
-                    cursor_last=not lock_cursor,
-                )
+                decision = pick(cursor_last=True)
                 if decision.agent is None:
                     return decision, None
                 # In this savepoint itself, not one of its own: rows locked in a savepoint
@@ -1603,30 +1636,41 @@ def reassign_by_engine(*, tenant: Tenant, lead: Lead, **reassignment):
                 # whole transaction (PostgreSQL waits for the top-level transaction of a
                 # subtransaction that committed), so they would wait past this savepoint's
                 # rollback, for the try after it: a deadlock.
-                try:
-                    result = _reassign_lead(
-                        tenant=tenant,
-                        lead_id=lead.pk,
-                        to_agent_id=decision.agent.pk,
-                        **reassignment,
-                    )
-                except NotFound as missing:
-                    if missing.field != "to_agent_id":
-                        raise
-                    raise _PickStale from missing  # deactivated since the pick read it
-                # The agent as locked, before this lead was counted on it.
-                if not _has_room(result.reassignment.to_agent):
-                    raise _PickStale
-                if not lock_cursor and not advance_cursor(tenant=tenant, decision=decision):
+                result = _reassign_if_room(
+                    tenant=tenant, lead=lead, agent_id=decision.agent.pk, reassignment=reassignment
+                )
+                if not advance_cursor(tenant=tenant, decision=decision):
                     raise _PickStale
                 return decision, result
         except _PickStale:
             continue
-    raise Conflict(
-        code="agents_kept_filling",
-        message="Every agent picked for the lead was filled by other work first; try again.",
-        field="lead",
-    )
+    # The pick locks the cursor and moves it; from here on this transaction holds it to
+    # COMMIT, so a pick of this pool cannot come in between again. (A reassignment undone
+    # here lets go of its agents' rows: nothing rolls back past it while others wait.)
+    with transaction.atomic():  # so a Conflict leaves the cursor as it was
+        for _ in range(ROOM_TRIES):
+            decision = pick(cursor_last=False)
+            if decision.agent is None:
+                return decision, None
+            try:
+                with transaction.atomic():
+                    result = _reassign_if_room(
+                        tenant=tenant,
+                        lead=lead,
+                        agent_id=decision.agent.pk,
+                        reassignment=reassignment,
+                    )
+                return decision, result
+            except _PickStale:
+                continue
+        raise Conflict(
+            code="agents_kept_filling",
+            message=(
+                "Every agent picked for the lead lost its room (other work, away or"
+                " deactivated) before it could be given the lead; try again."
+            ),
+            field="lead",
+        )
 
 
 def sweep_sla_breaches(

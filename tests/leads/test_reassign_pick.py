@@ -225,18 +225,84 @@ def test_an_agent_that_lost_its_room_before_the_write_is_not_given_the_lead(
     assert (counts[first.pk], counts[second.pk], counts[holder.pk]) == (expected_first, 1, 0)
 
 
-def test_agents_that_keep_losing_their_room_end_in_a_conflict(tenant, monkeypatch):
+def test_agents_that_keep_losing_their_room_end_in_a_conflict_with_nothing_written(
+    tenant, monkeypatch
+):
+    """Every pick's agent lost its room by the time its row was locked: CURSOR_TRIES
+    picks that lock nothing, then ROOM_TRIES that lock the cursor; the caller's
+    transaction goes on with nothing of it left (the cursor where it was)."""
     holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
     team, _agents = team_of(tenant, 2)
     lead = held_lead(tenant, team, holder)
     monkeypatch.setattr(lead_services, "_has_room", lambda agent: False)
+    pool_key = f"leads:team:{team.pk}"
+    cursor_before = RoundRobinCursor.objects.for_tenant(tenant).get(pool_key=pool_key)
 
-    with pytest.raises(Conflict) as refused:
-        move(tenant, lead.pk)
+    with transaction.atomic(), CaptureQueriesContext(connection) as captured:
+        locked = Lead.objects.for_tenant(tenant).select_for_update().get(pk=lead.pk)
+        with pytest.raises(Conflict) as refused:
+            reassign_by_engine(
+                tenant=tenant,
+                lead=locked,
+                reason=ReassignmentReason.MANUAL,
+                actor=SYSTEM,
+                reassigned_by=None,
+            )
+        # Still in the caller's transaction: what the tries wrote is gone already.
+        cursor = RoundRobinCursor.objects.for_tenant(tenant).get(pool_key=pool_key)
+        assert (cursor.last_agent_id, cursor.position) == (
+            cursor_before.last_agent_id,
+            cursor_before.position,
+        )
+        assert Lead.objects.for_tenant(tenant).get(pk=lead.pk).assigned_agent_id == holder.pk
+        assert not LeadReassignment.all_tenants.filter(lead=lead).exists()
+        counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
+        assert [counts[agent.pk] for agent in _agents] == [0, 0]
 
     assert refused.value.code == "agents_kept_filling"
-    assert Lead.all_tenants.get(pk=lead.pk).assigned_agent_id == holder.pk
-    assert not LeadReassignment.all_tenants.filter(lead=lead).exists()
+    picks = [q["sql"] for q in captured.captured_queries if "routing_lock" in q["sql"]]
+    tries = lead_services.CURSOR_TRIES + lead_services.ROOM_TRIES
+    assert len(picks) == tries
+    assert ["FOR UPDATE" in sql for sql in picks] == [False] * lead_services.CURSOR_TRIES + [
+        True
+    ] * lead_services.ROOM_TRIES
+
+
+def test_an_agent_filled_while_the_pick_waits_for_the_cursor_is_picked_again_under_it(
+    tenant, monkeypatch
+):
+    """Once the pick locks the cursor, an agent that lost its room is picked again
+    without letting the cursor go: no pick of this pool can come in between."""
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, (first, second) = team_of(tenant, 2)
+    lead = held_lead(tenant, team, holder)
+    monkeypatch.setattr(lead_services, "advance_cursor", lambda **kwargs: False)
+    seen = []
+
+    def full_the_first_time(agent):
+        seen.append(agent.pk)
+        return len(seen) > lead_services.CURSOR_TRIES + 1
+
+    monkeypatch.setattr(lead_services, "_has_room", full_the_first_time)
+
+    with CaptureQueriesContext(connection) as captured:
+        _decision, result = move(tenant, lead.pk)
+
+    statements = [q["sql"] for q in captured.captured_queries]
+    locking = [
+        n for n, sql in enumerate(statements) if "routing_lock" in sql and "FOR UPDATE" in sql
+    ]
+    assert len(locking) == 2
+    # The cursor's lock is not given back between the two: the one rollback between
+    # them goes to a savepoint made after the first (the undone reassignment's own).
+    between = statements[locking[0] : locking[1]]
+    rollbacks = [sql.split()[-1] for sql in between if sql.startswith("ROLLBACK TO SAVEPOINT")]
+    made_after = [sql.split()[-1] for sql in between if sql.startswith("SAVEPOINT")]
+    assert len(rollbacks) == 1 and rollbacks[0] in made_after, between
+    assert result.lead.assigned_agent_id == second.pk  # the cursor moved past `first`
+    assert LeadReassignment.all_tenants.filter(lead=lead).count() == 1
+    counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
+    assert (counts[holder.pk], counts[first.pk], counts[second.pk]) == (0, 0, 1)
 
 
 def test_a_lead_without_a_team_goes_down_the_role_waterfall(tenant):

@@ -310,6 +310,33 @@ def test_auto_reassign_gives_an_unclaimed_lead_to_another_agent_as_the_system(
     assert sweep_sla_breaches() == NOTHING
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+def test_auto_reassign_that_finds_every_agent_filled_first_leaves_the_lead_and_goes_on(
+    auto_reassign, tenant, owner, alice, bob, clock, monkeypatch, caplog
+):
+    """Each agent the engine picks lost its room before the reassignment held its row
+    (other work filled it): the lead stays with its agent, as when nobody could take it,
+    and the sweep goes on to the next breach, logging no error."""
+    from leads import services as lead_services
+
+    stuck = new_lead(tenant, alice, name="Stuck")
+    clock.shift(timedelta(minutes=6))
+    monkeypatch.setattr(lead_services, "_has_room", lambda agent: False)
+
+    with caplog.at_level("INFO", logger="leads.services"):
+        assert sweep_sla_breaches() == {"claim": 1, "contact": 0}
+
+    stuck.refresh_from_db()
+    assert (stuck.assigned_agent, stuck.status) == (alice, LeadStatus.NEW)
+    assert stuck.claim_sla_breached_at is not None, "the breach is recorded"
+    assert not LeadReassignment.all_tenants.filter(lead=stuck).exists()
+    assert any("lost its room first" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
+    assert (counts[alice.pk], counts[bob.pk]) == (1, 0)
+
+
 @pytest.mark.django_db
 def test_auto_reassign_gives_an_uncontacted_lead_a_new_agent_and_window(
     auto_reassign, tenant, owner, alice, bob, clock

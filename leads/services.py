@@ -1645,32 +1645,48 @@ def reassign_by_engine(*, tenant: Tenant, lead: Lead, **reassignment):
         except _PickStale:
             continue
     # The pick locks the cursor and moves it; from here on this transaction holds it to
-    # COMMIT, so a pick of this pool cannot come in between again. (A reassignment undone
-    # here lets go of its agents' rows: nothing rolls back past it while others wait.)
-    with transaction.atomic():  # so a Conflict leaves the cursor as it was
-        for _ in range(ROOM_TRIES):
-            decision = pick(cursor_last=False)
-            if decision.agent is None:
-                return decision, None
-            try:
-                with transaction.atomic():
-                    result = _reassign_if_room(
-                        tenant=tenant,
-                        lead=lead,
-                        agent_id=decision.agent.pk,
-                        reassignment=reassignment,
-                    )
-                return decision, result
-            except _PickStale:
-                continue
-        raise Conflict(
-            code="agents_kept_filling",
-            message=(
-                "Every agent picked for the lead lost its room (other work, away or"
-                " deactivated) before it could be given the lead; try again."
-            ),
-            field="lead",
-        )
+    # COMMIT, so a pick of this pool cannot come in between again.
+    try:
+        return _reassign_under_the_cursor(pick, tenant=tenant, lead=lead, reassignment=reassignment)
+    except _NobodyLeft as nobody:
+        return nobody.decision, None
+
+
+class _NobodyLeft(Exception):
+    """Nobody is left to pick once agents without room were left out (the decision)."""
+
+    def __init__(self, decision):
+        super().__init__()
+        self.decision = decision
+
+
+@transaction.atomic  # a Conflict, or nobody left, leaves the cursors as they were
+def _reassign_under_the_cursor(pick, *, tenant: Tenant, lead: Lead, reassignment: dict):
+    """`reassign_by_engine`'s picks that lock the pool's cursor, up to ROOM_TRIES: an
+    agent without room is undone (the reassignment's own savepoint, which lets go of
+    its agents' rows: nothing rolls back past it while others wait) and picked again
+    under the lock. When nobody is left, _NobodyLeft, and the cursors' moves and locks
+    are undone too, as a pick that finds nobody leaves them."""
+    for _ in range(ROOM_TRIES):
+        decision = pick(cursor_last=False)
+        if decision.agent is None:
+            raise _NobodyLeft(decision)
+        try:
+            with transaction.atomic():
+                result = _reassign_if_room(
+                    tenant=tenant, lead=lead, agent_id=decision.agent.pk, reassignment=reassignment
+                )
+            return decision, result
+        except _PickStale:
+            continue
+    raise Conflict(
+        code="agents_kept_filling",
+        message=(
+            "Every agent picked for the lead lost its room (other work, away or"
+            " deactivated) before it could be given the lead; try again."
+        ),
+        field="lead",
+    )
 
 
 def sweep_sla_breaches(

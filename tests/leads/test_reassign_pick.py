@@ -68,16 +68,16 @@ def cursor_agent(tenant, team):
     )
 
 
-def before_the_first_try(monkeypatch, action) -> list:
-    """Before the first try's reassignment is written, `action` runs on another
-    connection (a thread of its own) and commits. The list holds the agent each try
-    gave the lead to."""
+def before_the_first_try(monkeypatch, action, *, on_try: int = 1) -> list:
+    """Before the first try's reassignment is written (or try number `on_try`'s),
+    `action` runs on another connection (a thread of its own) and commits. The list
+    holds the agent each try gave the lead to."""
     reassign = lead_services._reassign_lead
     calls = []
 
     def action_first(**kwargs):
         calls.append(kwargs["to_agent_id"])
-        if len(calls) == 1:
+        if len(calls) == on_try:
 
             def run():
                 try:
@@ -303,6 +303,35 @@ def test_an_agent_filled_while_the_pick_waits_for_the_cursor_is_picked_again_und
     assert LeadReassignment.all_tenants.filter(lead=lead).count() == 1
     counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
     assert (counts[holder.pk], counts[first.pk], counts[second.pk]) == (0, 0, 1)
+
+
+def test_nobody_left_under_the_cursors_lock_leaves_the_cursor_as_it_was(tenant, monkeypatch):
+    """The pick that locks the cursor chose the team's one agent, which went away before
+    its row was locked; picked again, nobody is left. The cursor's move to that agent
+    and its lock are undone, as a pick that finds nobody leaves them."""
+    from teams.models import Presence
+
+    holder = MembershipFactory(tenant=tenant, role=Role.MEMBER)
+    team, (only,) = team_of(tenant, 1)
+    lead = held_lead(tenant, team, holder)
+    monkeypatch.setattr(lead_services, "advance_cursor", lambda **kwargs: False)
+    agents = Membership.objects.for_tenant(tenant).filter(pk=only.pk)
+    calls = before_the_first_try(
+        monkeypatch,
+        lambda: agents.update(presence=Presence.AWAY),
+        on_try=lead_services.CURSOR_TRIES + 1,
+    )
+    pool_key = f"leads:team:{team.pk}"
+    before = RoundRobinCursor.objects.for_tenant(tenant).get(pool_key=pool_key)
+
+    decision, result = move(tenant, lead.pk)
+
+    assert calls == [only.pk] * (lead_services.CURSOR_TRIES + 1)
+    assert (decision.agent, result) == (None, None)
+    cursor = RoundRobinCursor.objects.for_tenant(tenant).get(pool_key=pool_key)
+    assert (cursor.last_agent_id, cursor.position) == (before.last_agent_id, before.position)
+    assert Lead.all_tenants.get(pk=lead.pk).assigned_agent_id == holder.pk
+    assert not LeadReassignment.all_tenants.filter(lead=lead).exists()
 
 
 def test_a_lead_without_a_team_goes_down_the_role_waterfall(tenant):

@@ -316,25 +316,35 @@ def test_auto_reassign_that_finds_every_agent_filled_first_leaves_the_lead_and_g
     auto_reassign, tenant, owner, alice, bob, clock, monkeypatch, caplog
 ):
     """Each agent the engine picks lost its room before the reassignment held its row
-    (other work filled it): the lead stays with its agent, as when nobody could take it,
-    and the sweep goes on to the next breach, logging no error."""
+    (other work filled it): each lead stays with its agent, as when nobody could take
+    it, the sweep goes on to the next breach, and it logs no error."""
     from leads import services as lead_services
+    from teams.models import RoundRobinCursor
 
-    stuck = new_lead(tenant, alice, name="Stuck")
+    stuck = [new_lead(tenant, alice, name=f"Stuck {n}") for n in range(2)]
     clock.shift(timedelta(minutes=6))
     monkeypatch.setattr(lead_services, "_has_room", lambda agent: False)
 
-    with caplog.at_level("INFO", logger="leads.services"):
-        assert sweep_sla_breaches() == {"claim": 1, "contact": 0}
+    def cursors():
+        return set(
+            RoundRobinCursor.all_tenants.values_list("pool_key", "last_agent_id", "position")
+        )
 
-    stuck.refresh_from_db()
-    assert (stuck.assigned_agent, stuck.status) == (alice, LeadStatus.NEW)
-    assert stuck.claim_sla_breached_at is not None, "the breach is recorded"
-    assert not LeadReassignment.all_tenants.filter(lead=stuck).exists()
-    assert any("lost its room first" in r.getMessage() for r in caplog.records)
+    before = cursors()
+    with caplog.at_level("INFO", logger="leads.services"):
+        assert sweep_sla_breaches() == {"claim": 2, "contact": 0}
+
+    for lead in stuck:
+        lead.refresh_from_db()
+        assert (lead.assigned_agent, lead.status) == (alice, LeadStatus.NEW)
+        assert lead.claim_sla_breached_at is not None, "the breach is recorded"
+    assert not LeadReassignment.all_tenants.filter(lead__in=stuck).exists()
+    logged = [r.getMessage() for r in caplog.records if "lost its room first" in r.getMessage()]
+    assert len(logged) == 2
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert cursors() == before
     counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
-    assert (counts[alice.pk], counts[bob.pk]) == (1, 0)
+    assert (counts[alice.pk], counts[bob.pk]) == (2, 0)
 
 
 @pytest.mark.django_db

@@ -336,6 +336,32 @@ def test_part_moves_when_only_part_has_someone(owner, sales, tenant):
     assert open_sessions(bob).count() == 2
 
 
+def test_leads_whose_picked_agent_keeps_losing_its_room_stay_and_the_page_says_why(
+    owner, sales, monkeypatch
+):
+    """Each agent the engine picks for a lead lost its room before the reassignment held
+    its row (a pick of another pool filled it): the lead stays, and the page says why;
+    the conversations still move."""
+    from leads import services as lead_services
+
+    ann, bob = sales["ann"], sales["bob"]
+    monkeypatch.setattr(lead_services, "_has_room", lambda agent: False)
+    client = login(owner.user)
+
+    response = client.post(page_of(ann), follow=True)
+
+    text = " ".join(str(m) for m in response.context["messages"])
+    assert "Moved 2 conversations and 0 leads" in text
+    assert "0 conversations and 2 leads stay with Ann Leaving" in text
+    assert "Lead One (Every agent picked for the lead lost its room" in text
+    assert open_leads(ann).count() == 2 and open_sessions(bob).count() == 2
+    assert LeadReassignment.all_tenants.count() == 0
+    counts = dict(
+        Membership.objects.for_tenant(ann.tenant_id).values_list("pk", "current_lead_count")
+    )
+    assert (counts[ann.pk], counts[bob.pk]) == (2, 0)
+
+
 # --- who may --------------------------------------------------------------------------
 
 

@@ -17,7 +17,13 @@ from django.test.utils import CaptureQueriesContext
 from core.actor import Actor
 from core.errors import Conflict
 from leads import services as lead_services
-from leads.models import Lead, LeadReassignment, ReassignmentReason
+from leads.models import (
+    Lead,
+    LeadReassignment,
+    Notification,
+    NotificationKind,
+    ReassignmentReason,
+)
 from leads.services import create_lead, reassign_by_engine
 from teams.models import Membership, Role, RoundRobinCursor
 from tests.factories import MembershipFactory, TeamFactory, TeamMemberFactory
@@ -223,6 +229,9 @@ def test_an_agent_that_lost_its_room_before_the_write_is_not_given_the_lead(
     counts = dict(Membership.objects.for_tenant(tenant).values_list("pk", "current_lead_count"))
     expected_first = 1 if what_happens == "another team's lead fills it" else 0
     assert (counts[first.pk], counts[second.pk], counts[holder.pk]) == (expected_first, 1, 0)
+    # Told to the agent who got it, and to nobody else.
+    told = Notification.all_tenants.filter(lead=lead, kind=NotificationKind.LEAD_REASSIGNED)
+    assert list(told.values_list("recipient_id", flat=True)) == [second.pk]
 
 
 def test_agents_that_keep_losing_their_room_end_in_a_conflict_with_nothing_written(

@@ -457,12 +457,7 @@ def _routed_agent_told(
     the agent's notice and, if the agent asked for emails, its email. With `dedupe_key`
     a notice (and email) the agent already has for that key is not written again."""
     if data is None:
-        data = {
-            "strategy": decision.strategy,
-            "tier": decision.tier,
-            "team_id": str(decision.team.pk) if decision.team else None,
-            **(extra or {}),
-        }
+        data = _assigned_activity_data(extra)(decision)
     activity = build_activity(tenant=session.tenant, action=action, actor=actor, target=session)
     activity.data = RawSQL(  # noqa: S611
         f"%s::jsonb || jsonb_build_object('agent_id', {ROUTED_AGENT}.id::text,"

@@ -367,7 +367,6 @@ def _lead_in_pick(lead: Lead, *, actor: Actor, now, new: bool, activity_data, ev
         def lead_ctes(provisional) -> list[Cte]:
             row, ctes = _lead_ctes(
                 lead,
-                provisional,
                 actor=actor,
                 now=now,
                 new=new,
@@ -399,7 +398,7 @@ def _lead_in_pick(lead: Lead, *, actor: Actor, now, new: bool, activity_data, ev
 
 
 def _lead_ctes(
-    lead: Lead, decision, *, actor: Actor, now, new: bool, data: dict, event_types, endpoints
+    lead: Lead, *, actor: Actor, now, new: bool, data: dict, event_types, endpoints
 ) -> tuple:
     """A routed lead's writes as statements of the pick (teams.routing `attach`), each
     reading the picked agent from the statement's `routed_agent`: the lead (`new`: its

@@ -1243,8 +1243,9 @@ def run_session_assignment(
 def assign_session_to(
     *, tenant: Tenant, session_id, agent: Membership, actor: Actor
 ) -> InboxSession:
-    """A person assigns (or moves) an open session to a chosen agent."""
-    if agent.tenant_id != tenant.pk or not agent.is_active:
+    """A person assigns (or moves) an open session to a chosen agent: an active agent of
+    the tenant whose login works (as a transfer requires)."""
+    if agent.tenant_id != tenant.pk or not (agent.is_active and agent.user.is_active):
         raise NotFound(code="agent_not_found", message="Agent not found.", field="agent")
     session = (
         InboxSession.objects.for_tenant(tenant)

@@ -212,7 +212,6 @@ def rotate_secret(*, tenant, actor: Actor, endpoint_id) -> tuple[WebhookEndpoint
 
 
 @transaction.atomic
-@transaction.atomic
 def send_test_event(*, tenant, actor: Actor, endpoint_id) -> OutboundMessage:
     """Queue a `webhook.test` event to one endpoint, whatever events it subscribed to."""
     _may_configure(actor=actor, tenant=tenant)

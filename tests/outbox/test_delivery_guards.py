@@ -2,6 +2,7 @@
 transactions (PostgreSQL, real threads), a send cut by its deadline, the purge's floor,
 and send again under two admins at once."""
 
+import dataclasses
 import threading
 import time
 from datetime import timedelta
@@ -346,3 +347,51 @@ def test_a_database_blip_while_preparing_a_send_is_tried_again(tenant):
     message = OutboundMessage.all_tenants.get(pk=message.pk)
     assert message.status == MessageStatus.PENDING
     assert message.last_error.startswith("Database error while preparing")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_message_sent_while_a_claim_was_choosing_it_is_not_claimed_again(tenant, monkeypatch):
+    """A worker's lease ran out mid-send, so the message is due again; a claim reads it
+    as due, and before the claim locks it the slow worker stores that it was sent. The
+    claim re-checks the row it locked and leaves it: sent once, not twice."""
+    from outbox import delivery
+
+    message = _queue(tenant)
+    OutboundMessage.all_tenants.filter(pk=message.pk).update(
+        status=MessageStatus.SENDING,
+        attempts=1,
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    rows = delivery._rows()
+    # The claim naps between its snapshot (it chose the message) and its row lock.
+    napping = rows.claim_sql.replace(
+        "SELECT id FROM ranked WHERE", "SELECT id FROM ranked, (SELECT pg_sleep(1)) AS nap WHERE"
+    )
+    assert napping != rows.claim_sql
+    monkeypatch.setattr(delivery, "_rows", lambda: dataclasses.replace(rows, claim_sql=napping))
+    claimed, errors = [], []
+
+    def claim():
+        with transaction.atomic():
+            claimed.extend(claim_due(limit=10))
+
+    claimer = _in_thread(claim, errors)
+    wait_until(_a_claim_is_napping, timeout=10, what="the claim has chosen its messages")
+    OutboundMessage.all_tenants.filter(pk=message.pk).update(  # the slow worker's outcome
+        status=MessageStatus.SENT, lease_expires_at=None, finished_at=timezone.now()
+    )
+    claimer.join(10)
+
+    assert errors == [] and claimed == []
+    stored = OutboundMessage.all_tenants.get(pk=message.pk)
+    assert (stored.status, stored.attempts) == (MessageStatus.SENT, 1)
+
+
+def _a_claim_is_napping() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event = 'PgSleep'"
+        )
+        return cursor.fetchone()[0] > 0

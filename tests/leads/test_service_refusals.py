@@ -13,12 +13,14 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from core.actor import Actor
 from core.errors import Conflict, Forbidden, NotFound
-from leads import services
-from leads.models import Lead, LeadReassignment, LeadStatus
+from leads import redistribution, services
+from leads.models import Lead, LeadReassignment, LeadStatus, ReassignmentReason
+from leads.redistribution import redistribute_leads
 from leads.services import (
     CLAIM_STAGE,
     _auto_reassign,
@@ -31,6 +33,7 @@ from leads.services import (
 from teams.models import Membership, Presence, Role
 from teams.services import create_api_key
 from tests.factories import AssignmentConfigFactory, MembershipFactory, UserFactory
+from tests.leads.factories import LeadFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -341,3 +344,82 @@ def test_a_breached_lead_that_cannot_be_moved_does_not_stop_the_sweep(
     assert broken.assigned_agent_id == teammate.pk and broken.claim_sla_breached_at is not None
     assert fine.assigned_agent_id != teammate.pk
     assert "Automatic reassignment of lead" in caplog.text
+
+
+# --- the redistribution page's service ------------------------------------------------
+
+
+def lead_of(agent) -> Lead:
+    """An open lead given to `agent`, counted on them as intake counts it."""
+    lead = LeadFactory(assigned_agent=agent)
+    Membership.all_tenants.filter(pk=agent.pk).update(
+        current_lead_count=F("current_lead_count") + 1
+    )
+    return lead
+
+
+def test_redistributing_an_agent_of_another_tenant_is_refused_and_moves_nothing(
+    tenant, owner, outsider
+):
+    MembershipFactory(tenant=outsider.tenant)  # who could take the lead
+    lead = lead_of(outsider)
+    before = lead_row(lead)
+
+    with pytest.raises(ValueError, match="another tenant"):
+        redistribute_leads(
+            tenant=tenant, agent=outsider, actor=Actor.for_membership(owner), reassigned_by=owner
+        )
+
+    assert lead_row(lead) == before
+
+
+def test_a_member_cannot_redistribute_a_colleagues_leads_and_none_moves(tenant, teammate):
+    """Refused as a whole, up front: not a page of leads that each "stayed"."""
+    leaving = MembershipFactory(tenant=tenant, role=Role.MEMBER, presence=Presence.AWAY)
+    MembershipFactory(tenant=tenant)  # who could take the lead
+    lead = lead_of(leaving)
+    before = lead_row(lead)
+
+    with pytest.raises(Forbidden):
+        redistribute_leads(
+            tenant=tenant,
+            agent=leaving,
+            actor=Actor.for_membership(teammate),
+            reassigned_by=teammate,
+        )
+
+    assert lead_row(lead) == before
+    assert LeadReassignment.all_tenants.filter(lead=lead).count() == 0
+
+
+def test_a_lead_reassigned_after_the_redistribution_read_the_list_stays_with_its_new_agent(
+    tenant, owner, monkeypatch
+):
+    """The page read the leaving agent's leads; before it moved this one, another admin
+    gave it to someone: it is counted as gone, not taken from them."""
+    leaving = MembershipFactory(tenant=tenant, presence=Presence.AWAY)
+    colleague = MembershipFactory(tenant=tenant)
+    new_holder = MembershipFactory(tenant=tenant, presence=Presence.AWAY)
+    lead = lead_of(leaving)
+    admin = Actor.for_membership(owner)
+    move = redistribution._move_lead
+
+    def reassigned_by_someone_first(**kwargs):
+        reassign_lead(
+            tenant=tenant,
+            lead_id=lead.pk,
+            to_agent_id=new_holder.pk,
+            reason=ReassignmentReason.MANUAL,
+            actor=admin,
+            reassigned_by=owner,
+        )
+        return move(**kwargs)
+
+    monkeypatch.setattr(redistribution, "_move_lead", reassigned_by_someone_first)
+
+    result = redistribute_leads(tenant=tenant, agent=leaving, actor=admin, reassigned_by=owner)
+
+    assert (result.gone, result.moved, result.stayed) == (1, [], [])
+    assert Lead.all_tenants.get(pk=lead.pk).assigned_agent_id == new_holder.pk
+    assert (counter(leaving), counter(new_holder), counter(colleague)) == (0, 1, 0)
+    assert LeadReassignment.all_tenants.filter(lead=lead).count() == 1

@@ -1,4 +1,7 @@
-"""Lock waits, for race tests that hold one side until the other one waits."""
+"""Race-test helpers: lock waits (hold one side until the other one waits) and threads
+whose failures the test sees."""
+
+import threading
 
 from django.db import connection
 
@@ -15,3 +18,21 @@ def lock_waits() -> int:
     with connection.cursor() as cursor:
         cursor.execute(_WAITS)
         return cursor.fetchone()[0]
+
+
+def in_thread(work, errors: list) -> threading.Thread:
+    """Start `work` in a thread of its own (its own connection, closed at the end); what
+    it raises goes into `errors`, for the test to assert on: a failed assert in a thread
+    would otherwise fail nothing."""
+
+    def run():
+        try:
+            work()
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread

@@ -17,7 +17,7 @@ from outbox.channels import Channel, Delivered, PermanentSendError, register
 from outbox.delivery import Followers, attempt, claim_due, deliver_due
 from outbox.models import MessageStatus, OutboundMessage
 from outbox.services import queue_message, send_again
-from tests.db_locks import lock_waits
+from tests.db_locks import in_thread, lock_waits
 from tests.e2e.processes import wait_until
 
 pytestmark = pytest.mark.django_db
@@ -49,20 +49,6 @@ def _queue(tenant, **payload) -> OutboundMessage:
         return queue_message(tenant=tenant, channel="guard-probe", target="x", payload=payload)
 
 
-def _in_thread(work, errors: list) -> threading.Thread:
-    def run():
-        try:
-            work()
-        except Exception as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_claim_passes_over_a_message_locked_elsewhere_instead_of_waiting(tenant):
@@ -75,10 +61,10 @@ def test_a_claim_passes_over_a_message_locked_elsewhere_instead_of_waiting(tenan
             holding.set()
             release.wait(10)
 
-    holder = _in_thread(hold_the_row, errors)
+    holder = in_thread(hold_the_row, errors)
     holding.wait(10)
     claimed = []
-    claimer = _in_thread(lambda: claimed.extend(claim_due(limit=10)), errors)
+    claimer = in_thread(lambda: claimed.extend(claim_due(limit=10)), errors)
     try:
         claimer.join(5)
         assert not claimer.is_alive(), "the claim waited for a row another transaction holds"
@@ -113,7 +99,7 @@ def test_two_workers_claiming_at_once_keep_an_endpoint_to_its_share(tenant, sett
     def second_worker():  # the worker's own path: outside a transaction
         claims["second"] = claim_due(limit=10)
 
-    first = _in_thread(first_worker, errors)
+    first = in_thread(first_worker, errors)
     first_claimed.wait(10)
     # Meanwhile a retry of the endpoint falls due, older than everything the first took:
     # a second claim that does not wait for the first would see a free endpoint and take it.
@@ -121,7 +107,7 @@ def test_two_workers_claiming_at_once_keep_an_endpoint_to_its_share(tenant, sett
     OutboundMessage.all_tenants.filter(pk=retry.pk).update(
         next_attempt_at=timezone.now() - timedelta(hours=1)
     )
-    second = _in_thread(second_worker, errors)
+    second = in_thread(second_worker, errors)
     try:
         wait_until(
             lambda: lock_waits() > 0 or not second.is_alive(),
@@ -376,7 +362,7 @@ def test_a_message_sent_while_a_claim_was_choosing_it_is_not_claimed_again(tenan
         with transaction.atomic():
             claimed.extend(claim_due(limit=10))
 
-    claimer = _in_thread(claim, errors)
+    claimer = in_thread(claim, errors)
     wait_until(_a_claim_is_napping, timeout=10, what="the claim has chosen its messages")
     OutboundMessage.all_tenants.filter(pk=message.pk).update(  # the slow worker's outcome
         status=MessageStatus.SENT, lease_expires_at=None, finished_at=timezone.now()

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection, transaction
+from django.db import transaction
 
 from audit.models import ActivityLog
 from core.actor import Actor
@@ -16,7 +16,7 @@ from core.errors import InvalidInput
 from teams.models import Membership, Presence, PresenceSource
 from teams.services import mark_idle_agents_away, record_page_heartbeat, set_agent_presence
 from teams.signals import agent_became_available
-from tests.db_locks import lock_waits
+from tests.db_locks import in_thread, lock_waits
 from tests.e2e.processes import wait_until
 from tests.factories import MembershipFactory, TenantFactory
 
@@ -33,20 +33,6 @@ def _set(agent, presence, source=PresenceSource.API):
 
 def _reload(agent) -> Membership:
     return Membership.objects.for_tenant(agent.tenant_id).get(pk=agent.pk)
-
-
-def _in_thread(work, errors: list) -> threading.Thread:
-    def run():
-        try:
-            work()
-        except Exception as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
 
 
 def test_an_unknown_presence_is_refused_naming_status(teammate):
@@ -113,9 +99,9 @@ def test_two_presence_changes_at_once_record_one_change(teammate):
         finally:
             changed.set()
 
-    first = _in_thread(first_change, errors)
+    first = in_thread(first_change, errors)
     changed.wait(10)
-    second = _in_thread(lambda: _set(teammate, Presence.AWAY), errors)
+    second = in_thread(lambda: _set(teammate, Presence.AWAY), errors)
     try:
         wait_until(lambda: lock_waits() > 0, timeout=10, what="the second change waits")
     finally:
@@ -146,7 +132,7 @@ def test_the_auto_away_job_passes_over_an_agent_being_changed_instead_of_waiting
         finally:
             holding.set()
 
-    holder = _in_thread(hold_the_agent, errors)
+    holder = in_thread(hold_the_agent, errors)
     holding.wait(10)
     marked = []
 
@@ -154,7 +140,7 @@ def test_the_auto_away_job_passes_over_an_agent_being_changed_instead_of_waiting
         with time_machine.travel(T0 + timedelta(minutes=30), tick=False):
             marked.append(mark_idle_agents_away())
 
-    sweeper = _in_thread(sweep, errors)
+    sweeper = in_thread(sweep, errors)
     try:
         sweeper.join(5)
         assert not sweeper.is_alive(), "the job waited for an agent being changed"

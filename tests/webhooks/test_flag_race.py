@@ -9,6 +9,7 @@ from django.db import connection, transaction
 
 from core.actor import Actor
 from teams.models import Tenant
+from tests.db_locks import in_thread
 from tests.e2e.processes import wait_until
 from webhooks.models import WebhookEndpoint
 from webhooks.services import create_endpoint, update_endpoint
@@ -25,20 +26,6 @@ def _waiting_on_a_lock() -> bool:
             " AND wait_event_type = 'Lock'"
         )
         return cursor.fetchone()[0] > 0
-
-
-def _in_thread(work, errors: list) -> threading.Thread:
-    def run():
-        try:
-            work()
-        except Exception as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
 
 
 def _adding_an_endpoint(tenant, added: threading.Event, release: threading.Event):
@@ -72,10 +59,10 @@ def test_two_endpoint_changes_at_once_leave_the_flag_as_the_endpoints_are(tenant
         else:
             update_endpoint(tenant=tenant, actor=SYSTEM, endpoint_id=old.pk, is_active=False)
 
-    adder = _in_thread(_adding_an_endpoint(tenant, added, release), errors)
+    adder = in_thread(_adding_an_endpoint(tenant, added, release), errors)
     try:
         assert added.wait(10)
-        other = _in_thread(change_another, errors)
+        other = in_thread(change_another, errors)
         wait_until(_waiting_on_a_lock, timeout=10, what="the second change waits for the first")
     finally:
         release.set()
@@ -106,10 +93,10 @@ def test_an_endpoint_change_holds_no_handover_of_the_tenant(tenant, api_key):
         client.credentials(HTTP_X_API_KEY=api_key[1])
         answers.append(client.post("/api/v1/handover", {"contactId": "+4915"}, format="json"))
 
-    adder = _in_thread(_adding_an_endpoint(tenant, added, release), errors)
+    adder = in_thread(_adding_an_endpoint(tenant, added, release), errors)
     try:
         assert added.wait(10)
-        handover = _in_thread(hand_over, errors)
+        handover = in_thread(hand_over, errors)
         handover.join(5)
         finished_meanwhile = not handover.is_alive()
     finally:

@@ -558,8 +558,8 @@ class RoundRobinCursor(TenantOwnedModel):
     eligible agent with a greater id (wrapping round to the smallest).
 
     One row per pool and kind of work (a team, or a waterfall tier of a tenant). The pick
-    statement locks the row (FOR UPDATE) and is the last statement before COMMIT (or the
-    only one, outside a transaction), so
+    statement locks the row (FOR UPDATE) and is the last statement before COMMIT (outside
+    a transaction, a lock of its own comes just before it, in the same round trip), so
     concurrent picks from one pool queue for one statement only and each sees the
     previous one's agent: N agents get exactly 1/N of the work each.
     """

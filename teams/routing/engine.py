@@ -188,7 +188,8 @@ def _try_pick(pool: Pool, *, tenant_id, attach, dry_run: bool, only_if, created,
         sql, params = picking.pick_statement(
             pool, tenant_id=tenant_id, dry_run=dry_run, attach=ctes, only_if=only_if, **args
         )
-        result = picking.run_pick(sql, params)
+        lock_pool = None if dry_run else (tenant_id, pool.key)
+        result = picking.run_pick(sql, params, lock_pool=lock_pool)
         if result.refused:
             raise PickRefused
     else:

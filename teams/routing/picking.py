@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 from django.db import connection
 
+from core.locked_statement import fetch_one_after_lock
 from teams.models import Membership, RoundRobinCursor, Strategy, TeamMember, User
 from teams.routing.config import team_size
 
@@ -84,6 +85,9 @@ M = Membership._meta.db_table
 TM = TeamMember._meta.db_table
 U = User._meta.db_table
 C = RoundRobinCursor._meta.db_table
+# Taken just before a pick outside a transaction (run_pick); the pick locks it again, at
+# no cost once it is held, and alone inside a transaction.
+LOCK_POOL_SQL = f"SELECT 1 FROM {C} WHERE tenant_id = %s AND pool_key = %s FOR UPDATE"
 
 
 @dataclass(frozen=True)
@@ -310,10 +314,17 @@ def pick_statement(
     return sql, [param for _, _, params in ctes for param in params] + condition_params
 
 
-def run_pick(sql: str, params: list) -> PickResult:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+def run_pick(sql: str, params: list, *, lock_pool: tuple | None = None) -> PickResult:
+    """Run a pick statement. `lock_pool` (tenant id, pool key): outside a transaction,
+    the pool's cursor is locked by a statement of its own just before, in the same
+    round trip and transaction (core.locked_statement), so the pick neither waits for
+    it nor reads again what the picks ahead of it changed."""
+    if lock_pool is None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+    else:
+        row = fetch_one_after_lock(LOCK_POOL_SQL, list(lock_pool), sql, params)
     refused, has_cursor, candidate_id, cursor_position, *agent_row = row
     return PickResult(
         has_cursor,

@@ -85,13 +85,13 @@ def test_a_pool_where_a_lost_race_ends_with_nobody_gives_the_lock_back_too(tenan
     real = picking.run_pick
     tries = []
 
-    def lose_then_find_nobody(sql, params):
+    def lose_then_find_nobody(sql, params, **how):
         tries.append(next(p for p in params if str(p).startswith("sessions:")))
         if len(tries) == 1:
-            result = real(sql, params)  # locks the pool and writes the agent
+            result = real(sql, params, **how)  # locks the pool and writes the agent
             Membership.objects.for_tenant(tenant).update(presence=Presence.AWAY)
             return picking.PickResult(True, result.candidate_id, None)
-        return real(sql, params)
+        return real(sql, params, **how)
 
     monkeypatch.setattr(picking, "run_pick", lose_then_find_nobody)
     with transaction.atomic():

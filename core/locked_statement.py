@@ -34,10 +34,12 @@ _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 
 def fetch_one_after_lock(lock_sql: str, lock_params: list, sql: str, params: list):
     """The first row of `sql` (None when it returns none), run right after `lock_sql`
-    in one implicit transaction when no transaction is open on PostgreSQL; otherwise
-    `sql` alone."""
+    in one implicit transaction when the connection is in autocommit on PostgreSQL;
+    otherwise `sql` alone."""
     with connection.cursor() as cursor:
-        if connection.vendor != "postgresql" or connection.in_atomic_block:
+        # In a transaction (an atomic block, or autocommit turned off) the statement
+        # runs alone: its caller's COMMIT ends the locks either way.
+        if connection.vendor != "postgresql" or not connection.get_autocommit():
             cursor.execute(sql, params)
             return cursor.fetchone()
         run = _AfterLock(lock_sql, lock_params)

@@ -123,6 +123,17 @@ def test_inside_a_transaction_the_statement_runs_alone(row):
     assert [q["sql"].split(" FROM ")[0] for q in captured.captured_queries] == ["SELECT position"]
 
 
+def test_with_autocommit_turned_off_the_statement_runs_alone_in_its_transaction(row):
+    transaction.set_autocommit(False)
+    try:
+        with CaptureQueriesContext(connection) as captured:
+            assert fetch_one_after_lock(LOCK, [row.pk], READ, [row.pk]) == (0,)
+        assert len(captured.captured_queries) == 1
+        connection.rollback()
+    finally:
+        transaction.set_autocommit(True)
+
+
 def test_both_statements_are_logged_and_the_execute_wrappers_see_the_statement(row):
     seen = []
 

@@ -1,7 +1,7 @@
 """Run a statement right after a row lock: one round trip, one transaction.
 
-A round-robin pick locks its pool's cursor row inside the statement that does the pick
-and its writes. Under load that statement waits for the lock behind the pool's other
+A pick (any strategy) locks its pool's cursor row inside the statement that does the
+pick and its writes. Under load that statement waits for the lock behind the pool's other
 handovers, and once it has it PostgreSQL re-reads the rows the one ahead changed
 (EvalPlanQual), which sets up every part of the statement again: the pick, each insert,
 the counters. Here the lock is taken first, by a statement of its own, and the work
@@ -15,8 +15,12 @@ is queued, and its thread can lose the GIL in between, holding the lock while th
 server waits for the rest). So the lock lasts from its statement to that Sync, with
 no wait on the client in between; an error in either statement undoes both.
 
-Inside a transaction the statement runs alone, as written: the caller's COMMIT ends
-its locks anyway.
+In a transaction (an atomic block, or autocommit turned off) the statement runs alone,
+as written: the caller's COMMIT ends its locks anyway.
+
+psycopg's semi-private parts are used here (`PostgresQuery`, the connection's
+`_prepared` bookkeeping, its lock and `wait`); psycopg is pinned in pyproject.toml, and
+tests/core/test_locked_statement.py pins what this module expects of them.
 """
 
 from __future__ import annotations

@@ -85,27 +85,22 @@ def _exchange(db, lock_sql: str, lock_params: list, sql: str, params: list):
         loader = Transformer.from_context(conn)
         work = PostgresQuery(loader)
         work.convert(sql, params)
-        prep, name = prepared.get(work)
+        # Each as psycopg would run it: (query, Prepare.NO / SHOULD / YES, its name).
+        statements = [(query, *prepared.get(query)) for query in (lock, work)]
         pgconn.enter_pipeline_mode()
         try:
-            pgconn.send_query_params(lock.query, lock.params, lock.types, lock.formats)
-            if prep is Prepare.SHOULD:
-                pgconn.send_prepare(name, work.query, work.types)
-            if prep is Prepare.NO:
-                pgconn.send_query_params(work.query, work.params, work.types, work.formats)
-            else:
-                pgconn.send_query_prepared(name, work.params, work.formats)
+            for query, prep, name in statements:
+                if prep is Prepare.SHOULD:
+                    pgconn.send_prepare(name, query.query, query.types)
+                if prep is Prepare.NO:
+                    pgconn.send_query_params(query.query, query.params, query.types, query.formats)
+                else:
+                    pgconn.send_query_prepared(name, query.params, query.formats)
             pgconn.pipeline_sync()
-            key = prepared.maybe_add_to_cache(work, prep, name)
+            keys = [prepared.maybe_add_to_cache(*statement) for statement in statements]
             results = conn.wait(_send_and_read(pgconn))
             pgconn.exit_pipeline_mode()
-            if key is not None:
-                prepared.validate(key, prep, name, results[-1:])
-            if prep is Prepare.SHOULD and results[1].status != pq.ExecStatus.COMMAND_OK:
-                # The server skipped the preparation (the lock statement failed first):
-                # psycopg, which checks a preparation's result in its own pipeline
-                # nowhere, would take the statement as prepared from now on.
-                prepared._names.pop(prepared.key(work), None)
+            ran = _book_results(prepared, statements, keys, results)
             conn.wait(prepared.maintain_gen(conn))
         except BaseException:
             # Cut off mid-exchange (a broken connection, an interrupt): what the server
@@ -118,11 +113,30 @@ def _exchange(db, lock_sql: str, lock_params: list, sql: str, params: list):
             # The first failure; the statements after it were skipped (PIPELINE_ABORTED)
             # and the transaction rolled back at the Sync.
             raise errors.error_from_result(result, encoding=conn.info.encoding)
-    work_result = results[-1]
+    work_result = ran[-1]
     if work_result.ntuples == 0:
         return None
     loader.set_pgresult(work_result)
     return loader.load_row(0, tuple)
+
+
+def _book_results(prepared, statements, keys, results) -> list:
+    """Tell psycopg's bookkeeping how each statement went, as its cursor would; the
+    statements' own results (a preparation's left out)."""
+    ran, at = [], 0
+    for (query, prep, name), key in zip(statements, keys, strict=True):
+        if prep is Prepare.SHOULD:
+            if results[at].status != pq.ExecStatus.COMMAND_OK:
+                # The server skipped the preparation (a statement before it failed):
+                # psycopg, which checks a preparation's result in its own pipeline
+                # nowhere, would take the statement as prepared from now on.
+                prepared._names.pop(prepared.key(query), None)
+            at += 1
+        ran.append(results[at])
+        if key is not None:
+            prepared.validate(key, prep, name, [results[at]])
+        at += 1
+    return ran
 
 
 def _send_and_read(pgconn):

@@ -160,6 +160,13 @@ def test_the_statement_is_prepared_as_psycopg_prepares_its_own(row):
     assert runs_prepared(READ) == [3]
 
 
+def test_the_lock_statement_is_prepared_too(row):
+    """It runs before every pick: parsed and planned once per connection, not each time."""
+    for _ in range(8):
+        assert fetch_one_after_lock(LOCK, [row.pk], READ, [row.pk]) == (0,)
+    assert runs_prepared(LOCK) == [3]
+
+
 def test_a_rollback_that_drops_every_prepared_statement_drops_ours_too(row):
     """psycopg answers a ROLLBACK with DEALLOCATE ALL (objects may have changed): the
     statement is prepared again afterwards, not run under a name the server forgot."""

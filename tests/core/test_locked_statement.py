@@ -249,8 +249,8 @@ def test_a_connection_cut_while_waiting_for_the_lock_fails_that_call_only(row):
 
 
 def test_concurrent_callers_each_see_the_one_before(row):
-    """Sixteen threads bump the row, each reading it once its lock is held: every value
-    is seen once, none twice."""
+    """Sixteen threads at once, each on its own connection, bump the row: every caller
+    gets its own statement's answer (each value seen once, none lost or crossed)."""
     bump = (
         "UPDATE teams_roundrobincursor SET position = position + 1 WHERE id = %s RETURNING position"
     )

@@ -2,6 +2,7 @@ import uuid
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
+from django.db.models import Q
 
 from core.scoping import TenantOwnedModel
 
@@ -20,12 +21,15 @@ class ActivityLog(TenantOwnedModel):
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     action = models.CharField(max_length=64)
+    # The actor columns are indexed without their NULLs (activity_by_actor,
+    # activity_by_actor_user): an API key or a job acting writes no entry for nobody.
     actor = models.ForeignKey(
         "teams.Membership",
         on_delete=models.SET_NULL,
         null=True,
         blank=True,
         related_name="+",
+        db_index=False,
         help_text="The agent who acted, when a person did.",
     )
     actor_user = models.ForeignKey(
@@ -34,6 +38,7 @@ class ActivityLog(TenantOwnedModel):
         null=True,
         blank=True,
         related_name="+",
+        db_index=False,
         help_text="The person who acted, when a person did (also a superuser with no membership).",
     )
     actor_label = models.CharField(
@@ -41,10 +46,10 @@ class ActivityLog(TenantOwnedModel):
         help_text='The person who acted: an email, "system", or "api_key" for a key acting '
         "on nobody's behalf. How they acted is `via`.",
     )
+    # One index serves both the admin's filters on it, equal and prefix (activity_via).
     via = models.CharField(
         max_length=80,
         blank=True,
-        db_index=True,
         help_text='How the person acted: "admin", "api_key:wk_…", "api", "agent_page", '
         '"job:<name>", "command:<name>".',
     )
@@ -69,6 +74,16 @@ class ActivityLog(TenantOwnedModel):
             models.Index(fields=["tenant", "-created_at"], name="activity_tenant_recent"),
             models.Index(fields=["tenant", "action", "-created_at"], name="activity_tenant_action"),
             models.Index(fields=["target_type", "target_id"], name="activity_target"),
+            models.Index(
+                fields=["actor"], condition=Q(actor__isnull=False), name="activity_by_actor"
+            ),
+            models.Index(
+                fields=["actor_user"],
+                condition=Q(actor_user__isnull=False),
+                name="activity_by_actor_user",
+            ),
+            # varchar_pattern_ops answers `=` as well as LIKE 'prefix%'.
+            models.Index(fields=["via"], opclasses=["varchar_pattern_ops"], name="activity_via"),
         ]
 
     def __str__(self):

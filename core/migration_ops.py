@@ -1,6 +1,8 @@
 """Migration operations of our own."""
 
+from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations
+from django.db.migrations.operations import AddIndex
 
 
 def drop_index(name: str, *, table: str, columns: str, postgresql_only: bool = False):
@@ -28,5 +30,50 @@ def drop_index(name: str, *, table: str, columns: str, postgresql_only: bool = F
             schema_editor.execute(
                 f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(table)} ({columns})"
             )
+
+    return migrations.RunPython(forward, backward)
+
+
+class AddIndexConcurrentlyOnPostgres(AddIndexConcurrently):
+    """AddIndex that, on PostgreSQL, builds the index with CREATE INDEX CONCURRENTLY, so
+    the writes of a large table (the activity log, the sessions) go on while it builds;
+    a plain AddIndex elsewhere. The migration that uses it sets `atomic = False`."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+        else:
+            AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+        else:
+            AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+
+
+def keep_pattern_index_only(*, table: str, column: str, plain: str, name: str):
+    """An indexed text column's two PostgreSQL indexes (Django's plain one, and its
+    `varchar_pattern_ops` twin `<plain>_like`) become one, `name`: the twin, renamed
+    (nothing rebuilt), serves `=` as well as `LIKE 'prefix%'`. Elsewhere (one plain
+    index) the index is made again under `name`. The model's state says
+    `Index(fields=[column], opclasses=["varchar_pattern_ops"], name=name)`."""
+
+    def forward(apps, schema_editor):
+        quote = schema_editor.quote_name
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(f"DROP INDEX IF EXISTS {quote(plain)}")
+            schema_editor.execute(f"ALTER INDEX {quote(plain + '_like')} RENAME TO {quote(name)}")
+        else:
+            schema_editor.execute(f"DROP INDEX IF EXISTS {quote(plain)}")
+            schema_editor.execute(f"CREATE INDEX {quote(name)} ON {quote(table)} ({quote(column)})")
+
+    def backward(apps, schema_editor):
+        quote = schema_editor.quote_name
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(f"ALTER INDEX {quote(name)} RENAME TO {quote(plain + '_like')}")
+        else:
+            schema_editor.execute(f"DROP INDEX IF EXISTS {quote(name)}")
+        schema_editor.execute(f"CREATE INDEX {quote(plain)} ON {quote(table)} ({quote(column)})")
 
     return migrations.RunPython(forward, backward)

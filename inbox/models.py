@@ -52,8 +52,15 @@ class InboxSession(TenantOwnedModel):
     status = models.CharField(
         max_length=10, choices=SessionStatus.choices, default=SessionStatus.OPEN
     )
+    # Indexed without its NULLs (session_by_team, session_by_agent): no query looks
+    # for a NULL, and a handover without a team would write an entry for nothing.
     team = models.ForeignKey(
-        "teams.Team", on_delete=models.SET_NULL, null=True, blank=True, related_name="sessions"
+        "teams.Team",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="sessions",
+        db_index=False,
     )
     assigned_agent = models.ForeignKey(
         "teams.Membership",
@@ -61,6 +68,7 @@ class InboxSession(TenantOwnedModel):
         null=True,
         blank=True,
         related_name="sessions",
+        db_index=False,
     )
     assigned_at = models.DateTimeField(null=True, blank=True)
     strategy = models.CharField(max_length=20, blank=True)
@@ -124,6 +132,12 @@ class InboxSession(TenantOwnedModel):
                 name="session_open_unassigned",
             ),
             models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent"),
+            models.Index(fields=["team"], condition=Q(team__isnull=False), name="session_by_team"),
+            models.Index(
+                fields=["assigned_agent"],
+                condition=Q(assigned_agent__isnull=False),
+                name="session_by_agent",
+            ),
             # The accept sweep: open sessions waiting for their agent to accept.
             models.Index(
                 fields=["accept_deadline"],
@@ -167,8 +181,14 @@ class SessionNotice(TenantOwnedModel):
         related_name="session_notices",
         db_index=False,  # session_notice_recent leads with it
     )
+    # Indexed without its NULLs (session_notice_by_session).
     session = models.ForeignKey(
-        InboxSession, on_delete=models.CASCADE, null=True, blank=True, related_name="notices"
+        InboxSession,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notices",
+        db_index=False,
     )
     kind = models.CharField(max_length=32, choices=SessionNoticeKind.choices)
     title = models.CharField(max_length=200)
@@ -203,6 +223,11 @@ class SessionNotice(TenantOwnedModel):
                 name="session_notice_unread",
             ),
             models.Index(fields=["recipient", "-created_at"], name="session_notice_recent"),
+            models.Index(
+                fields=["session"],
+                condition=Q(session__isnull=False),
+                name="session_notice_by_session",
+            ),
         ]
 
     def __str__(self):

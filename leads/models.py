@@ -46,14 +46,24 @@ class Lead(TenantOwnedModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey("teams.Tenant", on_delete=models.CASCADE, related_name="leads")
+    # Indexed by lead_tenant_recent, which leads with it (tests/core/test_indexes.py).
+    tenant = models.ForeignKey(
+        "teams.Tenant", on_delete=models.CASCADE, related_name="leads", db_index=False
+    )
     name = models.CharField(max_length=200)
     phone = models.CharField(max_length=40, blank=True)
     email = models.EmailField(blank=True)
     source = models.CharField(max_length=100, blank=True, help_text="e.g. website, facebook")
     status = models.CharField(max_length=12, choices=LeadStatus.choices, default=LeadStatus.NEW)
+    # The agent columns and the team are indexed without their NULLs (lead_by_agent,
+    # lead_by_team, lead_by_previous_agent): no query looks for a NULL.
     team = models.ForeignKey(
-        "teams.Team", on_delete=models.SET_NULL, null=True, blank=True, related_name="leads"
+        "teams.Team",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="leads",
+        db_index=False,
     )
     assigned_agent = models.ForeignKey(
         "teams.Membership",
@@ -61,6 +71,7 @@ class Lead(TenantOwnedModel):
         null=True,
         blank=True,
         related_name="leads",
+        db_index=False,
     )
     assigned_at = models.DateTimeField(null=True, blank=True)
     unassigned_reason = models.CharField(
@@ -72,6 +83,7 @@ class Lead(TenantOwnedModel):
         null=True,
         blank=True,
         related_name="+",
+        db_index=False,
     )
     reassignment_count = models.PositiveIntegerField(default=0)
     reassignment_reason = models.CharField(
@@ -130,6 +142,12 @@ class Lead(TenantOwnedModel):
                 name="lead_unassigned",
             ),
             models.Index(fields=["tenant", "-created_at"], name="lead_tenant_recent"),
+            models.Index(fields=["team"], condition=Q(team__isnull=False), name="lead_by_team"),
+            models.Index(
+                fields=["previous_agent"],
+                condition=Q(previous_agent__isnull=False),
+                name="lead_by_previous_agent",
+            ),
         ]
 
     def __str__(self):
@@ -162,12 +180,22 @@ class LeadReassignment(TenantOwnedModel):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("teams.Tenant", on_delete=models.CASCADE, related_name="+")
-    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="reassignments")
+    # Indexed by reassignment_by_lead, which leads with it; the agents without their
+    # NULLs (reassignment_from_agent, …): a first assignment has no "from", the
+    # system's moves no "by".
+    lead = models.ForeignKey(
+        Lead, on_delete=models.CASCADE, related_name="reassignments", db_index=False
+    )
     from_agent = models.ForeignKey(
-        "teams.Membership", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "teams.Membership",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
     )
     to_agent = models.ForeignKey(
-        "teams.Membership", on_delete=models.SET_NULL, null=True, related_name="+"
+        "teams.Membership", on_delete=models.SET_NULL, null=True, related_name="+", db_index=False
     )
     reassigned_by = models.ForeignKey(
         "teams.Membership",
@@ -176,6 +204,7 @@ class LeadReassignment(TenantOwnedModel):
         blank=True,
         related_name="+",
         help_text="Empty when the system reassigned (auto-reassign on breach).",
+        db_index=False,
     )
     reason = models.CharField(max_length=12, choices=ReassignmentReason.choices)
     stage = models.CharField(max_length=12, choices=ReassignmentStage.choices)
@@ -185,7 +214,17 @@ class LeadReassignment(TenantOwnedModel):
     class Meta:
         default_manager_name = "all_tenants"
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["lead", "-created_at"], name="reassignment_by_lead")]
+        indexes = [
+            models.Index(fields=["lead", "-created_at"], name="reassignment_by_lead"),
+            *(
+                models.Index(
+                    fields=[field],
+                    condition=Q(**{f"{field}__isnull": False}),
+                    name=f"reassignment_{field}",
+                )
+                for field in ("from_agent", "to_agent", "reassigned_by")
+            ),
+        ]
 
     def __str__(self):
         return f"{self.lead} → {self.to_agent_id} ({self.reason})"
@@ -206,8 +245,14 @@ class Notification(TenantOwnedModel):
     recipient = models.ForeignKey(
         "teams.Membership", on_delete=models.CASCADE, related_name="notifications"
     )
+    # Indexed by notification_by_lead, which leads with it.
     lead = models.ForeignKey(
-        Lead, on_delete=models.CASCADE, null=True, blank=True, related_name="notifications"
+        Lead,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        db_index=False,
     )
     kind = models.CharField(max_length=32, choices=NotificationKind.choices)
     title = models.CharField(max_length=200)

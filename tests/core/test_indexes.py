@@ -23,7 +23,9 @@ def test_every_foreign_key_column_leads_some_index():
         WHERE c.contype = 'f' AND array_length(c.conkey, 1) = 1
           AND NOT EXISTS (
             SELECT 1 FROM pg_index i
-            WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1] AND i.indpred IS NULL
+            WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1]
+              AND (i.indpred IS NULL OR pg_get_expr(i.indpred, i.indrelid)
+                                        = format('(%%I IS NOT NULL)', a.attname))
           )
         ORDER BY 1, 2
         """
@@ -31,10 +33,53 @@ def test_every_foreign_key_column_leads_some_index():
     assert unindexed == []
 
 
+def _foreign_keys():
+    return _rows(
+        """
+        SELECT c.conrelid::regclass::text, a.attname
+        FROM pg_constraint c
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        WHERE c.contype = 'f' AND array_length(c.conkey, 1) = 1
+          AND c.connamespace = 'public'::regnamespace
+        ORDER BY 1, 2
+        """
+    )
+
+
+def test_the_lookup_a_deleted_row_makes_of_each_foreign_key_uses_an_index():
+    """When a tenant, an agent or a team is deleted, PostgreSQL looks up the rows that
+    point at it (`… WHERE $1 = column`, a generic plan). An index without its NULLs
+    serves that lookup as well as a full one; this shows the planner agrees, for every
+    foreign key."""
+    from django.db import transaction
+
+    seq_scans = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for number, (table, column) in enumerate(_foreign_keys()):
+            name = f"fk_lookup_{number}"
+            quoted_table, quoted_column = (connection.ops.quote_name(n) for n in (table, column))
+            # Names from the catalog, quoted.
+            lookup = f"SELECT 1 FROM {quoted_table} WHERE $1 = {quoted_column}"  # noqa: S608
+            cursor.execute(f"PREPARE {name} AS {lookup}")
+            cursor.execute(f"EXPLAIN EXECUTE {name}(NULL)")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            cursor.execute(f"DEALLOCATE {name}")
+            if "Index" not in plan:
+                seq_scans.append((table, column, plan))
+    assert len(_foreign_keys()) > 40  # every table's keys were looked at
+    assert seq_scans == []
+
+
+# What a handover, a new lead and the SLA sweep write (every index entry counts).
 HOT_TABLES = [
     "audit_activitylog",
     "inbox_inboxsession",
     "inbox_sessionnotice",
+    "leads_lead",
+    "leads_leadreassignment",
+    "leads_notification",
     "outbox_outboundmessage",
     "teams_membership",
     "teams_roundrobincursor",
@@ -42,8 +87,8 @@ HOT_TABLES = [
 
 
 # Pattern-matching indexes a prefix query uses: the audit admin's filter by how people
-# acted (`via__startswith="job:"`, "api_key:", "command:").
-PREFIX_SEARCHED = ["audit_activitylog_via_4a25f244_like"]
+# acted (`via__startswith="job:"`, "api_key:", "command:"), which also serves `via = …`.
+PREFIX_SEARCHED = ["activity_via"]
 
 
 def test_the_tables_a_handover_writes_keep_no_index_another_one_covers():
@@ -53,13 +98,15 @@ def test_the_tables_a_handover_writes_keep_no_index_another_one_covers():
         """
         SELECT i.indexrelid::regclass::text
         FROM pg_index i
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
         WHERE i.indrelid::regclass::text = ANY(%s)
           AND i.indnatts = 1 AND NOT i.indisunique AND i.indpred IS NULL
           AND EXISTS (
             SELECT 1 FROM pg_index other
             WHERE other.indrelid = i.indrelid AND other.indexrelid <> i.indexrelid
               AND other.indnatts > 1 AND other.indkey[0] = i.indkey[0]
-              AND other.indpred IS NULL
+              AND (other.indpred IS NULL OR pg_get_expr(other.indpred, other.indrelid)
+                                            = format('(%%I IS NOT NULL)', a.attname))
           )
         UNION ALL
         SELECT indexname FROM pg_indexes
@@ -70,6 +117,45 @@ def test_the_tables_a_handover_writes_keep_no_index_another_one_covers():
         [HOT_TABLES, HOT_TABLES, PREFIX_SEARCHED],
     )
     assert covered == []
+
+
+def test_the_tables_a_handover_writes_index_no_null_foreign_key():
+    """A single-column index on a nullable foreign key leaves its NULLs out (`WHERE
+    column IS NOT NULL`): a handover without a team, an API key acting with no person
+    behind it, a lead nobody has had before wrote an index entry nobody looks up. (A
+    unique index, a one-to-one, keeps them: its rule is on the values.)"""
+    with_nulls = _rows(
+        """
+        SELECT i.indexrelid::regclass::text
+        FROM pg_index i
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid::regclass::text = ANY(%s)
+          AND i.indnatts = 1 AND NOT i.indisunique AND NOT a.attnotnull
+          AND i.indpred IS NULL
+          AND EXISTS (
+            SELECT 1 FROM pg_constraint c
+            WHERE c.contype = 'f' AND c.conrelid = i.indrelid AND c.conkey = ARRAY[a.attnum]
+          )
+        ORDER BY 1
+        """,
+        [HOT_TABLES],
+    )
+    assert with_nulls == []
+
+
+def test_the_audit_filters_by_how_people_acted_use_its_one_index():
+    """`via` has one index, `varchar_pattern_ops`: the audit admin's exact filter and
+    its prefix filter ("every job") both use it."""
+    from django.db import transaction
+
+    from audit.models import ActivityLog
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        exact = ActivityLog.all_tenants.filter(via="admin").explain()
+        prefix = ActivityLog.all_tenants.filter(via__startswith="job:").explain()
+    assert "activity_via" in exact
+    assert "activity_via" in prefix
 
 
 def test_no_table_checks_the_same_condition_twice():

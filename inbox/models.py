@@ -52,7 +52,7 @@ class InboxSession(TenantOwnedModel):
     status = models.CharField(
         max_length=10, choices=SessionStatus.choices, default=SessionStatus.OPEN
     )
-    # Indexed without its NULLs (session_by_team, session_by_agent): no query looks
+    # Indexed without their NULLs (session_by_team, session_by_agent): no query looks
     # for a NULL, and a handover without a team would write an entry for nothing.
     team = models.ForeignKey(
         "teams.Team",
@@ -119,12 +119,6 @@ class InboxSession(TenantOwnedModel):
             ),
         ]
         indexes = [
-            # Open sessions per agent: the inbox's measure of how busy an agent is.
-            models.Index(
-                fields=["assigned_agent"],
-                condition=Q(status="open"),
-                name="session_open_by_agent",
-            ),
             # The retry sweep: open unassigned sessions, least recently tried first.
             models.Index(
                 fields=["updated_at"],
@@ -133,8 +127,9 @@ class InboxSession(TenantOwnedModel):
             ),
             models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent"),
             models.Index(fields=["team"], condition=Q(team__isnull=False), name="session_by_team"),
+            # An agent's sessions, and their open ones (one index, one entry a session).
             models.Index(
-                fields=["assigned_agent"],
+                fields=["assigned_agent", "status"],
                 condition=Q(assigned_agent__isnull=False),
                 name="session_by_agent",
             ),

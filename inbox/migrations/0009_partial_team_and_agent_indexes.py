@@ -7,7 +7,9 @@ from core.migration_ops import AddIndexConcurrentlyOnPostgres, drop_index
 class Migration(migrations.Migration):
     """A session's team and agent indexed without their NULLs (a handover without a
     team, a session nobody could take, wrote an entry for nothing), built before the
-    foreign keys' own indexes go, concurrently on PostgreSQL (core.migration_ops)."""
+    foreign keys' own indexes go, concurrently on PostgreSQL (core.migration_ops). The
+    agent's index has the status too, and replaces the one of open sessions by agent:
+    one entry a session instead of two."""
 
     atomic = False
 
@@ -29,10 +31,11 @@ class Migration(migrations.Migration):
             model_name="inboxsession",
             index=models.Index(
                 condition=models.Q(("assigned_agent__isnull", False)),
-                fields=["assigned_agent"],
+                fields=["assigned_agent", "status"],
                 name="session_by_agent",
             ),
         ),
+        migrations.RemoveIndex(model_name="inboxsession", name="session_open_by_agent"),
         migrations.SeparateDatabaseAndState(
             state_operations=[
                 migrations.AlterField(

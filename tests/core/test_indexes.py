@@ -158,6 +158,31 @@ def test_the_audit_filters_by_how_people_acted_use_its_one_index():
     assert "activity_via" in prefix
 
 
+def test_an_agents_open_sessions_are_read_through_the_agents_one_index(tenant, teammate, owner):
+    """One index serves an agent's sessions and their open ones (`session_by_agent`,
+    agent then status), so a session writes one entry for its agent, not two. (Planned
+    over a few thousand sessions of two agents, most of them closed.)"""
+    from django.db import transaction
+
+    from inbox.models import InboxSession
+
+    InboxSession.all_tenants.bulk_create(
+        InboxSession(
+            tenant=tenant,
+            contact_id=f"c-{n}",
+            assigned_agent=teammate if n % 2 else owner,
+            status="open" if n % 50 == 0 else "closed",
+        )
+        for n in range(4000)
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("ANALYZE inbox_inboxsession")
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = InboxSession.all_tenants.filter(assigned_agent=teammate, status="open").explain()
+    assert "session_by_agent" in plan
+    assert "(status)::text = 'open'" in plan.split("Index Cond:")[1]
+
+
 def test_no_table_checks_the_same_condition_twice():
     """Every UPDATE and INSERT evaluates each CHECK constraint of its table (PostgreSQL
     reads and prepares each one again per statement): a second, identical one is work

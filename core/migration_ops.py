@@ -1,11 +1,18 @@
 """Migration operations of our own."""
 
-from django.contrib.postgres.operations import AddIndexConcurrently
+from django.contrib.postgres.operations import AddIndexConcurrently, RemoveIndexConcurrently
 from django.db import migrations
-from django.db.migrations.operations import AddIndex
+from django.db.migrations.operations import AddIndex, RemoveIndex
 
 
-def drop_index(name: str, *, table: str, columns: str, postgresql_only: bool = False):
+def drop_index(
+    name: str,
+    *,
+    table: str,
+    columns: str,
+    postgresql_only: bool = False,
+    concurrently: bool = False,
+):
     """Drop index `name` (created again on the way back as `ON table (columns)`).
 
     For an index Django made that the schema no longer needs: a foreign key's own index
@@ -15,20 +22,29 @@ def drop_index(name: str, *, table: str, columns: str, postgresql_only: bool = F
     indexed text column, which serves `LIKE 'prefix%'`, where no query makes one.
     Each is written on every insert. Dropping by name rather than by AlterField keeps
     Django from dropping and re-validating the foreign key over the whole table.
+
+    `concurrently` (in a migration with `atomic = False`): on PostgreSQL, DROP and CREATE
+    INDEX CONCURRENTLY, so the table's writes never queue behind the drop.
     """
 
     def applies(schema_editor) -> bool:
         return not postgresql_only or schema_editor.connection.vendor == "postgresql"
 
+    def how(schema_editor) -> str:
+        postgresql = schema_editor.connection.vendor == "postgresql"
+        return "CONCURRENTLY " if concurrently and postgresql else ""
+
     def forward(apps, schema_editor):
         if applies(schema_editor):
-            schema_editor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(name)}")
+            quote = schema_editor.quote_name
+            schema_editor.execute(f"DROP INDEX {how(schema_editor)}IF EXISTS {quote(name)}")
 
     def backward(apps, schema_editor):
         if applies(schema_editor):
             quote = schema_editor.quote_name
             schema_editor.execute(
-                f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(table)} ({columns})"
+                f"CREATE INDEX {how(schema_editor)}IF NOT EXISTS {quote(name)}"
+                f" ON {quote(table)} ({columns})"
             )
 
     return migrations.RunPython(forward, backward)
@@ -52,17 +68,35 @@ class AddIndexConcurrentlyOnPostgres(AddIndexConcurrently):
             AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
 
 
+class RemoveIndexConcurrentlyOnPostgres(RemoveIndexConcurrently):
+    """RemoveIndex that, on PostgreSQL, drops the index with DROP INDEX CONCURRENTLY; a
+    plain RemoveIndex elsewhere. The migration that uses it sets `atomic = False`."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+        else:
+            RemoveIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+        else:
+            RemoveIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+
+
 def keep_pattern_index_only(*, table: str, column: str, plain: str, name: str):
     """An indexed text column's two PostgreSQL indexes (Django's plain one, and its
     `varchar_pattern_ops` twin `<plain>_like`) become one, `name`: the twin, renamed
     (nothing rebuilt), serves `=` as well as `LIKE 'prefix%'`. Elsewhere (one plain
     index) the index is made again under `name`. The model's state says
-    `Index(fields=[column], opclasses=["varchar_pattern_ops"], name=name)`."""
+    `Index(fields=[column], opclasses=["varchar_pattern_ops"], name=name)`. In a
+    migration with `atomic = False`: the drop is concurrent on PostgreSQL."""
 
     def forward(apps, schema_editor):
         quote = schema_editor.quote_name
         if schema_editor.connection.vendor == "postgresql":
-            schema_editor.execute(f"DROP INDEX IF EXISTS {quote(plain)}")
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(plain)}")
             schema_editor.execute(f"ALTER INDEX {quote(plain + '_like')} RENAME TO {quote(name)}")
         else:
             schema_editor.execute(f"DROP INDEX IF EXISTS {quote(plain)}")

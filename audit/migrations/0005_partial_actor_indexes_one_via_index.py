@@ -87,11 +87,13 @@ class Migration(migrations.Migration):
                     "audit_activitylog_actor_id_d9142f81",
                     table="audit_activitylog",
                     columns="actor_id",
+                    concurrently=True,
                 ),
                 drop_index(
                     "audit_activitylog_actor_user_id_00dd1e40",
                     table="audit_activitylog",
                     columns="actor_user_id",
+                    concurrently=True,
                 ),
                 keep_pattern_index_only(
                     table="audit_activitylog",

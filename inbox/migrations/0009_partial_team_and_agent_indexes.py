@@ -1,7 +1,11 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from core.migration_ops import AddIndexConcurrentlyOnPostgres, drop_index
+from core.migration_ops import (
+    AddIndexConcurrentlyOnPostgres,
+    RemoveIndexConcurrentlyOnPostgres,
+    drop_index,
+)
 
 
 class Migration(migrations.Migration):
@@ -35,7 +39,7 @@ class Migration(migrations.Migration):
                 name="session_by_agent",
             ),
         ),
-        migrations.RemoveIndex(model_name="inboxsession", name="session_open_by_agent"),
+        RemoveIndexConcurrentlyOnPostgres(model_name="inboxsession", name="session_open_by_agent"),
         migrations.SeparateDatabaseAndState(
             state_operations=[
                 migrations.AlterField(
@@ -68,11 +72,13 @@ class Migration(migrations.Migration):
                     "inbox_inboxsession_team_id_6bb811b3",
                     table="inbox_inboxsession",
                     columns="team_id",
+                    concurrently=True,
                 ),
                 drop_index(
                     "inbox_inboxsession_assigned_agent_id_50bc1a92",
                     table="inbox_inboxsession",
                     columns="assigned_agent_id",
+                    concurrently=True,
                 ),
             ],
         ),

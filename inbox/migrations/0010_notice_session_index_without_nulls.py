@@ -44,6 +44,7 @@ class Migration(migrations.Migration):
                     "inbox_sessionnotice_session_id_1509f1d4",
                     table="inbox_sessionnotice",
                     columns="session_id",
+                    concurrently=True,
                 ),
             ],
         ),

@@ -88,7 +88,8 @@ def keep_pattern_index_only(*, table: str, column: str, plain: str, name: str):
     (nothing rebuilt), serves `=` as well as `LIKE 'prefix%'`. Elsewhere (one plain
     index) the index is made again under `name`. The model's state says
     `Index(fields=[column], opclasses=["varchar_pattern_ops"], name=name)`. In a
-    migration with `atomic = False`: the drop is concurrent on PostgreSQL."""
+    migration with `atomic = False`: the drop (and the way back's build) is concurrent on
+    PostgreSQL."""
 
     def forward(apps, schema_editor):
         quote = schema_editor.quote_name
@@ -101,10 +102,14 @@ def keep_pattern_index_only(*, table: str, column: str, plain: str, name: str):
 
     def backward(apps, schema_editor):
         quote = schema_editor.quote_name
+        how = ""
         if schema_editor.connection.vendor == "postgresql":
             schema_editor.execute(f"ALTER INDEX {quote(name)} RENAME TO {quote(plain + '_like')}")
+            how = "CONCURRENTLY "
         else:
             schema_editor.execute(f"DROP INDEX IF EXISTS {quote(name)}")
-        schema_editor.execute(f"CREATE INDEX {quote(plain)} ON {quote(table)} ({quote(column)})")
+        schema_editor.execute(
+            f"CREATE INDEX {how}{quote(plain)} ON {quote(table)} ({quote(column)})"
+        )
 
     return migrations.RunPython(forward, backward)

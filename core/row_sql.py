@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models, router
 from django.db.models.base import ModelState
 from django.db.models.constants import OnConflict
@@ -220,6 +221,11 @@ def insert_sql(
     run, for a statement run again and again; a column then has two shapes at most.
     """
     model = type(obj)
+    form = (model, when, source, ignore_conflicts, literals)
+    for parameters_of, sql, _ in _compiled.get(form, ()):
+        params = parameters_of(obj)
+        if params is not None:
+            return sql, params
     # The connection itself, not the proxy: every field asks it something.
     db = connections[DEFAULT_DB_ALIAS]
     plan = _plan(model, db)
@@ -228,24 +234,28 @@ def insert_sql(
             obj, when=when, source=source, ignore_conflicts=ignore_conflicts
         )
     # One pass over the columns; the common values (strings, ids, aware timestamps,
-    # NULLs) take the shortest way, as a handover builds six rows per request.
+    # NULLs) take the shortest way. How each column went is kept, to compile the shape.
     state = obj.__dict__
-    shape, params = [], []
+    shape, params, ways = [], [], []
     for column in plan:
         value = column.field.pre_save(obj, True) if column.computed else state[column.attname]
         kind = type(value)
         if literals and column.default_sql is not None and _is_default(column, value):
             shape.append(column.default_sql)
+            ways.append(_DEFAULT)
         elif kind in column.kept and (kind is not datetime or value.tzinfo):
             if value is None and column.null_sql:
                 shape.append(column.null_sql)
+                ways.append(_NULL)
             else:
                 shape.append(None)
                 params.append(value)
+                ways.append(_AS_IS)
         elif column.takes_str_subclasses and issubclass(kind, str):
             column.kept = column.kept | {kind}
             shape.append(None)
             params.append(value)
+            ways.append(_AS_IS)
         elif hasattr(value, "resolve_expression") and kind is not RawSQL:
             return _insert_with_compiler(
                 obj, when=when, source=source, ignore_conflicts=ignore_conflicts
@@ -254,7 +264,13 @@ def insert_sql(
             sql, value_params = _value_sql(column, value, db)
             shape.append(sql)
             params += value_params
-    key = ("insert", model, when, source, ignore_conflicts, literals, tuple(shape))
+            if kind is RawSQL:
+                ways.append(_RAW)
+            elif sql is None:
+                ways.append((_PREPARED, kind))
+            else:
+                ways.append(_NULL)
+    key = ("insert", *form, tuple(shape))
 
     def build() -> str:
         columns = ", ".join(_quote(column.field.column) for column in plan)
@@ -263,7 +279,102 @@ def insert_sql(
         body = _select_body(row, when=when, source=source)
         return head + body + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
 
-    return _remember(key, build), params
+    sql = _remember(key, build)
+    _compile_shape(form, plan, shape, ways, literals, sql)
+    return sql, params
+
+
+# How a column's value went into a row's shape (insert_sql), for _compile_shape.
+_DEFAULT, _NULL, _AS_IS, _RAW, _PREPARED = "default", "null", "as is", "raw", "prepared"
+# Compiled shapes per (model, when, source, ignore_conflicts, literals), newest first:
+# (the function giving a row's parameters, or None when the row has another shape; the
+# shape's SQL; what the function checks).
+_compiled: dict = {}
+_SHAPES_PER_FORM = 8
+
+
+def _compile_shape(form, plan, shape, ways, literals: bool, sql: str) -> None:
+    """Compile a function that gives a row's parameters as insert_sql's loop would, for
+    rows of this shape only, and None for any other row (insert_sql's loop then takes
+    it). A handover builds six rows, each a pass over a dozen or two columns that asks
+    every value what it is: written out once per shape, the pass is a few comparisons
+    per column. Each column keeps the way it went (its literal default, a NULL, the
+    value as it is, a RawSQL of the same text, a value of the same type prepared by its
+    field), and the checks reject any value that insert_sql's loop would take another
+    way."""
+    names = {"RawSQL": RawSQL, "datetime": datetime, "connections": connections}
+    lines = ["def parameters_of(row):", "    s = row.__dict__", "    p = []"]
+    if any(type(way) is tuple for way in ways):
+        lines.append(f"    db = connections[{DEFAULT_DB_ALIAS!r}]")
+    for n, (column, text, way) in enumerate(zip(plan, shape, ways, strict=True)):
+        names[f"F{n}"] = column.field
+        if column.computed:
+            lines.append(f"    v = F{n}.pre_save(row, True)")
+        else:
+            lines.append(f"    v = s[{column.attname!r}]")
+        is_default = _default_test(column, n, names) if literals else None
+        if way == _DEFAULT:
+            lines.append(f"    if not ({is_default}): return None")
+        elif way == _NULL:
+            lines.append("    if v is not None: return None")
+        elif way == _RAW:
+            names[f"S{n}"] = text[1:-1]  # the shape holds "(sql)"
+            lines.append(f"    if type(v) is not RawSQL or v.sql != S{n}: return None")
+            lines.append("    p.extend(v.params)")
+        elif way == _AS_IS:
+            names[f"K{n}"] = kept = column.kept
+            lines.append(f"    if type(v) not in K{n}: return None")
+            if datetime in kept:
+                lines.append("    if type(v) is datetime and not v.tzinfo: return None")
+            if type(None) in kept and column.null_sql:
+                lines.append("    if v is None: return None")
+            if is_default:
+                lines.append(f"    if {is_default}: return None")
+            lines.append("    p.append(v)")
+        else:  # a value of one type, prepared by its field
+            names[f"T{n}"] = way[1]
+            lines.append(f"    if type(v) is not T{n}: return None")
+            # (A type `kept` holds is here only as a naive datetime; an aware one, which
+            # the loop passes as it is, its field would prepare to itself.)
+            if is_default:
+                lines.append(f"    if {is_default}: return None")
+            lines.append(f"    x = F{n}.get_db_prep_save(v, connection=db)")
+            if column.null_sql:
+                lines.append("    if x is None: return None")
+            lines.append("    p.append(x)")
+    lines.append("    return p")
+    model = form[0]
+    code = compile("\n".join(lines), f"<insert_sql {model.__name__}>", "exec")
+    exec(code, names)  # noqa: S102 (the text is ours: column names are repr()'d)
+    # One text may have several compiled checks (a timestamp as it is, or prepared).
+    checks = "\n".join(lines), tuple(names.items())
+    compiled = (names["parameters_of"], sql, checks)
+    with _lock:
+        known = _compiled.get(form, ())
+        if all(existing[2] != checks for existing in known):
+            _compiled[form] = (compiled, *known)[:_SHAPES_PER_FORM]
+
+
+def _default_test(column: "_Column", n: int, names: dict) -> str | None:
+    """`_is_default(column, v)` as an expression, for a column with a literal default."""
+    if column.default_sql is None:
+        return None
+    default = names[f"D{n}"] = column.default
+    if type(default) is bool:
+        return f"v is D{n}"
+    if isinstance(default, str):
+        return f"isinstance(v, str) and v == D{n}"
+    return f"type(v) is int and v == D{n}"
+
+
+def _forget_compiled_shapes(*, setting, **kwargs) -> None:
+    # A shape's checks hold what USE_TZ decided for the column (see _kept_as_is).
+    if setting == "USE_TZ":
+        with _lock:
+            _compiled.clear()
+
+
+setting_changed.connect(_forget_compiled_shapes)
 
 
 def update_sql(obj, fields, *, source: str | None = None) -> tuple[str, list]:
@@ -405,7 +516,17 @@ def new_row(model, /, **values):
     `Model.__init__` with the values as positional arguments.
 
     `values` are concrete fields by name or attname; a foreign key given by name takes
-    the related instance (checked and cached on the row, as its descriptor does)."""
+    the related instance (checked and cached on the row, as its descriptor does).
+
+    Each call site (a model and the names it gives) gets the loop below written out
+    once (`_compile_builder`): a value, a default or a default's call per field in
+    order, then the row."""
+    given = tuple(values)
+    build = _builders.get((model, given))
+    if build is None:
+        build = _compile_builder(model, given)
+    if build is not False:
+        return build(values)
     plan = _construction(model)
     args, related = [], []
     for name, attname, foreign_key, default in plan.fields:
@@ -413,11 +534,7 @@ def new_row(model, /, **values):
             args.append(values.pop(attname))
         elif foreign_key is not None and name in values:
             target = values.pop(name)
-            if target is not None and not isinstance(
-                target, foreign_key.remote_field.model._meta.concrete_model
-            ):
-                expected = foreign_key.remote_field.model.__name__
-                raise ValueError(f"{model.__name__}.{name} must be a {expected} instance")
+            _check_related(model, name, foreign_key, target)
             related.append((foreign_key, target))
             key = foreign_key.target_field.attname
             args.append(None if target is None else getattr(target, key))
@@ -427,20 +544,83 @@ def new_row(model, /, **values):
             args.append(default)
     if values:
         raise TypeError(f"{model.__name__} has no fields {', '.join(sorted(values))}")
+    row = _row_of(model, plan, args)
+    for foreign_key, target in related:
+        _cache_related(row, foreign_key, target)
+    return row
+
+
+def _check_related(model, name: str, foreign_key, target) -> None:
+    if target is not None and not isinstance(
+        target, foreign_key.remote_field.model._meta.concrete_model
+    ):
+        expected = foreign_key.remote_field.model.__name__
+        raise ValueError(f"{model.__name__}.{name} must be a {expected} instance")
+
+
+def _row_of(model, plan: _Construction, args):
     if plan.plain and not (_listened(pre_init, model) or _listened(post_init, model)):
         row = model.__new__(model)
         row._state = ModelState()
         row.__dict__.update(zip(plan.attnames, args, strict=True))
-    else:
-        row = model(*args)
-    for foreign_key, target in related:
-        if target is not None:
-            if row._state.db is None:
-                row._state.db = router.db_for_write(model, instance=target)
-            if target._state.db is None:
-                target._state.db = router.db_for_write(type(target), instance=row)
-        foreign_key.set_cached_value(row, target)
-    return row
+        return row
+    return model(*args)
+
+
+def _cache_related(row, foreign_key, target) -> None:
+    if target is not None:
+        if row._state.db is None:
+            row._state.db = router.db_for_write(type(row), instance=target)
+        if target._state.db is None:
+            target._state.db = router.db_for_write(type(target), instance=row)
+    foreign_key.set_cached_value(row, target)
+
+
+# new_row's builders per (model, the names a call gives, in its order); False for names
+# the loop has to sort out (an unknown one, a field given by name and attname both).
+_builders: dict = {}
+
+
+def _compile_builder(model, given: tuple):
+    plan = _construction(model)
+    by_attname = {attname: n for n, (_, attname, _, _) in enumerate(plan.fields)}
+    by_name = {name: n for n, (name, _, fk, _) in enumerate(plan.fields) if fk is not None}
+    taken = [by_attname.get(key, by_name.get(key)) for key in given]
+    if None in taken or len(set(taken)) != len(taken):
+        _builders[(model, given)] = False
+        return False
+    names = {
+        "model": model,
+        "plan": plan,
+        "row_of": _row_of,
+        "check_related": _check_related,
+        "cache_related": _cache_related,
+    }
+    lines, related = ["def build(values):"], []
+    for n, (name, attname, foreign_key, default) in enumerate(plan.fields):
+        if attname in given:
+            lines.append(f"    a{n} = values[{attname!r}]")
+        elif foreign_key is not None and name in given:
+            names[f"FK{n}"] = foreign_key
+            names[f"K{n}"] = foreign_key.target_field.attname
+            lines.append(f"    t{n} = values[{name!r}]")
+            lines.append(f"    check_related(model, {name!r}, FK{n}, t{n})")
+            lines.append(f"    a{n} = None if t{n} is None else getattr(t{n}, K{n})")
+            related.append(n)
+        elif type(default) is _DefaultCall:
+            names[f"D{n}"] = default.make
+            lines.append(f"    a{n} = D{n}()")
+        else:
+            names[f"D{n}"] = default
+            lines.append(f"    a{n} = D{n}")
+    args = ", ".join(f"a{n}" for n in range(len(plan.fields)))
+    lines.append(f"    row = row_of(model, plan, ({args},))")
+    lines += [f"    cache_related(row, FK{n}, t{n})" for n in related]
+    lines.append("    return row")
+    code = compile("\n".join(lines), f"<new_row {model.__name__}>", "exec")
+    exec(code, names)  # noqa: S102 (the text is ours: field names are repr()'d)
+    _builders[(model, given)] = names["build"]
+    return names["build"]
 
 
 def _listened(signal, model) -> bool:

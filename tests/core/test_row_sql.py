@@ -1,6 +1,7 @@
 """core.row_sql: one row's INSERT/UPDATE text built once per shape, the row it writes the
 same as Django's own save would write."""
 
+import warnings
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ from django.db.models import Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Lower
 from django.test.utils import isolate_apps
+from psycopg.types.json import Jsonb
 
 from audit.models import ActivityLog
 from core import row_sql
@@ -415,3 +417,101 @@ def test_update_sql_from_a_source_reads_it_and_changes_nothing_when_it_is_empty(
     assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).action == "before"
     assert run(f"WITH source AS (SELECT 'picked'::text AS label) {sql}", params) == 1
     assert ActivityLog.objects.for_tenant(tenant).get(pk=row.pk).action == "picked!"
+
+
+# --- shapes and call sites written out once (compiled) ---------------------------------
+
+
+def _comparable(answer):
+    """(sql, params) with JSON parameters (psycopg's Jsonb, which has no equality) as
+    what they hold, and each parameter's type: 1 and True are not the same parameter."""
+    sql, params = answer
+    unwrapped = [("jsonb", p.obj) if isinstance(p, Jsonb) else p for p in params]
+    return sql, unwrapped, [type(p) for p in params]
+
+
+def _by_the_loop(monkeypatch, row, **form):
+    """insert_sql's answer from its loop over the columns, no compiled shape involved."""
+    with monkeypatch.context() as patched:
+        patched.setattr(row_sql, "_compiled", {})
+        patched.setattr(row_sql, "_compile_shape", lambda *args: None)
+        return row_sql.insert_sql(row, **form)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("literals", [True, False])
+def test_a_compiled_shape_gives_each_row_what_the_loop_gives_and_only_its_own_rows(
+    monkeypatch, time_machine, literals
+):
+    """Rows of many shapes through one form, each twice in a row and in turns: the
+    second of a kind comes from its compiled shape, the others must not be taken by a
+    shape compiled for another row (a value at its default or not, NULL or not, a
+    RawSQL of other text, a naive timestamp, a str of another class)."""
+    time_machine.move_to(datetime(2026, 12, 6, 12, 0, tzinfo=UTC), tick=False)
+    tenant = TenantFactory()
+    agent = MembershipFactory(tenant=tenant)
+    naive = datetime(2026, 1, 2, 3, 4, 5)
+    rows = [
+        notice(tenant, is_read=False, body=""),
+        notice(tenant, is_read=True, body="read"),
+        notice(tenant, body=Label("a label")),
+        notice(tenant, read_at=naive),
+        notice(tenant, read_at=datetime(2026, 1, 2, tzinfo=UTC)),
+        notice(tenant, session_id=None, recipient_id=RawSQL("%s::uuid", [str(agent.pk)])),
+        notice(tenant, recipient_id=RawSQL("(%s)::uuid", [str(agent.pk)])),
+        notice(tenant, kind="session_closed", dedupe_key="x"),
+        activity(tenant, data={"n": 2}),
+        activity(tenant, data=None, actor_label=""),
+        activity(tenant, actor_user_id=None, via=Label("api")),
+    ]
+    form = {"literals": literals, "source": "routed_agent", "when": "true"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the naive timestamp's
+        for row in [*rows, *rows, *reversed(rows)]:
+            expected = _comparable(_by_the_loop(monkeypatch, row, **form))
+            assert _comparable(row_sql.insert_sql(row, **form)) == expected
+    assert row_sql._compiled, "nothing was compiled"
+
+
+def test_a_call_site_with_a_field_by_name_and_by_id_is_refused_every_time():
+    tenant = TenantFactory()
+    for _ in range(2):
+        with pytest.raises(TypeError, match="tenant"):
+            row_sql.new_row(ActivityLog, tenant=tenant, tenant_id=tenant.pk, action="x")
+
+
+def test_a_compiled_call_site_checks_each_related_instance_and_caches_it():
+    tenant, other = TenantFactory(), TenantFactory()
+    first = row_sql.new_row(ActivityLog, tenant=tenant, action="first")
+    second = row_sql.new_row(ActivityLog, tenant=other, action="second")
+    assert (first.tenant, second.tenant) == (tenant, other)
+    assert (first.tenant_id, second.tenant_id) == (tenant.pk, other.pk)
+    assert first.pk != second.pk  # the id's default called for each row
+    with pytest.raises(ValueError, match="tenant must be a Tenant"):
+        row_sql.new_row(ActivityLog, tenant=UserFactory(), action="third")
+
+
+class ZeroMeansNothing(models.IntegerField):
+    """A field that prepares some values of a type to NULL and others not."""
+
+    def get_db_prep_value(self, value, connection, prepared=False):
+        return None if value == 0 else value
+
+
+@pytest.mark.postgres
+@isolate_apps("audit")
+def test_a_compiled_shape_takes_no_prepared_value_that_the_loop_writes_otherwise(monkeypatch):
+    """A value its field prepares to NULL, or one at its literal default (a zero count),
+    after a shape that prepared a value of the same type to a parameter."""
+
+    class Counted(models.Model):  # noqa: DJ008
+        count = ZeroMeansNothing(null=True)
+        tries = models.IntegerField(default=0)
+
+        class Meta:
+            app_label = "audit"
+
+    form = {"literals": True}
+    for row in (Counted(count=5, tries=3), Counted(count=0, tries=3), Counted(count=5)) * 2:
+        expected = _by_the_loop(monkeypatch, row, **form)
+        assert row_sql.insert_sql(row, **form) == expected

@@ -268,8 +268,10 @@ def insert_sql(
                 ways.append(_RAW)
             elif sql is None:
                 ways.append((_PREPARED, kind))
-            else:
+            elif value is None:
                 ways.append(_NULL)
+            else:  # a value its field prepared to NULL
+                ways.append((_PREPARED_TO_NULL, kind))
     key = ("insert", *form, tuple(shape))
 
     def build() -> str:
@@ -285,7 +287,8 @@ def insert_sql(
 
 
 # How a column's value went into a row's shape (insert_sql), for _compile_shape.
-_DEFAULT, _NULL, _AS_IS, _RAW, _PREPARED = "default", "null", "as is", "raw", "prepared"
+_DEFAULT, _NULL, _AS_IS, _RAW = "default", "null", "as is", "raw"
+_PREPARED, _PREPARED_TO_NULL = "prepared", "prepared to null"
 # Compiled shapes per (model, when, source, ignore_conflicts, literals), newest first:
 # (the function giving a row's parameters, or None when the row has another shape; the
 # shape's SQL; what the function checks).
@@ -331,7 +334,7 @@ def _compile_shape(form, plan, shape, ways, literals: bool, sql: str) -> None:
             if is_default:
                 lines.append(f"    if {is_default}: return None")
             lines.append("    p.append(v)")
-        else:  # a value of one type, prepared by its field
+        else:  # a value of one type, prepared by its field (to NULL, or to a parameter)
             names[f"T{n}"] = way[1]
             lines.append(f"    if type(v) is not T{n}: return None")
             # (A type `kept` holds is here only as a naive datetime; an aware one, which
@@ -339,15 +342,20 @@ def _compile_shape(form, plan, shape, ways, literals: bool, sql: str) -> None:
             if is_default:
                 lines.append(f"    if {is_default}: return None")
             lines.append(f"    x = F{n}.get_db_prep_save(v, connection=db)")
-            if column.null_sql:
-                lines.append("    if x is None: return None")
-            lines.append("    p.append(x)")
+            if way[0] == _PREPARED_TO_NULL:
+                lines.append("    if x is not None: return None")
+            else:
+                if column.null_sql:
+                    lines.append("    if x is None: return None")
+                lines.append("    p.append(x)")
     lines.append("    return p")
-    model = form[0]
-    code = compile("\n".join(lines), f"<insert_sql {model.__name__}>", "exec")
-    exec(code, names)  # noqa: S102 (the text is ours: column names are repr()'d)
     # One text may have several compiled checks (a timestamp as it is, or prepared).
     checks = "\n".join(lines), tuple(names.items())
+    if any(existing[2] == checks for existing in _compiled.get(form, ())):
+        return
+    model = form[0]
+    code = compile(checks[0], f"<insert_sql {model.__name__}>", "exec")
+    exec(code, names)  # noqa: S102 (the text is ours: column names are repr()'d)
     compiled = (names["parameters_of"], sql, checks)
     with _lock:
         known = _compiled.get(form, ())

@@ -512,6 +512,13 @@ def test_a_compiled_shape_takes_no_prepared_value_that_the_loop_writes_otherwise
             app_label = "audit"
 
     form = {"literals": True}
-    for row in (Counted(count=5, tries=3), Counted(count=0, tries=3), Counted(count=5)) * 2:
+    rows = (Counted(count=5, tries=3), Counted(count=0, tries=3), Counted(count=5))
+    for row in rows * 2:
         expected = _by_the_loop(monkeypatch, row, **form)
         assert row_sql.insert_sql(row, **form) == expected
+    # Each of them is taken by a shape compiled once, the NULL-prepared one too (else
+    # every such row would go through the loop and be compiled again).
+    compiled = row_sql._compiled[(Counted, None, None, False, True)]
+    assert len(compiled) == 3
+    for row in rows:
+        assert any(parameters_of(row) is not None for parameters_of, _, _ in compiled)

@@ -306,10 +306,16 @@ def _compile_shape(form, plan, shape, ways, literals: bool, sql: str) -> None:
     field), and the checks reject any value that insert_sql's loop would take another
     way."""
     names = {"RawSQL": RawSQL, "datetime": datetime, "connections": connections}
-    lines = ["def parameters_of(row):", "    s = row.__dict__", "    p = []"]
+    lines = ["def parameters_of(row):", "    s = row.__dict__"]
     if any(type(way) is tuple for way in ways):
         lines.append(f"    db = connections[{DEFAULT_DB_ALIAS!r}]")
-    for n, (column, text, way) in enumerate(zip(plan, shape, ways, strict=True)):
+    # The columns whose value `pre_save` computes (auto_now) come last: a row of another
+    # shape is turned away before anything is computed for it, as the loop computes
+    # each such value once.
+    order = sorted(range(len(plan)), key=lambda n: plan[n].computed)
+    parameters = {}
+    for n in order:
+        column, text, way = plan[n], shape[n], ways[n]
         names[f"F{n}"] = column.field
         if column.computed:
             lines.append(f"    v = F{n}.pre_save(row, True)")
@@ -323,7 +329,8 @@ def _compile_shape(form, plan, shape, ways, literals: bool, sql: str) -> None:
         elif way == _RAW:
             names[f"S{n}"] = text[1:-1]  # the shape holds "(sql)"
             lines.append(f"    if type(v) is not RawSQL or v.sql != S{n}: return None")
-            lines.append("    p.extend(v.params)")
+            lines.append(f"    c{n} = v.params")
+            parameters[n] = f"*c{n}"
         elif way == _AS_IS:
             names[f"K{n}"] = kept = column.kept
             lines.append(f"    if type(v) not in K{n}: return None")
@@ -333,12 +340,13 @@ def _compile_shape(form, plan, shape, ways, literals: bool, sql: str) -> None:
                 lines.append("    if v is None: return None")
             if is_default:
                 lines.append(f"    if {is_default}: return None")
-            lines.append("    p.append(v)")
+            lines.append(f"    c{n} = v")
+            parameters[n] = f"c{n}"
         else:  # a value of one type, prepared by its field (to NULL, or to a parameter)
             names[f"T{n}"] = way[1]
             lines.append(f"    if type(v) is not T{n}: return None")
-            # (A type `kept` holds is here only as a naive datetime; an aware one, which
-            # the loop passes as it is, its field would prepare to itself.)
+            if way[1] in column.kept:  # a naive datetime: one with a tzinfo goes as it is
+                lines.append("    if v.tzinfo: return None")
             if is_default:
                 lines.append(f"    if {is_default}: return None")
             lines.append(f"    x = F{n}.get_db_prep_save(v, connection=db)")
@@ -347,11 +355,16 @@ def _compile_shape(form, plan, shape, ways, literals: bool, sql: str) -> None:
             else:
                 if column.null_sql:
                     lines.append("    if x is None: return None")
-                lines.append("    p.append(x)")
+                lines.append(f"    c{n} = x")
+                parameters[n] = f"c{n}"
+    lines.append(f"    p = [{', '.join(parameters[n] for n in sorted(parameters))}]")
     lines.append("    return p")
     # One text may have several compiled checks (a timestamp as it is, or prepared).
     checks = "\n".join(lines), tuple(names.items())
-    if any(existing[2] == checks for existing in _compiled.get(form, ())):
+    known = _compiled.get(form, ())
+    # A form's first shapes are its common ones; rows of any further shape take the loop
+    # rather than compiling again and again.
+    if len(known) >= _SHAPES_PER_FORM or any(existing[2] == checks for existing in known):
         return
     model = form[0]
     code = compile(checks[0], f"<insert_sql {model.__name__}>", "exec")
@@ -359,8 +372,8 @@ def _compile_shape(form, plan, shape, ways, literals: bool, sql: str) -> None:
     compiled = (names["parameters_of"], sql, checks)
     with _lock:
         known = _compiled.get(form, ())
-        if all(existing[2] != checks for existing in known):
-            _compiled[form] = (compiled, *known)[:_SHAPES_PER_FORM]
+        if len(known) < _SHAPES_PER_FORM and all(existing[2] != checks for existing in known):
+            _compiled[form] = (compiled, *known)
 
 
 def _default_test(column: "_Column", n: int, names: dict) -> str | None:

@@ -1,8 +1,9 @@
 """core.row_sql: one row's INSERT/UPDATE text built once per shape, the row it writes the
 same as Django's own save would write."""
 
+import uuid
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from types import SimpleNamespace
 
 import pytest
@@ -422,6 +423,11 @@ def test_update_sql_from_a_source_reads_it_and_changes_nothing_when_it_is_empty(
 # --- shapes and call sites written out once (compiled) ---------------------------------
 
 
+class NoOffset(tzinfo):
+    def utcoffset(self, dt):
+        return None
+
+
 def _comparable(answer):
     """(sql, params) with JSON parameters (psycopg's Jsonb, which has no equality) as
     what they hold, and each parameter's type: 1 and True are not the same parameter."""
@@ -456,6 +462,8 @@ def test_a_compiled_shape_gives_each_row_what_the_loop_gives_and_only_its_own_ro
         notice(tenant, is_read=True, body="read"),
         notice(tenant, body=Label("a label")),
         notice(tenant, read_at=naive),
+        # A tzinfo that gives no offset: the loop passes it as it is, as any with a tzinfo.
+        notice(tenant, read_at=datetime(2026, 1, 2, tzinfo=NoOffset())),
         notice(tenant, read_at=datetime(2026, 1, 2, tzinfo=UTC)),
         notice(tenant, session_id=None, recipient_id=RawSQL("%s::uuid", [str(agent.pk)])),
         notice(tenant, recipient_id=RawSQL("(%s)::uuid", [str(agent.pk)])),
@@ -522,3 +530,36 @@ def test_a_compiled_shape_takes_no_prepared_value_that_the_loop_writes_otherwise
     assert len(compiled) == 3
     for row in rows:
         assert any(parameters_of(row) is not None for parameters_of, _, _ in compiled)
+
+
+class CountedStamp(models.DateTimeField):
+    """A field that computes its value on save, counting how often it is asked."""
+
+    asked = 0
+
+    def pre_save(self, model_instance, add):
+        CountedStamp.asked += 1
+        return super().pre_save(model_instance, add)
+
+
+@isolate_apps("audit")
+def test_a_row_asks_each_computed_field_once_however_many_shapes_it_is_tried_against():
+    class Stamped(models.Model):  # noqa: DJ008
+        stamped_at = CountedStamp(auto_now=True)
+        key = models.UUIDField(null=True)
+        count = models.IntegerField(null=True)
+
+        class Meta:
+            app_label = "audit"
+
+    key = uuid.uuid4()
+    rows = [
+        Stamped(key=key, count=1),
+        Stamped(key=None, count=1),
+        Stamped(key=key, count=None),
+        Stamped(key=None, count=None),
+    ]
+    for row in rows * 2:
+        before = CountedStamp.asked
+        row_sql.insert_sql(row)
+        assert CountedStamp.asked - before == 1

@@ -8,7 +8,7 @@ sees another's changes to them.
 
 Why per process and not in Redis: a lookup in memory costs no round trip and cannot
 hang, so a stopped or dead Redis adds nothing to a request here (the throttle's one
-read keeps its own 100 ms timeout), and the hot path does not grow a dependency. The
+read keeps its own 80 ms timeout), and the hot path does not grow a dependency. The
 price is that another process's change is seen only when the entry expires:
 
 - a key revoked, or a tenant deactivated or edited, in *this* process (a `save()` of the

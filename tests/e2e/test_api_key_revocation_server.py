@@ -25,7 +25,7 @@ pytestmark = [
 ]
 
 WHOAMI = "/api/v1/whoami"
-# Ten times the throttle cache's 0.1 s timeout: only a request that waits on Redis fails.
+# Over ten times the throttle cache's 0.08 s timeout: only a request that waits on Redis fails.
 ANSWER_WITHIN = 1.0
 
 

@@ -25,7 +25,7 @@ pytestmark = [
 WHOAMI = "/api/v1/whoami"
 LIMIT = 20  # API_KEY_FAILURES_PER_MINUTE
 # How long a request may take while the throttle's Redis is stopped: ten times the
-# cache's 0.1 s timeout, so only a request that waits on the cache fails it.
+# cache's 0.08 s timeout, so only a request that waits on the cache fails it.
 ANSWER_WITHIN = 1.0
 
 
@@ -112,15 +112,16 @@ def test_a_redis_that_is_gone_throttles_nothing(procs):
 
 
 def test_a_hung_redis_holds_a_request_for_the_throttles_timeout_and_no_more(procs, settings):
-    """The bound: a hung cache holds a request for the throttle's 0.1 s timeout, once,
-    and no more (not once per call, nor redis-py's retries). Production's throttle cache
-    (its options as config/settings.py makes them) against a Redis that accepts
-    connections and never answers; a Redis that refuses costs nothing at all. Measured
-    in process, against the same request with the Redis answering."""
+    """The bound: a hung cache holds a request for the throttle's 0.08 s timeout, once,
+    and no more (not once per call, nor redis-py's retries): under the 100 ms a hung
+    cache may cost a request. Production's throttle cache (its options as
+    config/settings.py makes them) against a Redis that accepts connections and never
+    answers; a Redis that refuses costs nothing at all. Measured in process, against the
+    same request with the Redis answering."""
     throttle = settings.CACHES["throttle"]
     if not throttle["BACKEND"].endswith("RedisCache"):
         pytest.skip("needs REDIS_URL: production's throttle cache is Redis (CI sets it)")
-    assert settings.THROTTLE_CACHE_TIMEOUT_SECONDS == 0.1
+    assert settings.THROTTLE_CACHE_TIMEOUT_SECONDS == 0.08
     tenant = TenantFactory()
     _, key = create_api_key(tenant=tenant, name="e2e", actor=Actor.system())
     redis = procs.redis()
@@ -145,6 +146,6 @@ def test_a_hung_redis_holds_a_request_for_the_throttles_timeout_and_no_more(proc
 
     # Medians: one request slowed by the machine must not decide; a retry or a second
     # call would slow every one of them.
-    assert statistics.median(hung) >= 0.09, f"the requests did not wait on the hung Redis: {hung}"
-    assert statistics.median(hung) <= 0.15, f"requests waited beyond the 0.1 s timeout: {hung}"
+    assert statistics.median(hung) >= 0.07, f"the requests did not wait on the hung Redis: {hung}"
+    assert statistics.median(hung) <= 0.1, f"a hung Redis held requests beyond 100 ms: {hung}"
     assert statistics.median(refused) <= 0.05, f"a refusing Redis held requests: {refused}"

@@ -24,7 +24,7 @@ pytestmark = [
 
 WHOAMI = "/api/v1/whoami"
 LIMIT = 20  # API_KEY_FAILURES_PER_MINUTE
-# How long a request may take while the throttle's Redis is stopped: ten times the
+# How long a request may take while the throttle's Redis is stopped: over ten times the
 # cache's 0.08 s timeout, so only a request that waits on the cache fails it.
 ANSWER_WITHIN = 1.0
 
@@ -116,7 +116,7 @@ def test_a_hung_redis_holds_a_request_for_the_throttles_timeout_and_no_more(proc
     and no more (not once per call, nor redis-py's retries): under the 100 ms a hung
     cache may cost a request. Production's throttle cache (its options as
     config/settings.py makes them) against a Redis that accepts connections and never
-    answers; a Redis that refuses costs nothing at all. Measured in process, against the
+    answers; a Redis that refuses costs next to nothing. Measured in process, against the
     same request with the Redis answering."""
     throttle = settings.CACHES["throttle"]
     if not throttle["BACKEND"].endswith("RedisCache"):

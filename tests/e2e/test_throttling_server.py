@@ -2,7 +2,9 @@
 shared between processes) and a Redis of our own, called over HTTP with `requests`.
 """
 
+import contextlib
 import shutil
+import socket
 import statistics
 import time
 import uuid
@@ -149,3 +151,56 @@ def test_a_hung_redis_holds_a_request_for_the_throttles_timeout_and_no_more(proc
     assert statistics.median(hung) >= 0.07, f"the requests did not wait on the hung Redis: {hung}"
     assert statistics.median(hung) <= 0.1, f"a hung Redis held requests beyond 100 ms: {hung}"
     assert statistics.median(refused) <= 0.05, f"a refusing Redis held requests: {refused}"
+
+
+@contextlib.contextmanager
+def address_that_drops_connections():
+    """A local port whose connections never complete, as a Redis host that is gone and
+    drops packets: a listener with a backlog of one that never accepts, filled by a
+    first connection; the kernel then drops every further SYN, so a connect waits for
+    the client's own timeout (a refusal or a reset would answer at once)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname(), timeout=1)
+    probe = socket.socket()
+    probe.settimeout(0.3)
+    try:
+        with pytest.raises(TimeoutError):  # the port really drops connections
+            probe.connect(listener.getsockname())
+        yield "redis://{}:{}/0".format(*listener.getsockname())
+    finally:
+        for sock in (probe, filler, listener):
+            sock.close()
+
+
+def test_a_redis_host_that_drops_packets_holds_a_request_for_the_timeout_and_no_more(
+    settings,
+):
+    """A dead cache host (its address silent, nothing refused) costs a request the
+    throttle's connect timeout, once: under the 100 ms a dead cache may cost, and the
+    request is answered. Production's throttle cache options, in process, against the
+    same request with a Redis that refuses (which costs next to nothing)."""
+    throttle = settings.CACHES["throttle"]
+    if not throttle["BACKEND"].endswith("RedisCache"):
+        pytest.skip("needs REDIS_URL: production's throttle cache is Redis (CI sets it)")
+    assert throttle["OPTIONS"]["socket_connect_timeout"] == 0.08
+    tenant = TenantFactory()
+    _, key = create_api_key(tenant=tenant, name="e2e", actor=Actor.system())
+    client = Client()
+
+    def timed(location: str) -> float:
+        settings.CACHES = {**settings.CACHES, "throttle": {**throttle, "LOCATION": location}}
+        started = time.perf_counter()
+        response = client.get(WHOAMI, HTTP_X_API_KEY=key)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200, response.content
+        return elapsed
+
+    refusing = f"redis://127.0.0.1:{free_port()}/0"
+    baseline = statistics.median([timed(refusing) for _ in range(10)][3:])
+    with address_that_drops_connections() as silent:
+        dead = [timed(silent) - baseline for _ in range(5)]
+
+    assert statistics.median(dead) >= 0.07, f"the requests did not wait on the dead host: {dead}"
+    assert statistics.median(dead) <= 0.1, f"a dead Redis host held requests beyond 100 ms: {dead}"

@@ -58,6 +58,15 @@ def call(base: str, key: str) -> requests.Response:
         pytest.fail(f"no answer within {ANSWER_WITHIN} s: the request waited on the cache")
 
 
+def whoami_seconds(client: Client, key: str) -> float:
+    """How long an in-process GET whoami with `key` takes; it must be answered 200."""
+    started = time.perf_counter()
+    response = client.get(WHOAMI, HTTP_X_API_KEY=key)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200, response.content
+    return elapsed
+
+
 def start_of_a_fresh_minute_if_this_one_ends_soon(margin: float = 20) -> None:
     """The counters are per calendar minute: keep a test's requests within one."""
     left = 60 - time.time() % 60
@@ -131,11 +140,7 @@ def test_a_hung_redis_holds_a_request_for_the_throttles_timeout_and_no_more(proc
     client = Client()
 
     def timed() -> float:
-        started = time.perf_counter()
-        response = client.get(WHOAMI, HTTP_X_API_KEY=key)
-        elapsed = time.perf_counter() - started
-        assert response.status_code == 200, response.content
-        return elapsed
+        return whoami_seconds(client, key)
 
     healthy = statistics.median([timed() for _ in range(20)][5:])
     redis.pause()  # connections are accepted, nothing ever answers
@@ -191,11 +196,7 @@ def test_a_redis_host_that_drops_packets_holds_a_request_for_the_timeout_and_no_
 
     def timed(location: str) -> float:
         settings.CACHES = {**settings.CACHES, "throttle": {**throttle, "LOCATION": location}}
-        started = time.perf_counter()
-        response = client.get(WHOAMI, HTTP_X_API_KEY=key)
-        elapsed = time.perf_counter() - started
-        assert response.status_code == 200, response.content
-        return elapsed
+        return whoami_seconds(client, key)
 
     refusing = f"redis://127.0.0.1:{free_port()}/0"
     baseline = statistics.median([timed(refusing) for _ in range(10)][3:])

@@ -109,7 +109,12 @@ DATABASES["default"].setdefault("ATOMIC_REQUESTS", False)
 DB_PREPARED_STATEMENTS = env.bool(
     "DB_PREPARED_STATEMENTS", default=env.bool("OUTBOX_PREPARED_STATEMENTS", default=True)
 )
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+DATABASE_IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+if DATABASE_IS_POSTGRES:
+    # Django's backend, with a health check of a reused connection that asks its socket
+    # instead of sending `SELECT 1` before each request's first query (a round trip on
+    # every request; core/backends/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "core.backends.postgresql"
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
@@ -148,7 +153,6 @@ else:
     # with "database is locked" when background tasks write at the same time.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
     DATABASES["default"]["OPTIONS"].setdefault("transaction_mode", "IMMEDIATE")
-DATABASE_IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "teams.User"

@@ -100,7 +100,7 @@ def test_without_urls_the_product_runs_embedded():
 def test_with_both_urls_the_product_runs_on_postgres_and_redis():
     loaded = _load_settings(DATABASE_URL=POSTGRES_URL, REDIS_URL=REDIS_URL)
 
-    assert loaded["engine"] == "django.db.backends.postgresql"
+    assert loaded["engine"] == "core.backends.postgresql"
     assert (loaded["name"], loaded["host"], loaded["port"], loaded["user"]) == (
         "db",
         "h",
@@ -124,7 +124,7 @@ def test_with_both_urls_the_product_runs_on_postgres_and_redis():
 @pytest.mark.parametrize(
     ("env_vars", "engine", "broker_url", "always_eager"),
     [
-        ({"DATABASE_URL": POSTGRES_URL}, "django.db.backends.postgresql", "memory://", True),
+        ({"DATABASE_URL": POSTGRES_URL}, "core.backends.postgresql", "memory://", True),
         ({"REDIS_URL": REDIS_URL}, "django.db.backends.sqlite3", REDIS_URL, False),
     ],
     ids=["postgres-only", "redis-only"],

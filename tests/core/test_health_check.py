@@ -69,6 +69,28 @@ def test_a_request_on_a_healthy_reused_connection_sends_only_its_own_statement(t
     assert not any("SELECT 1" in line for line in sent), sent
 
 
+def test_handovers_in_a_row_each_send_only_the_pool_s_lock_and_the_pick(
+    tenant, teammate, tenant_client
+):
+    """The pick's pipelined exchange reads everything the server answered: the next
+    request finds nothing waiting on the connection, and no `SELECT 1` is sent."""
+    for number in range(3):  # the pool's cursor is made by the first pick
+        between_requests()
+        response = tenant_client.post(
+            "/api/v1/handover", {"contactId": f"warm-{number}"}, content_type="application/json"
+        )
+        assert response.status_code == 201, response.content
+
+    for number in range(3):
+        between_requests()
+        with statements_sent() as sent:
+            response = tenant_client.post(
+                "/api/v1/handover", {"contactId": f"row-{number}"}, content_type="application/json"
+            )
+        assert response.status_code == 201, response.content
+        assert len(executed(sent)) == 2, sent  # Django's check would have been a third
+
+
 def test_django_s_own_check_would_have_sent_select_1_first(tenant, monkeypatch):
     """What the check above saves: Django's health check is a round trip of its own."""
     monkeypatch.setattr(

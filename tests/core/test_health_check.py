@@ -148,3 +148,26 @@ def test_a_connection_with_something_to_read_gets_the_full_check_and_is_kept(ten
     assert connection.connection.info.backend_pid == kept
     with connection.cursor() as cursor:
         cursor.execute("UNLISTEN *")
+
+
+def test_a_connection_on_a_descriptor_past_1024_is_checked_without_a_round_trip_too(tenant):
+    """select() cannot watch a descriptor numbered past FD_SETSIZE; a busy process's
+    database connection can have one."""
+    import os
+
+    connection.close()
+    held = []
+    try:
+        while not held or held[-1] <= 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        assert Tenant.objects.count() == 1  # a new connection, on a high descriptor
+        assert connection.connection.pgconn.socket > 1024
+        between_requests()
+
+        with statements_sent() as sent:
+            assert Tenant.objects.count() == 1
+
+        assert len(executed(sent)) == 1, sent
+    finally:
+        for descriptor in held:
+            os.close(descriptor)

@@ -39,7 +39,18 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
             return False
         try:
-            readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+            return not _has_something_to_read(conn.pgconn.socket)
         except (OSError, ValueError):
             return False
-        return not readable
+
+
+def _has_something_to_read(fd: int) -> bool:
+    """Data, an end of stream or an error on `fd`, now. poll() where there is one:
+    select() refuses a descriptor numbered past FD_SETSIZE (1024), which a process with
+    many files or connections open reaches."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)

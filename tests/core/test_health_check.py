@@ -9,6 +9,7 @@ off, so the tests here send the signals themselves.
 """
 
 import json
+import select
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,6 +141,11 @@ def test_a_connection_with_something_to_read_gets_the_full_check_and_is_kept(ten
     between_requests()
     with pg_connect() as admin:
         admin.execute("SELECT pg_notify('health_check_probe', %s)", [json.dumps("ping")])
+    # The listening backend sends the notification once it has been signalled: soon,
+    # not at once.
+    socket = connection.connection.pgconn.socket
+    readable, _, _ = select.select([socket], [], [], 10)
+    assert readable, "the notification never reached the connection"
 
     with statements_sent() as sent:
         assert Tenant.objects.count() == 1

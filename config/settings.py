@@ -113,8 +113,10 @@ DATABASE_IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.pos
 if DATABASE_IS_POSTGRES:
     # Django's backend, with a health check of a reused connection that asks its socket
     # instead of sending `SELECT 1` before each request's first query (a round trip on
-    # every request; core/backends/postgresql/base.py).
-    DATABASES["default"]["ENGINE"] = "core.backends.postgresql"
+    # every request; core/backends/postgresql/base.py says what that gives up).
+    # DB_HEALTH_CHECK_QUERY=true keeps Django's own backend and its `SELECT 1`.
+    if not env.bool("DB_HEALTH_CHECK_QUERY", default=False):
+        DATABASES["default"]["ENGINE"] = "core.backends.postgresql"
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
@@ -126,8 +128,9 @@ if DATABASE_IS_POSTGRES:
     # values the first probe after 15 s ends it, at about 17 s). A slow query is not
     # cut: a busy server's kernel still answers. The request answers 503 like any
     # outage, within gunicorn's 30 s also when the connection is found dead first (by
-    # its health check, or in a transaction whose end reconnects) and a new one waits
-    # out connect_timeout: about 22 s. A worker's task fails rather than hangs.
+    # Django's health check with DB_HEALTH_CHECK_QUERY=true, or in a transaction whose
+    # end reconnects) and a new one waits out connect_timeout: about 22 s. A worker's
+    # task fails rather than hangs.
     # A live server that stops reading for longer than tcp_user_timeout (a backend
     # blocked on a lock while megabytes of a pipelined batch queue up) ends the
     # connection too: that batch fails and is retried.

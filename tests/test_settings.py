@@ -21,6 +21,7 @@ _CONFIG_VARS = (
     "CELERY_TASK_ALWAYS_EAGER",
     "DB_CONN_MAX_AGE",
     "DB_PREPARED_STATEMENTS",
+    "DB_HEALTH_CHECK_QUERY",
     "DB_KEEPALIVES_IDLE_SECONDS",
     "DB_KEEPALIVES_INTERVAL_SECONDS",
     "DB_KEEPALIVES_COUNT",
@@ -119,6 +120,14 @@ def test_with_both_urls_the_product_runs_on_postgres_and_redis():
     assert loaded["celery_always_eager"] is False
     assert loaded["cache_backend"] == "core.redis_cache.ReusedClientRedisCache"
     assert loaded["cache_location"] == REDIS_URL
+
+
+def test_db_health_check_query_keeps_django_s_own_backend_and_its_select_1():
+    loaded = _load_settings(DATABASE_URL=POSTGRES_URL, DB_HEALTH_CHECK_QUERY="true")
+
+    assert loaded["engine"] == "django.db.backends.postgresql"
+    assert loaded["database_is_postgres"] is True
+    assert loaded["conn_max_age"] == 60
 
 
 @pytest.mark.parametrize(

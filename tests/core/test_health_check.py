@@ -14,6 +14,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.core.signals import request_finished, request_started
 from django.db import connection, connections
@@ -137,30 +138,53 @@ def test_a_connection_with_something_to_read_gets_the_full_check_and_is_kept(ten
     healthy, and the request goes on with it."""
     with connection.cursor() as cursor:
         cursor.execute("LISTEN health_check_probe")
-    kept = connection.connection.info.backend_pid
+    try:
+        kept = connection.connection.info.backend_pid
+        between_requests()
+        with pg_connect() as admin:
+            admin.execute("SELECT pg_notify('health_check_probe', %s)", [json.dumps("ping")])
+        # The listening backend sends the notification once it has been signalled:
+        # soon, not at once.
+        socket = connection.connection.pgconn.socket
+        readable, _, _ = select.select([socket], [], [], 10)
+        assert readable, "the notification never reached the connection"
+
+        with statements_sent() as sent:
+            assert Tenant.objects.count() == 1
+
+        assert [line for line in executed(sent) if "SELECT 1" in line], sent
+        assert connection.connection.info.backend_pid == kept
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("UNLISTEN *")
+
+
+def test_a_connection_left_in_a_failed_transaction_is_replaced_before_it_is_used(tenant):
+    """Something that used psycopg directly left the connection in a transaction that
+    failed: its socket is quiet, but the next request could not run a query on it."""
+    assert Tenant.objects.count() == 1
+    raw = connection.connection
+    raw.execute("BEGIN")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        raw.execute("SELECT 1 / 0")
+    left = raw.info.backend_pid
     between_requests()
-    with pg_connect() as admin:
-        admin.execute("SELECT pg_notify('health_check_probe', %s)", [json.dumps("ping")])
-    # The listening backend sends the notification once it has been signalled: soon,
-    # not at once.
-    socket = connection.connection.pgconn.socket
-    readable, _, _ = select.select([socket], [], [], 10)
-    assert readable, "the notification never reached the connection"
 
-    with statements_sent() as sent:
-        assert Tenant.objects.count() == 1
-
-    assert [line for line in executed(sent) if "SELECT 1" in line], sent
-    assert connection.connection.info.backend_pid == kept
-    with connection.cursor() as cursor:
-        cursor.execute("UNLISTEN *")
+    assert Tenant.objects.count() == 1  # not "current transaction is aborted"
+    assert connection.connection.info.backend_pid != left
 
 
 def test_a_connection_on_a_descriptor_past_1024_is_checked_without_a_round_trip_too(tenant):
     """select() cannot watch a descriptor numbered past FD_SETSIZE; a busy process's
     database connection can have one."""
     import os
+    import resource
 
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            pytest.skip(f"this process may open at most {hard} files")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
     connection.close()
     held = []
     try:
@@ -177,3 +201,6 @@ def test_a_connection_on_a_descriptor_past_1024_is_checked_without_a_round_trip_
     finally:
         for descriptor in held:
             os.close(descriptor)
+        connection.close()  # its descriptor is past the limit set back below
+        if soft < 1200:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

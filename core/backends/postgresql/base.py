@@ -6,15 +6,22 @@ GIL hand-overs, on every request (the one-query yardstick of the hot-path benchm
 two statements, the handover three). A connection the server ended while it sat idle
 (a restart, a failover, `pg_terminate_backend`, `idle_session_timeout`) has something
 to read by then: the server's goodbye, the end of the stream. So the socket is asked
-first, without waiting: nothing to read, and libpq still counting the connection good,
-means it is used as it is; anything to read (rare on an idle connection: a notice) means
-the full check, `SELECT 1`, as before, which replaces a dead connection before the
-request uses it. What neither check can tell without waiting, a server that has gone
-silent, ends with the query's own timeouts (config/settings.py, tcp_user_timeout).
+first, without waiting: nothing to read, libpq counting the connection good, idle and
+out of pipeline mode, means it is used as it is; anything else (rare: a notice waiting,
+a transaction raw psycopg left open) means Django's full check, `SELECT 1`, which
+replaces a connection that fails it before the request uses it.
+
+What it gives up: a connection whose server went away without a word (a host that
+crashed, an address left dark by a failover) looks quiet until the kernel hears of it
+(a reset answering a keepalive probe, a few seconds; tcp_user_timeout, about 17 s,
+config/settings.py). Django's `SELECT 1` would have waited that out and reconnected; here
+the request's own query fails instead and answers 503, and the connection is replaced
+when the request ends. `DB_HEALTH_CHECK_QUERY=true` brings Django's check back.
 """
 
 import select
 
+import psycopg
 from django.db.backends.postgresql import base
 from psycopg import pq
 
@@ -33,14 +40,21 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self.health_check_done = True
 
     def _idle_and_quiet(self) -> bool:
-        """The connection is open, idle, and the server has sent it nothing since its
-        last answer (no round trip: a poll of the socket that does not wait)."""
+        """The connection is open, idle, out of pipeline mode, and the server has sent
+        it nothing since its last answer (no round trip: a poll of the socket that does
+        not wait)."""
         conn = self.connection
-        if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
-            return False
         try:
-            return not _has_something_to_read(conn.pgconn.socket)
-        except (OSError, ValueError):
+            pgconn = conn.pgconn
+            if (
+                conn.closed
+                or pgconn.status != pq.ConnStatus.OK
+                or pgconn.transaction_status != pq.TransactionStatus.IDLE
+                or pgconn.pipeline_status != pq.PipelineStatus.OFF
+            ):
+                return False
+            return not _has_something_to_read(pgconn.socket)
+        except (OSError, ValueError, psycopg.Error):
             return False
 
 

@@ -109,3 +109,22 @@ def test_cpu_per_request_divides_by_the_requests_served():
     failed = bench_hot_path.CpuUse(web=3.0, database=1.0, requests=0)  # wrk counted none
     assert failed.per_request_ms() == (3000.0, 1000.0)
     assert proc_cpu.tree_cpu_seconds(None) == 0.0
+
+
+def test_the_building_share_is_timed_in_place_and_the_builders_are_put_back():
+    import re
+
+    from django.test import Client
+
+    from inbox import services
+
+    builders = (services._new_session, services._new_session_ctes)
+    tenant = bench_hot_path.Tenant("share", agents=2)
+    report = bench_hot_path.Report()
+
+    bench_hot_path.building_share(report, tenant, Client(), 5)
+
+    assert (services._new_session, services._new_session_ctes) == builders
+    (row,) = report.rows
+    spent, building = (float(ms) for ms in re.findall(r"([\d.]+) ms", row.measured))
+    assert 0 < building < spent
